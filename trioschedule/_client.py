@@ -1,0 +1,425 @@
+"""The client: submit tasks to a dispatcher from any process and await their outcomes.
+
+Task ids are chosen here, so a submission that was in flight when the
+connection broke is simply sent again after reconnecting: the dispatcher
+accepts each id once.  Every task still awaited is watched again on the new
+connection, so outcomes that arrived while we were away are not lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from . import _messages as m
+from ._connection import Connection
+from ._dispatcher import _check_options, _gather, _until_closed
+from ._errors import AuthenticationError, ConnectionClosed, ProtocolError, Rejected
+from ._framing import DEFAULT_MAX_FRAME_SIZE
+from ._handles import OutcomeSlot, TaskHandle
+from ._peerconn import Backoff, open_connection
+from ._protocol import ADMIN, CLIENT
+
+__all__ = ["Client", "open_client"]
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+log = logging.getLogger("trioschedule.client")
+
+SUBMIT_CHUNK = 1000  # submissions per frame in map(): one frame, one journal transaction
+
+
+class _Acceptance:
+    __slots__ = ("event", "rejection")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.rejection: m.Rejection | None = None
+
+
+class Client:
+    """A connection to a dispatcher for submitting tasks; use :func:`open_client` to get one."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        token: str | None = None,
+        ssl_context: Any = None,
+        role: str = CLIENT,
+        name: str | None = None,
+        cancel_on_exit: bool = False,
+        heartbeat_interval: float = 2.0,
+        heartbeat_timeout: float = 10.0,
+        connect_timeout: float = 10.0,
+        reconnect_initial: float = 0.1,
+        reconnect_max: float = 5.0,
+        reconnect_attempts: int | None = None,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    ) -> None:
+        if role not in (CLIENT, ADMIN):
+            raise ValueError("role must be 'client' or 'admin'")
+        self.host = host
+        self.port = port
+        self.token = token
+        self.ssl_context = ssl_context
+        self.role = role
+        self.name = name or f"client@{socket.gethostname()}:{os.getpid()}"
+        self.cancel_on_exit = cancel_on_exit
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.connect_timeout = connect_timeout
+        self.reconnect_attempts = reconnect_attempts
+        self.max_frame_size = max_frame_size
+        self._backoff = Backoff(reconnect_initial, reconnect_max)
+        self._conn: Connection | None = None
+        self._connected = trio.Event()
+        self._unaccepted: dict[str, m.Submission] = {}
+        self._acceptances: dict[str, _Acceptance] = {}
+        self._wait_flags: dict[str, bool] = {}
+        self._slots: dict[str, OutcomeSlot] = {}
+        self._replies: deque[tuple[type, OutcomeSlot | Any]] = deque()
+        self._closing = False
+        self._fatal: BaseException | None = None
+        self.dispatcher_name = ""
+
+    # ============================================================ public API
+    async def submit(
+        self,
+        name: str,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+        delay: float | None = None,
+        priority: int = 0,
+        task_id: str | None = None,
+        wait: bool = True,
+    ) -> TaskHandle:
+        """Submit a task; returns once the dispatcher has accepted (and journaled) it.
+
+        ``timeout``: absolute deadline in seconds from now, queueing included.
+        ``retries``: retries after the task raises (default: the task's own).
+        ``delay``: seconds before it may start.  ``priority``: higher first.
+        ``wait=False``: raise :class:`QueueFull` instead of waiting when the
+        dispatcher's queue is full.  Raises :class:`Rejected` if refused.
+        """
+        _check_options(timeout, retries, delay)
+        sub = m.Submission(
+            id=task_id or uuid.uuid4().hex, name=name, args=list(args), kwargs=dict(kwargs or {}),
+            timeout=timeout, retries=retries, delay=delay, priority=priority,
+        )  # fmt: skip
+        [handle] = await self._submit([sub], wait)
+        return handle
+
+    async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Submit ``name(*args, **kwargs)`` and wait for its value (raises if the task failed)."""
+        handle = await self.submit(name, args, kwargs)
+        return await handle.result()
+
+    async def map(
+        self,
+        name: str,
+        iterable_of_args: Iterable[Any],
+        *,
+        return_exceptions: bool = False,
+        timeout: float | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+    ) -> list[Any]:
+        """Run ``name`` once per item, submitted in batches; results in order.
+
+        Each item is a tuple/list of positional arguments (any other value is
+        the single argument).  With ``return_exceptions=True`` failures take
+        their place in the list; otherwise the first failure in order is
+        raised once every task has ended.
+        """
+        _check_options(timeout, retries, None)
+        subs = [
+            m.Submission(
+                id=uuid.uuid4().hex, name=name, args=list(item) if isinstance(item, (tuple, list)) else [item],
+                timeout=timeout, retries=retries, priority=priority,
+            )  # fmt: skip
+            for item in iterable_of_args
+        ]
+        handles = await self._submit(subs, True)
+        return await _gather([h._slot for h in handles], return_exceptions)  # type: ignore[misc]  # noqa: SLF001
+
+    def task(self, task_id: str) -> TaskHandle:
+        """A handle to any task by id (from another process, or before a restart).
+
+        Awaiting its result asks the dispatcher to report it;
+        :class:`UnknownTaskId` is raised if the dispatcher does not know it.
+        """
+        slot = self._slots.get(task_id)
+        if slot is None:
+            slot = self._slots[task_id] = OutcomeSlot()
+            self._send_quietly(m.Watch(ids=(task_id,)))
+        return TaskHandle(self, task_id, "", slot)
+
+    async def broadcast(self, message: Any) -> None:
+        """Deliver ``message`` to every connected worker's ``on_message``."""
+        (await self._connection()).send(m.Broadcast(data=message))
+
+    async def send(self, message: Any) -> None:
+        """Send a custom message to the dispatcher's ``on_message``."""
+        (await self._connection()).send(m.Message(data=message))
+
+    async def status(self) -> dict[str, Any]:
+        """The dispatcher's status (needs ``role="admin"``)."""
+        reply = await self._request(m.StatusRequest(), m.StatusReply)
+        return reply.status  # type: ignore[no-any-return]
+
+    async def stop_dispatcher(self, grace: float | None = None) -> float:
+        """Ask the dispatcher to drain and exit (needs ``role="admin"``); returns its grace period."""
+        reply = await self._request(m.Stop(grace=grace), m.Stopping)
+        return reply.grace  # type: ignore[no-any-return]
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    # ============================================================= internals
+    async def _submit(self, subs: list[m.Submission], wait: bool) -> list[TaskHandle]:
+        if self._fatal is not None:
+            raise self._fatal
+        handles = []
+        acceptances = []
+        for sub in subs:
+            if sub.id in self._acceptances or sub.id in self._slots:
+                raise Rejected(f"task id {sub.id!r} is already in use by this client", code="duplicate")
+            acceptance = self._acceptances[sub.id] = _Acceptance()
+            self._unaccepted[sub.id] = sub
+            self._wait_flags[sub.id] = wait
+            slot = self._slots[sub.id] = OutcomeSlot()
+            acceptances.append(acceptance)
+            handles.append(TaskHandle(self, sub.id, sub.name, slot))
+        if self._conn is not None:
+            self._send_submissions(self._conn, subs, wait)
+        first_rejection: m.Rejection | None = None
+        for acceptance in acceptances:
+            await acceptance.event.wait()
+            if acceptance.rejection is not None and first_rejection is None:
+                first_rejection = acceptance.rejection
+        if first_rejection is not None:
+            for sub in subs:
+                self._slots.pop(sub.id, None)
+            from ._errors import QueueFull
+
+            if first_rejection.code == "queue-full":
+                raise QueueFull(first_rejection.message)
+            raise Rejected(first_rejection.message, code=first_rejection.code)
+        return handles
+
+    def _send_submissions(self, conn: Connection, subs: list[m.Submission], wait: bool) -> None:
+        try:
+            for start in range(0, len(subs), SUBMIT_CHUNK):
+                conn.send(m.Submit(tasks=tuple(subs[start : start + SUBMIT_CHUNK]), wait=wait))
+        except ConnectionClosed:
+            pass  # sent again after reconnecting
+
+    def _send_quietly(self, message: Any) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.send(message)
+            except ConnectionClosed:
+                pass
+
+    async def _connection(self) -> Connection:
+        if self._fatal is not None:
+            raise self._fatal
+        while self._conn is None or self._conn.closed:
+            await self._connected.wait()
+            if self._fatal is not None:
+                raise self._fatal
+        return self._conn
+
+    async def _request(self, message: Any, reply_type: type) -> Any:
+        conn = await self._connection()
+        slot = OutcomeSlot()
+        self._replies.append((reply_type, slot))
+        conn.send(message)
+        reply: Any = await slot.wait()
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+    async def _wait_outcome(self, task_id: str) -> m.Outcome:
+        return await self.task(task_id).outcome()
+
+    def _peek_outcome(self, task_id: str) -> m.Outcome | None:
+        slot = self._slots.get(task_id)
+        return slot.outcome if slot is not None else None
+
+    async def _cancel_task(self, task_id: str, reason: str | None) -> None:
+        (await self._connection()).send(m.Cancel(id=task_id, reason=reason))
+
+    # ============================================================ connection
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        first = True
+        attempts = 0
+        while not self._closing:
+            try:
+                conn, welcome = await open_connection(
+                    self.host, self.port, role=self.role, token=self.token, ssl_context=self.ssl_context,
+                    max_frame_size=self.max_frame_size, connect_timeout=self.connect_timeout,
+                    name=self.name, host=socket.gethostname(), pid=os.getpid(),
+                )  # fmt: skip
+            except (AuthenticationError, ProtocolError) as exc:
+                if first:
+                    raise
+                self._fail(exc)
+                return
+            except (OSError, ConnectionClosed, trio.TooSlowError) as exc:
+                if first:
+                    raise ConnectionClosed(f"cannot reach the dispatcher at {self.host}:{self.port}: {exc}") from None
+                attempts += 1
+                if self.reconnect_attempts is not None and attempts > self.reconnect_attempts:
+                    self._fail(ConnectionClosed(f"gave up reconnecting to {self.host}:{self.port} after {attempts} attempts"))
+                    return
+                delay = self._backoff.next_delay()
+                log.info("cannot reach the dispatcher at %s:%s (%s); retrying in %.2f s", self.host, self.port, exc, delay)
+                await trio.sleep(delay)
+                continue
+            attempts = 0
+            self._backoff.reset()
+            self.dispatcher_name = welcome.name
+            self._conn = conn
+            self._resend(conn)
+            self._connected.set()
+            if first:
+                task_status.started()
+                first = False
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_until_closed, conn.run_writer, nursery.cancel_scope)
+                    nursery.start_soon(
+                        _until_closed,
+                        lambda: conn.run_heartbeat(self.heartbeat_interval, self.heartbeat_timeout),
+                        nursery.cancel_scope,
+                    )
+                    await _until_closed(lambda: self._reader(conn), nursery.cancel_scope)
+            finally:
+                self._conn = None
+                self._connected = trio.Event()
+                with trio.CancelScope(shield=True):
+                    await conn.aclose()
+            for _, slot in self._replies:
+                slot.set(ConnectionClosed("the connection closed before the dispatcher replied"))  # type: ignore[arg-type]
+            self._replies.clear()
+            if not self._closing:
+                log.info("lost the dispatcher (%s); reconnecting", conn.closed_reason)
+                await trio.sleep(self._backoff.next_delay())
+
+    def _resend(self, conn: Connection) -> None:
+        """After (re)connecting: submit what was never accepted, watch what is still awaited."""
+        if self._unaccepted:
+            for wait in (True, False):
+                subs = [s for s in self._unaccepted.values() if self._wait_flags.get(s.id, True) is wait]
+                if subs:
+                    self._send_submissions(conn, subs, wait)
+        watched = [task_id for task_id, slot in self._slots.items() if slot.outcome is None and task_id not in self._unaccepted]
+        for start in range(0, len(watched), SUBMIT_CHUNK):
+            conn.send(m.Watch(ids=tuple(watched[start : start + SUBMIT_CHUNK])))
+
+    def _fail(self, exc: BaseException) -> None:
+        self._fatal = exc
+        for acceptance in self._acceptances.values():
+            acceptance.rejection = m.Rejection(id="", code="connection", message=str(exc))
+            acceptance.event.set()
+        for task_id, slot in self._slots.items():
+            slot.set(m.Outcome(id=task_id, status=m.LOST, reason=f"the client lost its dispatcher: {exc}"))
+        self._connected.set()
+
+    async def _reader(self, conn: Connection) -> None:
+        while True:
+            for message in await conn.receive_batch():
+                kind = type(message)
+                if kind is m.Outcomes:
+                    slots = self._slots
+                    for outcome in message.results:
+                        slot = slots.pop(outcome.id, None)
+                        if slot is not None:
+                            slot.set(outcome)
+                elif kind is m.Accepted:
+                    for task_id in message.ids:
+                        self._unaccepted.pop(task_id, None)
+                        self._wait_flags.pop(task_id, None)
+                        acceptance = self._acceptances.pop(task_id, None)
+                        if acceptance is not None:
+                            acceptance.event.set()
+                    for rejection in message.rejected:
+                        self._unaccepted.pop(rejection.id, None)
+                        self._wait_flags.pop(rejection.id, None)
+                        acceptance = self._acceptances.pop(rejection.id, None)
+                        if acceptance is not None:
+                            acceptance.rejection = rejection
+                            acceptance.event.set()
+                elif kind in (m.StatusReply, m.Stopping):
+                    if self._replies:
+                        _, slot = self._replies.popleft()
+                        slot.set(message)
+                elif kind is m.Goodbye:
+                    log.info("the dispatcher said goodbye: %s", message.reason)
+                    return
+
+    async def _close(self) -> None:
+        self._closing = True
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                try:
+                    conn.send(m.Goodbye(reason="client closing", cancel_pending=self.cancel_on_exit))
+                    await conn.flush()
+                except ConnectionClosed:
+                    pass
+
+
+@asynccontextmanager
+async def open_client(
+    host: str = "127.0.0.1",
+    port: int = 7311,
+    *,
+    token: str | None = None,
+    ssl_context: Any = None,
+    **options: Any,
+) -> AsyncIterator[Client]:
+    """Connect to a dispatcher; the client reconnects on its own until the block ends.
+
+    Raises :class:`ConnectionClosed` if the first connection cannot be made
+    and :class:`AuthenticationError` if the token is refused.  On exit the
+    connection is closed cleanly; tasks still running are kept (pass
+    ``cancel_on_exit=True`` to cancel them).  Exceptions from the body come
+    out unchanged, never wrapped in an exception group.
+    """
+    client = Client(host, port, token=token, ssl_context=ssl_context, **options)
+    error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client._run)
+            try:
+                yield client
+            except BaseException as exc:  # re-raised below, outside the nursery
+                error = exc
+            finally:
+                await client._close()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if error is None and len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        if error is None:
+            raise
+    if error is not None:
+        raise error

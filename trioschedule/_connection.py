@@ -1,0 +1,224 @@
+"""A :class:`ProtocolConnection` driven over a :class:`trio.abc.Stream`.
+
+One reader (whoever calls :meth:`Connection.receive_batch`), one writer task
+(:meth:`Connection.run_writer`) that coalesces every frame queued since its
+last write into a single ``send_all``, and a liveness task
+(:meth:`Connection.run_heartbeat`).  Every way a stream can fail, from a
+reset socket to a TLS error, becomes one :class:`ConnectionClosed` with a
+reason; a send cancelled half way marks the connection broken, so nobody can
+write a desynchronised stream afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from . import _messages as m
+from ._errors import ConnectionClosed, LocalProtocolError, RemoteProtocolError
+from ._protocol import ProtocolConnection
+
+__all__ = ["Connection", "describe_address"]
+
+log = logging.getLogger("trioschedule")
+
+RECEIVE_SIZE = 1 << 16
+DEFAULT_MAX_OUTBOX = 64 * 1024 * 1024
+_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError)
+
+
+def describe_address(stream: trio.abc.Stream) -> str:
+    """``host:port`` of the far end of ``stream`` if it has one, else a short label."""
+    inner: Any = stream
+    while hasattr(inner, "transport_stream"):
+        inner = inner.transport_stream
+    sock = getattr(inner, "socket", None)
+    if sock is not None:
+        try:
+            host, port = sock.getpeername()[:2]
+            return f"{host}:{port}"
+        except OSError:
+            pass
+    return type(inner).__name__
+
+
+class Connection:
+    """Messages in and out of one stream.  Not for users; see Dispatcher, Worker and Client."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        protocol: ProtocolConnection,
+        *,
+        send_timeout: float = 30.0,
+        max_outbox: int = DEFAULT_MAX_OUTBOX,
+        address: str | None = None,
+    ) -> None:
+        self.stream = stream
+        self.protocol = protocol
+        self.send_timeout = send_timeout
+        self.max_outbox = max_outbox
+        self.address = address or describe_address(stream)
+        self._outbox: list[bytes] = []
+        self._outbox_bytes = 0
+        self._wakeup = trio.Event()
+        self._closed_reason: str | None = None
+        now = trio.current_time()
+        self.last_received = now
+        self.last_sent = now
+
+    # -------------------------------------------------------------- status
+    @property
+    def closed(self) -> bool:
+        return self._closed_reason is not None
+
+    @property
+    def closed_reason(self) -> str | None:
+        return self._closed_reason
+
+    def _mark_closed(self, reason: str) -> ConnectionClosed:
+        if self._closed_reason is None:
+            self._closed_reason = reason
+        self._wakeup.set()
+        return ConnectionClosed(self._closed_reason)
+
+    # ------------------------------------------------------------- sending
+    def send(self, message: Any) -> None:
+        """Queue ``message`` for the writer task.  Never blocks.
+
+        A peer that stops reading is disconnected once ``max_outbox`` bytes are
+        waiting for it, instead of letting memory grow without limit.
+        """
+        if self._closed_reason is not None:
+            raise ConnectionClosed(self._closed_reason)
+        frame = self.protocol.send(message)
+        self._outbox.append(frame)
+        self._outbox_bytes += len(frame)
+        if self._outbox_bytes > self.max_outbox:
+            raise self._mark_closed(f"peer is not reading: more than {self.max_outbox} bytes are waiting to be sent")
+        self._wakeup.set()
+
+    async def send_now(self, message: Any) -> None:
+        """Send ``message`` directly (the handshake, before the writer runs)."""
+        await self._write(self.protocol.send(message))
+
+    async def _write(self, data: bytes) -> None:
+        if self._closed_reason is not None:
+            raise ConnectionClosed(self._closed_reason)
+        try:
+            with trio.fail_after(self.send_timeout):
+                await self.stream.send_all(data)
+        except trio.TooSlowError:
+            raise self._mark_closed(f"peer did not read for {self.send_timeout:g} s") from None
+        except _STREAM_ERRORS as exc:
+            raise self._mark_closed(f"connection broke while sending: {exc or type(exc).__name__}") from None
+        except BaseException:
+            # Cancelled half way through a frame: the stream is desynchronised.
+            self._mark_closed("a send was interrupted")
+            raise
+        self.last_sent = trio.current_time()
+
+    async def run_writer(self) -> None:
+        """Write queued frames until the connection closes; raises ConnectionClosed."""
+        while True:
+            await self._wakeup.wait()
+            if self._closed_reason is not None:
+                raise ConnectionClosed(self._closed_reason)
+            self._wakeup = trio.Event()
+            if not self._outbox:
+                continue
+            data = b"".join(self._outbox) if len(self._outbox) > 1 else self._outbox[0]
+            self._outbox.clear()
+            self._outbox_bytes = 0
+            await self._write(data)
+
+    async def flush(self) -> None:
+        """Write whatever is queued now (used before closing cleanly)."""
+        if self._outbox and self._closed_reason is None:
+            data = b"".join(self._outbox)
+            self._outbox.clear()
+            self._outbox_bytes = 0
+            await self._write(data)
+
+    async def run_heartbeat(self, interval: float, timeout: float, make: Callable[[], Any] = m.Heartbeat) -> None:
+        """Send a heartbeat when quiet for ``interval``; close if the peer is silent for ``timeout``."""
+        while True:
+            await trio.sleep(min(interval, timeout) / 2)
+            now = trio.current_time()
+            if now - self.last_received > timeout:
+                raise self._mark_closed(f"no frame from the peer for {timeout:g} s (heartbeat timeout)")
+            if now - self.last_sent >= interval and not self._outbox:
+                self.send(make())
+
+    # ----------------------------------------------------------- receiving
+    async def receive_batch(self) -> list[Any]:
+        """Every message that has arrived, waiting for at least one.
+
+        Raises :class:`ConnectionClosed` at end of stream or on a broken
+        stream, and :class:`RemoteProtocolError` on a bad frame (after
+        sending the peer an error frame that says what was wrong).
+        """
+        protocol = self.protocol
+        while True:
+            try:
+                messages = protocol.messages()
+            except RemoteProtocolError as exc:
+                await self.send_error(exc.code, str(exc))
+                raise
+            if messages:
+                if type(messages[-1]) is m.Error:
+                    error = messages[-1]
+                    closed = self._mark_closed(f"peer reported error {error.code}: {error.message}")
+                    closed.code = error.code
+                    raise closed
+                return messages
+            if self._closed_reason is not None:
+                raise ConnectionClosed(self._closed_reason)
+            try:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            except _STREAM_ERRORS as exc:
+                raise self._mark_closed(f"connection broke while receiving: {exc or type(exc).__name__}") from None
+            if not data:
+                raise self._mark_closed("peer closed the connection")
+            self.last_received = trio.current_time()
+            try:
+                protocol.receive_data(data)
+            except RemoteProtocolError as exc:
+                await self.send_error(exc.code, str(exc))
+                raise
+
+    async def receive_one(self, *types: type) -> Any:
+        """The next single message (handshake steps), which must be one of ``types``."""
+        messages = await self.receive_batch()
+        if len(messages) != 1 or not isinstance(messages[0], types):
+            # The transition table already refuses most of this; more than one
+            # message here means the peer did not wait for our answer.
+            raise RemoteProtocolError("peer sent more than one message during the handshake", code="unexpected-message")
+        return messages[0]
+
+    async def send_error(self, code: str, message: str) -> None:
+        """Best effort: tell the peer why we close, without waiting long for it."""
+        if self._closed_reason is not None and code == "":
+            return
+        try:
+            frame = self.protocol.error_frame(code, message)
+            with trio.move_on_after(1.0):
+                await self.stream.send_all(b"".join(self._outbox) + frame if self._outbox else frame)
+        except (*_STREAM_ERRORS, LocalProtocolError, trio.BusyResourceError):
+            pass
+        self._outbox.clear()
+        self._mark_closed(f"{code}: {message}")
+
+    async def aclose(self) -> None:
+        """Close the stream (never raises, never blocks for long)."""
+        self._mark_closed("closed locally")
+        with trio.move_on_after(1.0) as scope:
+            scope.shield = True
+            try:
+                await self.stream.aclose()
+            except _STREAM_ERRORS:
+                pass

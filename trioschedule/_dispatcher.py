@@ -1,0 +1,1235 @@
+"""The dispatcher: accepts tasks, places them on workers, reports how each one ended.
+
+Everything lives in one Trio task tree under :meth:`Dispatcher.serve`: an
+accept loop, one handler task per connection (its reader), that connection's
+writer and heartbeat tasks, a timer task for delays, deadlines and session
+expiry, and a hook task for ``on_task_done``.  State changes happen in plain
+synchronous methods (``_accept``, ``_dispatch``, ``_finish``...), so there is
+no await between reading a task's state and changing it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import os
+import random
+import socket
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import trio
+
+from . import _messages as m
+from ._connection import Connection, describe_address
+from ._errors import (
+    AuthenticationError,
+    ConnectionClosed,
+    ProtocolError,
+    QueueFull,
+    Rejected,
+    RemoteProtocolError,
+)
+from ._framing import DEFAULT_MAX_FRAME_SIZE
+from ._handles import OutcomeSlot, TaskHandle
+from ._hooks import HookRunner
+from ._peer import Peer
+from ._protocol import (
+    ADMIN,
+    CLIENT,
+    DISPATCHER,
+    WORKER,
+    ProtocolConnection,
+    dispatcher_proof,
+    new_nonce,
+    peer_proof,
+    proofs_match,
+)
+from ._security import Secrets, warn_if_exposed
+from ._store import Store, StoredTask, open_store
+
+__all__ = ["Dispatcher"]
+
+log = logging.getLogger("trioschedule.dispatcher")
+
+QUEUED = "queued"
+DELAYED = "delayed"
+RUNNING = "running"
+DONE = "done"
+
+
+class _Task:
+    """A task as the dispatcher tracks it (one per accepted submission)."""
+
+    __slots__ = (
+        "id", "name", "args", "kwargs", "priority", "retries", "deadline", "state", "attempt",
+        "failures", "losses", "session", "started", "outcome", "slot", "watchers", "owner",
+        "cancel_reason", "submitted_at", "finished_at", "seq", "no_retry",
+    )  # fmt: skip
+
+    def __init__(self, task_id: str, name: str, args: list[Any], kwargs: dict[str, Any], priority: int,
+                 retries: int | None, deadline: float | None, owner: Any, seq: int) -> None:  # fmt: skip
+        self.id = task_id
+        self.name = name
+        self.args = args
+        self.kwargs = kwargs
+        self.priority = priority
+        self.retries = retries
+        self.deadline = deadline  # trio clock
+        self.state = QUEUED
+        self.attempt = 0
+        self.failures = 0
+        self.losses = 0
+        self.session: _WorkerSession | None = None
+        self.started = False
+        self.outcome: m.Outcome | None = None
+        self.slot: OutcomeSlot | None = None
+        self.watchers: list[_ClientState] | None = None
+        self.owner = owner
+        self.cancel_reason: str | None = None
+        self.submitted_at = time.time()
+        self.finished_at = 0.0
+        self.seq = seq
+
+
+class _WorkerSession:
+    """A worker's session: survives a dropped connection for ``session_grace`` seconds."""
+
+    __slots__ = ("id", "peer", "conn", "names", "window", "assigned", "buffer", "last_seq", "detached_at",
+                 "draining", "retries", "no_retry", "expiry")  # fmt: skip
+
+    def __init__(self, session_id: str, peer: Peer, hello: m.Hello) -> None:
+        self.id = session_id
+        self.peer = peer
+        self.conn: Connection | None = None
+        self.names = frozenset(hello.tasks)
+        self.window = max(1, hello.concurrency + hello.prefetch)
+        self.assigned: dict[str, _Task] = {}
+        self.buffer: list[m.TaskSpec] = []
+        self.last_seq = 0
+        self.detached_at: float | None = None
+        self.draining = False
+        self.retries: dict[str, int] = {}
+        self.no_retry: dict[str, tuple[str, ...]] = {}
+        self.expiry = 0
+
+
+class _ClientState:
+    """A connected client or admin: where its tasks' outcomes go."""
+
+    __slots__ = ("peer", "conn", "pending", "owned")
+
+    def __init__(self, peer: Peer, conn: Connection) -> None:
+        self.peer = peer
+        self.conn = conn
+        self.pending: list[m.Outcome] = []
+        self.owned = 0
+
+
+class Dispatcher:
+    """Hands tasks to connected workers and reports how each one ended.
+
+    Subclass it and override the ``on_*`` hooks, or use it as it is.  Start it
+    with ``port = await nursery.start(dispatcher.serve)``; stop it gracefully
+    with :meth:`stop` or by cancelling the nursery.
+
+    Parameters (all keyword-only but ``host`` and ``port``):
+
+    * ``token``: shared secret every peer must prove it knows (a string, or a
+      mapping ``{"worker": ..., "client": ..., "admin": ...}`` for separate
+      secrets per role); ``ssl_context``: serve TLS.
+    * ``store``: ``None``/``"memory:"`` (default) or ``"sqlite:PATH"`` or a
+      :class:`~trioschedule.Store`.
+    * ``heartbeat_interval``/``heartbeat_timeout``: liveness, seconds.
+    * ``session_grace``: how long a disconnected worker keeps its tasks.
+    * ``max_queued``: unfinished tasks accepted at once (``submit`` waits beyond).
+    * ``max_client_queued``: unfinished tasks per client connection.
+    * ``max_losses``: how often a task may lose its worker before it ends as lost.
+    * ``retry_backoff``/``retry_backoff_max``: base and cap of retry delays.
+    * ``result_ttl``/``max_results``: how long/how many finished outcomes are kept.
+    * ``drain_grace``: how long :meth:`stop` lets running tasks finish.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        token: str | dict[str, str] | None = None,
+        ssl_context: Any = None,
+        store: str | Store | None = None,
+        name: str | None = None,
+        heartbeat_interval: float = 2.0,
+        heartbeat_timeout: float = 10.0,
+        handshake_timeout: float = 10.0,
+        session_grace: float = 5.0,
+        send_timeout: float = 30.0,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_connections: int = 10_000,
+        max_queued: int = 1_000_000,
+        max_client_queued: int = 1_000_000,
+        max_losses: int = 3,
+        retry_backoff: float = 0.5,
+        retry_backoff_max: float = 60.0,
+        cancel_timeout: float | None = None,
+        result_ttl: float = 3600.0,
+        max_results: int = 100_000,
+        drain_grace: float = 30.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.name = name or f"dispatcher@{socket.gethostname()}:{os.getpid()}"
+        self.secrets = Secrets.from_token(token)
+        self.ssl_context = ssl_context
+        self.store = open_store(store)
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.handshake_timeout = handshake_timeout
+        self.session_grace = session_grace
+        self.send_timeout = send_timeout
+        self.max_frame_size = max_frame_size
+        self.max_connections = max_connections
+        self.max_queued = max_queued
+        self.max_client_queued = max_client_queued
+        self.max_losses = max_losses
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+        self.cancel_timeout = heartbeat_timeout if cancel_timeout is None else cancel_timeout
+        self.result_ttl = result_ttl
+        self.max_results = max_results
+        self.drain_grace = drain_grace
+
+        self._tasks: dict[str, _Task] = {}
+        self._queues: dict[str, list[tuple[int, int, _Task]]] = {}
+        self._ready_names: set[str] = set()
+        self._sessions: dict[str, _WorkerSession] = {}
+        self._by_name: dict[str, set[_WorkerSession]] = {}
+        self._clients: dict[str, _ClientState] = {}
+        self._connections = 0
+        self._timers: list[tuple[float, int, Callable[[Any], None], Any]] = []
+        self._timer_wakeup = trio.Event()
+        self._dirty_sessions: set[_WorkerSession] = set()
+        self._dirty_clients: set[_ClientState] = set()
+        self._finished: deque[_Task] = deque()
+        self._room = trio.lowlevel.ParkingLot()
+        self._idle = trio.lowlevel.ParkingLot()
+        self._seq = 0
+        self._unfinished = 0
+        self._running = 0
+        self._counts = {m.OK: 0, m.ERROR: 0, m.CANCELLED: 0, m.TIMEOUT: 0, m.LOST: 0}
+        self._hooks = HookRunner(self, log)
+        self._stop_requested = trio.Event()
+        self._stop_grace = drain_grace
+        self._draining = False
+        self._started_at = 0.0
+        self._serving = False
+
+    # ================================================================ hooks
+    async def on_start(self) -> None:
+        """Called once the dispatcher is listening (runs beside serving, so it may wait for workers)."""
+
+    async def on_connect(self, peer: Peer) -> None:
+        """Called when a worker, client or admin completes its handshake."""
+
+    async def on_message(self, peer: Peer, message: Any) -> None:
+        """Called for each custom message (``Worker.send``/``Client.send``) from ``peer``."""
+
+    async def on_close(self, peer: Peer) -> None:
+        """Called when a peer's connection ends (for whatever reason)."""
+
+    async def on_task_done(self, task_id: str, name: str, outcome: m.Outcome) -> None:
+        """Called once for every task that ends, with its final :class:`Outcome`."""
+
+    async def on_stop(self) -> None:
+        """Called when the dispatcher stops (after draining, or when cancelled)."""
+
+    # ================================================================ serve
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on ``host:port`` and serve until :meth:`stop` or cancellation.
+
+        ``task_status.started()`` reports the bound port, once the listener
+        is open and the journal is recovered.
+        """
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        if self.ssl_context is not None:
+            listeners = [trio.SSLListener(lst, self.ssl_context, https_compatible=False) for lst in listeners]
+        await self.serve_listeners(listeners, task_status=task_status)
+
+    async def serve_listeners(
+        self, listeners: list[trio.abc.Listener[Any]], *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve on already-open listeners (tests pass memory listeners here)."""
+        if self._serving:
+            raise RuntimeError("this Dispatcher is already serving")
+        self._serving = True
+        self.port = _bound_port(listeners, self.port)
+        warn_if_exposed(log, self.host, self.secrets, self.ssl_context)
+        await self._recover(await self.store.open())
+        self._started_at = time.time()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._run_timers)
+                nursery.start_soon(self._hooks.run)
+                async with trio.open_nursery() as connections:
+                    accepting = trio.CancelScope()
+
+                    async def accept() -> None:
+                        with accepting:
+                            await trio.serve_listeners(self.handle_stream, listeners, handler_nursery=connections)
+
+                    connections.start_soon(accept)
+                    log.info("%s listening on %s:%s (store %s)", self.name, self.host, self.port, self.store.url)
+                    task_status.started(self.port)
+                    self._hooks.call(self.on_start)
+                    await self._stop_requested.wait()
+                    await self._drain(self._stop_grace)
+                    accepting.cancel()
+                    connections.cancel_scope.cancel()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._hooks.call_now(self.on_stop)
+                await self.store.close()
+            self._serving = False
+            log.info("%s stopped", self.name)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Begin a graceful stop: refuse new tasks, let running ones finish within ``grace`` seconds, exit."""
+        if grace is not None:
+            self._stop_grace = grace
+        self._stop_requested.set()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    async def _drain(self, grace: float) -> None:
+        self._draining = True
+        log.info("draining: %d task(s) running, grace %g s", self._running, grace)
+        with trio.move_on_after(grace):
+            while self._running:
+                await self._idle.park()
+        if self._running:
+            log.warning("grace period over with %d task(s) still running", self._running)
+        reason = "the dispatcher stopped before the task finished"
+        if not self.store.durable:
+            for task in list(self._tasks.values()):
+                if task.state != DONE:
+                    self._finish(task, m.Outcome(id=task.id, status=m.LOST, attempt=task.attempt, reason=reason))
+        self._flush()
+        for state in [*self._clients.values(), *(s for s in self._sessions.values() if s.conn)]:
+            conn = state.conn
+            if conn is not None and not conn.closed:
+                try:
+                    conn.send(m.Goodbye(reason="dispatcher stopping"))
+                    with trio.move_on_after(1.0):
+                        await conn.flush()
+                except ConnectionClosed:
+                    pass
+        await self.store.flush()
+
+    # ============================================================ connection
+    async def handle_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one connection until it closes (public so tests can hand in memory streams)."""
+        address = describe_address(stream)
+        conn = Connection(
+            stream,
+            ProtocolConnection(DISPATCHER, max_frame_size=self.max_frame_size),
+            send_timeout=self.send_timeout,
+            address=address,
+        )
+        self._connections += 1
+        try:
+            if self._connections > self.max_connections:
+                await conn.send_error("too-many-connections", f"the dispatcher serves at most {self.max_connections} connections")
+                log.warning("%s: refused: %d connections is the limit", address, self.max_connections)
+                return
+            try:
+                with trio.fail_after(self.handshake_timeout):
+                    hello, welcome_extra = await self._handshake(conn)
+            except trio.TooSlowError:
+                await conn.send_error("handshake-timeout", f"no complete handshake within {self.handshake_timeout:g} s")
+                log.warning("%s: closed: no handshake within %g s", address, self.handshake_timeout)
+                return
+            await self._serve_peer(conn, hello, welcome_extra)
+        except RemoteProtocolError as exc:
+            log.warning("%s: closed: protocol error (%s): %s", address, exc.code, exc)
+        except AuthenticationError as exc:
+            log.warning("%s: closed: authentication failed: %s", address, exc)
+        except ConnectionClosed as exc:
+            log.info("%s: connection closed: %s", address, exc.reason)
+        finally:
+            self._connections -= 1
+            await conn.aclose()
+
+    async def _handshake(self, conn: Connection) -> tuple[m.Hello, dict[str, Any]]:
+        hello = await conn.receive_one(m.Hello)
+        if hello.version != m.PROTOCOL_VERSION:
+            await conn.send_error(
+                "version-mismatch", f"this dispatcher speaks protocol version {m.PROTOCOL_VERSION}, not {hello.version}"
+            )
+            raise RemoteProtocolError(f"peer speaks protocol version {hello.version}", code="version-mismatch")
+        secret = self.secrets.for_role(hello.role)
+        proof = None
+        if secret is not None:
+            nonce = new_nonce()
+            await conn.send_now(m.Challenge(nonce=nonce))
+            auth = await conn.receive_one(m.Auth)
+            if hello.nonce is None or not proofs_match(peer_proof(secret, hello.role, hello.nonce, nonce), auth.proof):
+                await conn.send_error("auth-failed", "authentication failed: check the token for this role")
+                raise AuthenticationError(f"{hello.role} {hello.name!r} sent a wrong proof")
+            proof = dispatcher_proof(secret, hello.role, hello.nonce, nonce)
+        return hello, {"proof": proof}
+
+    async def _serve_peer(self, conn: Connection, hello: m.Hello, extra: dict[str, Any]) -> None:
+        peer = Peer(
+            id=uuid.uuid4().hex,
+            role=hello.role,
+            name=hello.name or f"{hello.role}-{hello.pid}",
+            address=conn.address,
+            pid=hello.pid,
+            host=hello.host,
+            connected_at=time.time(),
+            connection=conn,
+        )
+        if hello.role == WORKER:
+            session, resumed = self._attach_worker(conn, peer, hello)
+            welcome = m.Welcome(
+                version=m.PROTOCOL_VERSION, session=session.id, heartbeat=self.heartbeat_interval,
+                timeout=self.heartbeat_timeout, name=self.name, proof=extra["proof"], resumed=resumed,
+            )  # fmt: skip
+            serve: Callable[[], Any] = lambda: self._serve_worker(session)
+            make_heartbeat: Callable[[], Any] = lambda: m.Heartbeat(ack=session.last_seq)
+            leave: Callable[[bool], None] = lambda clean: self._detach_worker(session, clean)
+            peer = session.peer
+        else:
+            client = _ClientState(peer, conn)
+            self._clients[peer.id] = client
+            welcome = m.Welcome(
+                version=m.PROTOCOL_VERSION, session=peer.id, heartbeat=self.heartbeat_interval,
+                timeout=self.heartbeat_timeout, name=self.name, proof=extra["proof"],
+            )  # fmt: skip
+            serve = lambda: self._serve_client(client)
+            leave = lambda clean: self._detach_client(client)
+            make_heartbeat = m.Heartbeat
+
+        async def heartbeats() -> None:
+            await conn.run_heartbeat(self.heartbeat_interval, self.heartbeat_timeout, make_heartbeat)
+
+        clean = False
+        try:
+            await conn.send_now(welcome)
+            log.info("%s: %s %r connected (pid %d)", conn.address, peer.role, peer.name, peer.pid)
+            if hello.role == WORKER:
+                self._flush()
+            await self._hooks.call_now(self.on_connect, peer)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_until_closed, conn.run_writer, nursery.cancel_scope)
+                nursery.start_soon(_until_closed, heartbeats, nursery.cancel_scope)
+                clean = await serve()
+                nursery.cancel_scope.cancel()
+            if not clean and conn.closed_reason:
+                raise ConnectionClosed(conn.closed_reason)
+        finally:
+            peer.connected = False
+            leave(clean)
+            self._flush()
+            with trio.CancelScope(shield=True):
+                await self._hooks.call_now(self.on_close, peer)
+
+    # ============================================================== workers
+    def _attach_worker(self, conn: Connection, peer: Peer, hello: m.Hello) -> tuple[_WorkerSession, bool]:
+        session = self._sessions.get(hello.session or "") if hello.session else None
+        resumed = session is not None and session.conn is None
+        if session is None or not resumed:
+            session = _WorkerSession(uuid.uuid4().hex, peer, hello)
+            self._sessions[session.id] = session
+        else:
+            # The same worker is back within the grace window: keep its tasks,
+            # requeue only those it no longer holds (lost in transit).
+            held = set(hello.running)
+            for task in [t for t in session.assigned.values() if t.id not in held]:
+                self._requeue(session, task, lost=task.started)
+            peer.done, peer.failed = session.peer.done, session.peer.failed
+            session.peer = peer
+            session.detached_at = None
+            session.expiry += 1
+        peer.tasks = session.names
+        peer.concurrency = hello.concurrency
+        peer.prefetch = hello.prefetch
+        peer._running = session.assigned  # noqa: SLF001 - Peer reports the live count
+        session.retries = dict(hello.retries)
+        session.no_retry = dict(hello.no_retry)
+        session.conn = conn
+        session.draining = False
+        for name in session.names:
+            self._by_name.setdefault(name, set()).add(session)
+        self._dispatch()
+        return session, resumed
+
+    def _detach_worker(self, session: _WorkerSession, clean: bool) -> None:
+        session.conn = None
+        for name in session.names:
+            group = self._by_name.get(name)
+            if group is not None:
+                group.discard(session)
+        if clean or not session.assigned:
+            self._expire_session(session)
+        else:
+            session.detached_at = trio.current_time()
+            session.expiry += 1
+            self._after(self.session_grace, self._expire_session_timer, (session, session.expiry))
+        log.info("worker %r detached with %d task(s) assigned", session.peer.name, len(session.assigned))
+
+    def _expire_session_timer(self, arg: tuple[_WorkerSession, int]) -> None:
+        session, expiry = arg
+        if session.conn is None and session.expiry == expiry:
+            self._expire_session(session)
+
+    def _expire_session(self, session: _WorkerSession) -> None:
+        self._sessions.pop(session.id, None)
+        for task in list(session.assigned.values()):
+            self._requeue(session, task, lost=task.started)
+        self._dispatch()
+
+    def _requeue(self, session: _WorkerSession, task: _Task, *, lost: bool) -> None:
+        """Take ``task`` back from ``session``; a started attempt counts as lost."""
+        del session.assigned[task.id]
+        self._running -= 1
+        task.session = None
+        task.started = False
+        if task.cancel_reason is not None:
+            self._finish(task, m.Outcome(id=task.id, status=m.CANCELLED, attempt=task.attempt, reason=task.cancel_reason))
+            return
+        if lost:
+            task.losses += 1
+            if task.losses > self.max_losses:
+                reason = f"the task's worker was lost {task.losses} times (limit {self.max_losses})"
+                log.warning("task %s (%s) given up: %s", task.id, task.name, reason)
+                self._finish(task, m.Outcome(id=task.id, status=m.LOST, attempt=task.attempt, reason=reason))
+                return
+        else:
+            task.attempt -= 1  # never started: this attempt does not count
+        self._enqueue(task)
+        self._journal(task)
+        self._wake_idle()
+
+    async def _serve_worker(self, session: _WorkerSession) -> bool:
+        conn = session.conn
+        assert conn is not None
+        while True:
+            messages = await conn.receive_batch()
+            for message in messages:
+                kind = type(message)
+                if kind is m.Results:
+                    self._on_results(session, message)
+                elif kind is m.Heartbeat:
+                    pass
+                elif kind is m.Message:
+                    self._hooks.call(self.on_message, session.peer, message.data)
+                elif kind is m.Release:
+                    self._on_release(session, message)
+                elif kind is m.Goodbye:
+                    self._flush()
+                    return True
+            self._flush()
+
+    def _on_results(self, session: _WorkerSession, results: m.Results) -> None:
+        if results.seq > session.last_seq:
+            session.last_seq = results.seq
+        assigned = session.assigned
+        for task_id in results.started:
+            task = assigned.get(task_id)
+            if task is not None:
+                task.started = True
+        peer = session.peer
+        for outcome in results.results:
+            task = assigned.get(outcome.id)
+            if task is None or task.attempt != outcome.attempt:
+                continue  # a stale attempt, or a result already counted: report once
+            del assigned[outcome.id]
+            self._running -= 1
+            task.session = None
+            if outcome.status == m.OK:
+                peer.done += 1
+                self._finish(task, outcome)
+            else:
+                peer.failed += 1
+                self._attempt_failed(session, task, outcome)
+        if not self._running:
+            self._wake_idle()
+        self._dispatch()
+
+    def _on_release(self, session: _WorkerSession, release: m.Release) -> None:
+        session.draining = True
+        for task_id in release.ids:
+            task = session.assigned.get(task_id)
+            if task is not None and not task.started:
+                self._requeue(session, task, lost=False)
+        self._dispatch()
+
+    def _attempt_failed(self, session: _WorkerSession, task: _Task, outcome: m.Outcome) -> None:
+        if outcome.status == m.ERROR and task.cancel_reason is None and not self._draining:
+            limit = task.retries if task.retries is not None else session.retries.get(task.name, 0)
+            error_type = outcome.error.type if outcome.error else ""
+            if task.failures < limit and error_type not in session.no_retry.get(task.name, ()):
+                task.failures += 1
+                backoff = min(self.retry_backoff_max, self.retry_backoff * 2 ** (task.failures - 1))
+                delay = random.uniform(backoff / 2, backoff)  # "equal jitter": never retry at once
+                log.info("task %s (%s) failed with %s; retry %d/%d in %.2f s",
+                         task.id, task.name, error_type, task.failures, limit, delay)  # fmt: skip
+                task.state = DELAYED
+                self._after(delay, self._delay_over, task)
+                self._journal(task)
+                return
+        if task.cancel_reason is not None and outcome.status in (m.CANCELLED, m.ERROR):
+            outcome = m.Outcome(id=task.id, status=m.CANCELLED, attempt=outcome.attempt, reason=task.cancel_reason)
+        self._finish(task, outcome)
+
+    # ============================================================== clients
+    def _detach_client(self, client: _ClientState) -> None:
+        self._clients.pop(client.peer.id, None)
+        self._dirty_clients.discard(client)
+
+    async def _serve_client(self, client: _ClientState) -> bool:
+        conn = client.conn
+        is_admin = client.peer.role == ADMIN
+        while True:
+            messages = await conn.receive_batch()
+            for message in messages:
+                kind = type(message)
+                if kind is m.Submit:
+                    await self._on_submit(client, message)
+                elif kind is m.Watch:
+                    self._on_watch(client, message.ids)
+                elif kind is m.Cancel:
+                    self.cancel_nowait(message.id, message.reason)
+                elif kind is m.Broadcast:
+                    self.broadcast_nowait(message.data)
+                elif kind is m.Message:
+                    self._hooks.call(self.on_message, client.peer, message.data)
+                elif kind is m.Heartbeat:
+                    pass
+                elif kind is m.StatusRequest and is_admin:
+                    conn.send(m.StatusReply(status=self.status()))
+                elif kind is m.Stop and is_admin:
+                    grace = self.drain_grace if message.grace is None else message.grace
+                    conn.send(m.Stopping(grace=grace))
+                    log.info("stop requested by %s (%s), grace %g s", client.peer.name, conn.address, grace)
+                    self.stop(grace)
+                elif kind is m.Goodbye:
+                    if message.cancel_pending:
+                        self._cancel_owned(client, "the client that submitted it left")
+                    self._flush()
+                    return True
+            self._flush()
+
+    async def _on_submit(self, client: _ClientState, submit: m.Submit) -> None:
+        accepted: list[str] = []
+        rejected: list[m.Rejection] = []
+        new: list[tuple[_Task, float | None]] = []
+        for sub in submit.tasks:
+            existing = self._tasks.get(sub.id)
+            if existing is not None:  # a resubmission after a reconnect: idempotent
+                accepted.append(sub.id)
+                self._watch(existing, client)
+                continue
+            problem = self._refusal(sub.name)
+            if problem is None and client.owned >= self.max_client_queued:
+                problem = ("limit", f"this client already has {client.owned} unfinished tasks (limit {self.max_client_queued})")
+            if problem is None and self._unfinished >= self.max_queued:
+                if submit.wait:
+                    self._dispatch()
+                    self._flush()
+                    while self._unfinished >= self.max_queued and not self._draining:
+                        await self._room.park()
+                    problem = self._refusal(sub.name)
+                else:
+                    problem = ("queue-full", f"the dispatcher's queue is full ({self.max_queued} unfinished tasks)")
+            if problem is not None:
+                rejected.append(m.Rejection(id=sub.id, code=problem[0], message=problem[1]))
+                continue
+            try:
+                _check_options(sub.timeout, sub.retries, sub.delay)
+            except ValueError as exc:
+                rejected.append(m.Rejection(id=sub.id, code="bad-request", message=str(exc)))
+                continue
+            task = self._new_task(sub.id, sub.name, sub.args, sub.kwargs, sub.priority, sub.retries, sub.timeout, sub.delay, client)
+            self._watch(task, client)
+            client.owned += 1
+            new.append((task, sub.delay))
+            accepted.append(sub.id)
+        if new:
+            await self._persist([task for task, _ in new])
+            for task, delay in new:
+                self._place(task, delay)
+            self._dispatch()
+        client.conn.send(m.Accepted(ids=tuple(accepted), rejected=tuple(rejected)))
+
+    def _refusal(self, name: str) -> tuple[str, str] | None:
+        if self._draining:
+            return ("draining", "the dispatcher is shutting down and accepts no new tasks")
+        if not name:
+            return ("bad-request", "a task name must not be empty")
+        return None
+
+    def _on_watch(self, client: _ClientState, ids: Iterable[str]) -> None:
+        for task_id in ids:
+            task = self._tasks.get(task_id)
+            if task is None:
+                client.pending.append(m.Outcome(id=task_id, status=m.UNKNOWN))
+                self._dirty_clients.add(client)
+            else:
+                self._watch(task, client)
+
+    def _watch(self, task: _Task, client: _ClientState) -> None:
+        if task.outcome is not None:
+            client.pending.append(task.outcome)
+            self._dirty_clients.add(client)
+        elif task.watchers is None:
+            task.watchers = [client]
+        elif client not in task.watchers:
+            task.watchers.append(client)
+
+    def _cancel_owned(self, client: _ClientState, reason: str) -> None:
+        for task in list(self._tasks.values()):
+            if task.owner is client and task.state != DONE:
+                self.cancel_nowait(task.id, reason)
+
+    # =========================================================== task flow
+    def _new_task(self, task_id: str, name: str, args: Any, kwargs: Any, priority: int, retries: int | None,
+                  timeout: float | None, delay: float | None, owner: Any) -> _Task:  # fmt: skip
+        now = trio.current_time()
+        deadline = now + timeout if timeout is not None else None
+        self._seq += 1
+        task = _Task(task_id, name, list(args), dict(kwargs or {}), priority, retries, deadline, owner, self._seq)
+        if delay:
+            task.state = DELAYED
+        self._tasks[task_id] = task
+        self._unfinished += 1
+        return task
+
+    def _enqueue(self, task: _Task) -> None:
+        task.state = QUEUED
+        heap = self._queues.get(task.name)
+        if heap is None:
+            heap = self._queues[task.name] = []
+        heapq.heappush(heap, (-task.priority, task.seq, task))
+        self._ready_names.add(task.name)
+
+    def _delay_over(self, task: _Task) -> None:
+        if task.state == DELAYED:
+            self._enqueue(task)
+            self._dispatch()
+
+    def _deadline_passed(self, task: _Task) -> None:
+        if task.state == DONE:
+            return
+        if task.state == RUNNING:
+            # The worker enforces the deadline itself and will report; if it has
+            # gone quiet, the dispatcher gives it up shortly after.
+            self._after(self.heartbeat_timeout, self._deadline_enforced, task)
+            return
+        self._finish(task, m.Outcome(id=task.id, status=m.TIMEOUT, attempt=task.attempt, reason="deadline passed while queued"))
+
+    def _deadline_enforced(self, task: _Task) -> None:
+        if task.state == RUNNING and task.session is not None:
+            session = task.session
+            del session.assigned[task.id]
+            self._running -= 1
+            if session.conn is not None:
+                self._send_to(session, m.Cancel(id=task.id, reason="deadline passed"))
+            task.session = None
+            self._finish(task, m.Outcome(id=task.id, status=m.TIMEOUT, attempt=task.attempt, reason="deadline passed; the worker did not report in time"))
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Give queued tasks to workers that offer them and have room, least loaded first."""
+        if not self._ready_names or self._draining:
+            return
+        order = sorted(self._ready_names, key=lambda n: self._queues[n][0][:2] if self._queues[n] else (0, 0))
+        for name in order:
+            heap = self._queues[name]
+            candidates = [
+                (len(s.assigned) / s.window, i, s)
+                for i, s in enumerate(self._by_name.get(name, ()))
+                if s.conn is not None and not s.draining and len(s.assigned) < s.window
+            ]
+            if candidates:
+                heapq.heapify(candidates)
+                now = trio.current_time()
+                while heap and candidates:
+                    task = heapq.heappop(heap)[2]
+                    if task.state != QUEUED:
+                        continue
+                    _, i, session = candidates[0]
+                    self._assign(task, session, now)
+                    if len(session.assigned) < session.window:
+                        heapq.heapreplace(candidates, (len(session.assigned) / session.window, i, session))
+                    else:
+                        heapq.heappop(candidates)
+            while heap and heap[0][2].state != QUEUED:
+                heapq.heappop(heap)
+            if not heap:
+                self._ready_names.discard(name)
+
+    def _assign(self, task: _Task, session: _WorkerSession, now: float) -> None:
+        task.state = RUNNING
+        task.attempt += 1
+        task.session = session
+        task.started = False
+        session.assigned[task.id] = task
+        self._running += 1
+        session.buffer.append(
+            m.TaskSpec(
+                id=task.id, name=task.name, args=task.args, kwargs=task.kwargs, attempt=task.attempt,
+                timeout=None if task.deadline is None else max(0.0, task.deadline - now),
+            )  # fmt: skip
+        )
+        self._dirty_sessions.add(session)
+        if self.store.durable:
+            self._journal(task)
+
+    def _finish(self, task: _Task, outcome: m.Outcome) -> None:
+        """Record the one outcome of ``task`` and tell everyone who waits for it."""
+        if task.state == DONE:
+            return
+        if task.state == RUNNING and task.session is not None:
+            task.session.assigned.pop(task.id, None)
+            self._running -= 1
+            task.session = None
+        task.state = DONE
+        task.outcome = outcome
+        task.finished_at = time.time()
+        self._unfinished -= 1
+        self._counts[outcome.status] = self._counts.get(outcome.status, 0) + 1
+        if isinstance(task.owner, _ClientState):
+            task.owner.owned -= 1
+        task.args = task.kwargs = None  # type: ignore[assignment] - not needed any more
+        if task.slot is not None:
+            task.slot.set(outcome)
+        if task.watchers:
+            for client in task.watchers:
+                client.pending.append(outcome)
+                self._dirty_clients.add(client)
+            task.watchers = None
+        self._finished.append(task)
+        if len(self._finished) > self.max_results:
+            self._forget(self._finished.popleft())
+        if self._room.statistics().tasks_waiting:
+            self._room.unpark()
+        self._journal(task)
+        if self._hooks.overridden(self.on_task_done):
+            self._hooks.call(self.on_task_done, task.id, task.name, outcome)
+
+    def _forget(self, task: _Task) -> None:
+        if self._tasks.get(task.id) is task:
+            del self._tasks[task.id]
+            if self.store.durable:
+                self.store.forget([task.id])
+
+    def _wake_idle(self) -> None:
+        if not self._running:
+            self._idle.unpark_all()
+
+    def _flush(self) -> None:
+        """Send what the last state changes produced: task batches to workers, outcomes to clients."""
+        if self._dirty_sessions:
+            for session in self._dirty_sessions:
+                if session.buffer and session.conn is not None:
+                    batch, session.buffer = session.buffer, []
+                    self._send_to(session, m.Run(tasks=tuple(batch), ack=session.last_seq))
+            self._dirty_sessions.clear()
+        if self._dirty_clients:
+            for client in self._dirty_clients:
+                if client.pending:
+                    batch, client.pending = client.pending, []
+                    try:
+                        client.conn.send(m.Outcomes(results=tuple(batch)))
+                    except ConnectionClosed:
+                        pass  # the client re-watches its tasks when it reconnects
+            self._dirty_clients.clear()
+
+    def _send_to(self, session: _WorkerSession, message: Any) -> None:
+        conn = session.conn
+        if conn is None:
+            return
+        try:
+            conn.send(message)
+        except ConnectionClosed:
+            pass  # the reader notices and the session's grace period starts
+
+    # ================================================================ timers
+    def _at(self, when: float, callback: Callable[[Any], None], arg: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._timers, (when, self._seq, callback, arg))
+        if self._timers[0][1] == self._seq:
+            self._timer_wakeup.set()
+
+    def _after(self, delay: float, callback: Callable[[Any], None], arg: Any) -> None:
+        self._at(trio.current_time() + delay, callback, arg)
+
+    async def _run_timers(self) -> None:
+        self._after(min(60.0, self.result_ttl), self._purge, None)
+        while True:
+            now = trio.current_time()
+            fired = False
+            while self._timers and self._timers[0][0] <= now:
+                _, _, callback, arg = heapq.heappop(self._timers)
+                callback(arg)
+                fired = True
+            if fired:
+                self._flush()
+            next_at = self._timers[0][0] if self._timers else math.inf
+            self._timer_wakeup = trio.Event()
+            with trio.move_on_at(next_at):
+                await self._timer_wakeup.wait()
+
+    def _purge(self, _: Any) -> None:
+        cutoff = time.time() - self.result_ttl
+        finished = self._finished
+        while finished and finished[0].finished_at < cutoff:
+            self._forget(finished.popleft())
+        self._after(min(60.0, self.result_ttl), self._purge, None)
+
+    # ========================================================= persistence
+    async def _persist(self, tasks: list[_Task]) -> None:
+        if self.store.durable:
+            await self.store.add([self._stored(t) for t in tasks])
+
+    def _journal(self, task: _Task) -> None:
+        if self.store.durable:
+            self.store.update(self._stored(task))
+
+    def _stored(self, task: _Task) -> StoredTask:
+        now_trio, now_wall = trio.current_time(), time.time()
+        return StoredTask(
+            id=task.id, name=task.name, args=task.args or [], kwargs=task.kwargs or {}, priority=task.priority,
+            retries=task.retries, deadline=None if task.deadline is None else now_wall + (task.deadline - now_trio),
+            state=task.state if task.state != DELAYED else QUEUED, attempt=task.attempt, failures=task.failures,
+            losses=task.losses, session=task.session.id if task.session else None,
+            outcome=None if task.outcome is None else m.converter.unstructure(task.outcome),
+            submitted_at=task.submitted_at, finished_at=task.finished_at or None,
+        )  # fmt: skip
+
+    async def _recover(self, stored: list[StoredTask]) -> None:
+        if not stored:
+            return
+        now_trio, now_wall = trio.current_time(), time.time()
+        requeued = 0
+        for row in stored:
+            deadline = None if row.deadline is None else now_trio + (row.deadline - now_wall)
+            self._seq += 1
+            task = _Task(row.id, row.name, row.args, row.kwargs, row.priority, row.retries, deadline, None, self._seq)
+            task.attempt, task.failures, task.losses = row.attempt, row.failures, row.losses
+            task.submitted_at = row.submitted_at
+            self._tasks[task.id] = task
+            if row.state == DONE and row.outcome is not None:
+                task.state = DONE
+                task.outcome = m.converter.structure(row.outcome, m.Outcome)
+                task.finished_at = row.finished_at or now_wall
+                task.args = task.kwargs = None  # type: ignore[assignment]
+                self._finished.append(task)
+                continue
+            self._unfinished += 1
+            if row.state == RUNNING:
+                # Its worker may come back and still hold it; until then it
+                # waits as a detached session would.
+                task.losses += 1
+                if task.losses > self.max_losses:
+                    self._finish(task, m.Outcome(id=task.id, status=m.LOST, attempt=task.attempt, reason="lost in a dispatcher crash too many times"))
+                    continue
+            if deadline is not None:
+                self._at(deadline, self._deadline_passed, task)
+            self._enqueue(task)
+            requeued += 1
+        log.info("recovered %d unfinished task(s) and %d outcome(s) from %s", requeued, len(self._finished), self.store.url)
+
+    # ============================================================ public API
+    def submit_nowait(
+        self,
+        name: str,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+        delay: float | None = None,
+        priority: int = 0,
+        task_id: str | None = None,
+    ) -> TaskHandle:
+        """Queue a task now or raise :class:`QueueFull`/:class:`Rejected`; see :meth:`submit`."""
+        problem = self._refusal(name)
+        if problem is not None:
+            raise Rejected(problem[1], code=problem[0])
+        if self._unfinished >= self.max_queued:
+            raise QueueFull()
+        task = self._submit_one(name, args, kwargs, timeout, retries, delay, priority, task_id)
+        if self.store.durable:
+            self.store.update(self._stored(task))
+        self._dispatch()
+        self._flush()
+        return TaskHandle(self, task.id, name)
+
+    def _submit_one(self, name: str, args: Iterable[Any], kwargs: dict[str, Any] | None, timeout: float | None,
+                    retries: int | None, delay: float | None, priority: int, task_id: str | None) -> _Task:  # fmt: skip
+        _check_options(timeout, retries, delay)
+        task_id = task_id or uuid.uuid4().hex
+        if task_id in self._tasks:
+            raise Rejected(f"a task with id {task_id!r} exists already", code="duplicate")
+        task = self._new_task(task_id, name, list(args), kwargs, priority, retries, timeout, delay, None)
+        self._place(task, delay)
+        return task
+
+    def _place(self, task: _Task, delay: float | None) -> None:
+        if task.deadline is not None:
+            self._at(task.deadline, self._deadline_passed, task)
+        if delay:
+            self._after(delay, self._delay_over, task)
+        else:
+            self._enqueue(task)
+
+    async def submit(
+        self,
+        name: str,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+        delay: float | None = None,
+        priority: int = 0,
+        task_id: str | None = None,
+    ) -> TaskHandle:
+        """Submit a task from inside the dispatcher; waits while the queue is full.
+
+        ``timeout`` is an absolute deadline in seconds from now (queueing
+        included); ``retries`` how often to retry after the task raises;
+        ``delay`` seconds before it may start; higher ``priority`` runs first.
+        Returns once the task is journaled.
+        """
+        await self._wait_room(1)
+        handle = self.submit_nowait(
+            name, args, kwargs, timeout=timeout, retries=retries, delay=delay, priority=priority, task_id=task_id
+        )
+        await self.store.flush()
+        return handle
+
+    async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Submit ``name(*args, **kwargs)`` and wait for its value (raises if the task failed)."""
+        handle = await self.submit(name, args, kwargs)
+        return await handle.result()
+
+    async def map(
+        self,
+        name: str,
+        iterable_of_args: Iterable[Any],
+        *,
+        return_exceptions: bool = False,
+        timeout: float | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+    ) -> list[Any]:
+        """Run ``name`` once per item and return the results in order.
+
+        Each item is a tuple/list of positional arguments (any other value is
+        the single argument).  With ``return_exceptions=True`` a failed task
+        puts its exception in its place; otherwise, once all have ended, the
+        first failure in order is raised.
+        """
+        tasks: list[_Task] = []
+        for item in iterable_of_args:
+            if self._unfinished >= self.max_queued:
+                self._dispatch()
+                self._flush()
+                await self._wait_room(1)
+            problem = self._refusal(name)
+            if problem is not None:
+                raise Rejected(problem[1], code=problem[0])
+            args = list(item) if isinstance(item, (tuple, list)) else [item]
+            tasks.append(self._submit_one(name, args, None, timeout, retries, None, priority, None))
+        if self.store.durable:
+            await self._persist(tasks)
+        self._dispatch()
+        self._flush()
+        return await _gather([self._slot(t.id) for t in tasks], return_exceptions)
+
+    async def broadcast(self, message: Any) -> int:
+        """Send ``message`` to every connected worker's ``on_message``; returns how many."""
+        return self.broadcast_nowait(message)
+
+    def broadcast_nowait(self, message: Any) -> int:
+        frame = m.Message(data=message)
+        sent = 0
+        for session in list(self._sessions.values()):
+            if session.conn is not None and not session.conn.closed:
+                self._send_to(session, frame)
+                sent += 1
+        return sent
+
+    async def send(self, peer: Peer, message: Any) -> None:
+        """Send a custom message to one peer (a worker's or client's ``on_message``)."""
+        conn = peer._connection  # noqa: SLF001
+        if conn is None or conn.closed or not peer.connected:
+            raise ConnectionClosed(f"peer {peer.name!r} is not connected")
+        conn.send(m.Message(data=message))
+
+    def cancel_nowait(self, task_id: str, reason: str | None = None) -> bool:
+        """Cancel a task: at once if queued, over the wire if running.  False if unknown or ended."""
+        task = self._tasks.get(task_id)
+        if task is None or task.state == DONE:
+            return False
+        reason = reason or "cancelled"
+        if task.state == RUNNING and task.session is not None and task.session.conn is not None:
+            if task.cancel_reason is None:
+                task.cancel_reason = reason
+                self._send_to(task.session, m.Cancel(id=task.id, reason=reason))
+                self._after(self.cancel_timeout, self._cancel_unacknowledged, task)
+            return True
+        self._finish(task, m.Outcome(id=task.id, status=m.CANCELLED, attempt=task.attempt, reason=reason))
+        self._dispatch()
+        self._flush()
+        return True
+
+    def _cancel_unacknowledged(self, task: _Task) -> None:
+        if task.state == RUNNING and task.cancel_reason is not None:
+            log.warning("task %s: the worker did not acknowledge its cancellation in time", task.id)
+            self._finish(task, m.Outcome(id=task.id, status=m.CANCELLED, attempt=task.attempt, reason=task.cancel_reason))
+            self._dispatch()
+
+    def task(self, task_id: str) -> TaskHandle:
+        """A handle to a known task by id (raises :class:`UnknownTaskId` if none)."""
+        if task_id not in self._tasks:
+            from ._errors import UnknownTaskId
+
+            raise UnknownTaskId(f"no task {task_id!r}")
+        return TaskHandle(self, task_id, self._tasks[task_id].name)
+
+    @property
+    def workers(self) -> list[Peer]:
+        """The workers connected now."""
+        return [s.peer for s in self._sessions.values() if s.conn is not None]
+
+    async def wait_workers(self, count: int = 1) -> None:
+        """Wait until at least ``count`` workers are connected (handy in tests and on_start)."""
+        while len(self.workers) < count:
+            await trio.sleep(0.01)
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-ready snapshot: counts, workers, clients (what ``trioschedule status`` shows)."""
+        queued = delayed = 0
+        waiting: dict[str, int] = {}
+        offered = {name for name, group in self._by_name.items() if any(s.conn is not None for s in group)}
+        for task in self._tasks.values():
+            if task.state == QUEUED:
+                queued += 1
+                if task.name not in offered:
+                    waiting[task.name] = waiting.get(task.name, 0) + 1
+            elif task.state == DELAYED:
+                delayed += 1
+        return {
+            "name": self.name,
+            "pid": os.getpid(),
+            "address": f"{self.host}:{self.port}",
+            "protocol": m.PROTOCOL_VERSION,
+            "started_at": self._started_at,
+            "uptime": time.time() - self._started_at if self._started_at else 0.0,
+            "draining": self._draining,
+            "store": self.store.url,
+            "tasks": {
+                "queued": queued,
+                "delayed": delayed,
+                "running": self._running,
+                "done": self._counts[m.OK],
+                "failed": self._counts[m.ERROR],
+                "cancelled": self._counts[m.CANCELLED],
+                "timeout": self._counts[m.TIMEOUT],
+                "lost": self._counts[m.LOST],
+            },
+            "waiting_for_worker": waiting,
+            "workers": [
+                {**s.peer.describe(), "session": s.id, "connected": s.conn is not None, "draining": s.draining}
+                for s in self._sessions.values()
+            ],
+            "clients": [c.peer.describe() for c in self._clients.values()],
+            "hook_errors": self._hooks.errors,
+        }
+
+    # ------------------------------------------------ handle owner protocol
+    def _slot(self, task_id: str) -> OutcomeSlot:
+        task = self._tasks.get(task_id)
+        slot = OutcomeSlot()
+        if task is None:
+            slot.set(m.Outcome(id=task_id, status=m.UNKNOWN))
+        elif task.outcome is not None:
+            slot.set(task.outcome)
+        elif task.slot is None:
+            task.slot = slot
+        else:
+            slot = task.slot
+        return slot
+
+    async def _wait_outcome(self, task_id: str) -> m.Outcome:
+        return await self._slot(task_id).wait()
+
+    def _peek_outcome(self, task_id: str) -> m.Outcome | None:
+        task = self._tasks.get(task_id)
+        return task.outcome if task is not None else None
+
+    async def _cancel_task(self, task_id: str, reason: str | None) -> None:
+        self.cancel_nowait(task_id, reason)
+
+    async def _wait_room(self, count: int) -> None:
+        while self._unfinished + count > self.max_queued and not self._draining:
+            await self._room.park()
+
+
+async def _gather(slots: list[OutcomeSlot], return_exceptions: bool) -> list[Any]:
+    from ._handles import to_exception
+
+    results: list[Any] = []
+    first_error: BaseException | None = None
+    for slot in slots:
+        outcome = slot.outcome or await slot.wait()
+        if outcome.status == m.OK:
+            results.append(outcome.value)
+        else:
+            exc = to_exception(outcome)
+            if first_error is None:
+                first_error = exc
+            results.append(exc)
+    if first_error is not None and not return_exceptions:
+        raise first_error
+    return results
+
+
+def _check_options(timeout: float | None, retries: int | None, delay: float | None) -> None:
+    if timeout is not None and not timeout > 0:
+        raise ValueError("timeout must be a positive number of seconds")
+    if retries is not None and retries < 0:
+        raise ValueError("retries must be >= 0")
+    if delay is not None and delay < 0:
+        raise ValueError("delay must be >= 0")
+
+
+async def _until_closed(fn: Callable[[], Any], scope: trio.CancelScope) -> None:
+    """Run one of a connection's helper tasks; when it ends for any reason, end the connection."""
+    try:
+        await fn()
+    except (ConnectionClosed, ProtocolError):
+        pass
+    finally:
+        scope.cancel()
+
+
+def _bound_port(listeners: list[Any], default: int) -> int:
+    for listener in listeners:
+        inner = getattr(listener, "transport_listener", listener)
+        sock = getattr(inner, "socket", None)
+        if sock is not None:
+            return int(sock.getsockname()[1])
+    return default

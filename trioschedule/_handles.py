@@ -1,0 +1,111 @@
+"""Task handles: what ``submit`` returns, on the dispatcher and on a client alike."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import trio
+
+from . import _messages as m
+from ._errors import TaskCancelled, TaskFailed, TaskLost, TaskTimeout, UnknownTaskId
+
+__all__ = ["TaskHandle", "unwrap"]
+
+
+def unwrap(outcome: m.Outcome) -> Any:
+    """The task's value, or the exception that describes how it ended."""
+    status = outcome.status
+    if status == m.OK:
+        return outcome.value
+    raise to_exception(outcome)
+
+
+def to_exception(outcome: m.Outcome) -> BaseException:
+    """The exception a caller sees for a task that ended without a value."""
+    status, task_id = outcome.status, outcome.id
+    if status == m.ERROR:
+        error = outcome.error or m.RemoteError(type="Error", message=outcome.reason or "task failed")
+        return TaskFailed(error.type, error.message, error.traceback, task_id=task_id)
+    if status == m.CANCELLED:
+        return TaskCancelled(outcome.reason, task_id=task_id)
+    if status == m.TIMEOUT:
+        return TaskTimeout(outcome.reason or "task timed out", task_id=task_id)
+    if status == m.LOST:
+        return TaskLost(outcome.reason or "task lost", task_id=task_id)
+    if status == m.UNKNOWN:
+        return UnknownTaskId(f"the dispatcher knows no task {task_id!r} (never submitted, or its result expired)")
+    return TaskFailed("ProtocolError", f"unknown task status {status!r}", task_id=task_id)
+
+
+class _Owner(Protocol):
+    async def _wait_outcome(self, task_id: str) -> m.Outcome: ...
+    async def _cancel_task(self, task_id: str, reason: str | None) -> None: ...
+    def _peek_outcome(self, task_id: str) -> m.Outcome | None: ...
+
+
+class TaskHandle:
+    """A submitted task: ``await handle.result()`` gives its value or raises.
+
+    Handles are cheap and hold no connection of their own; any number of
+    them may wait on the same task.
+    """
+
+    __slots__ = ("id", "name", "_owner", "_slot")
+
+    def __init__(self, owner: _Owner, task_id: str, name: str = "", slot: OutcomeSlot | None = None) -> None:
+        self._owner = owner
+        self._slot = slot
+        self.id = task_id
+        self.name = name
+
+    async def result(self) -> Any:
+        """Wait for the task to end; return its value or raise a :class:`~trioschedule.TaskError`."""
+        return unwrap(await self.outcome())
+
+    async def outcome(self) -> m.Outcome:
+        """Wait for the task to end and return its raw :class:`Outcome` (never raises for the task)."""
+        if self._slot is not None:
+            return await self._slot.wait()
+        return await self._owner._wait_outcome(self.id)
+
+    async def cancel(self, reason: str | None = None) -> None:
+        """Cancel the task if it has not ended: at once when queued, over the wire when running.
+
+        Returns once the dispatcher has taken the request; ``result()`` then
+        raises :class:`~trioschedule.TaskCancelled` with ``reason`` (unless
+        the task ended first, in which case its real outcome stands).
+        """
+        await self._owner._cancel_task(self.id, reason)
+
+    def done(self) -> bool:
+        """True once the outcome is known here."""
+        if self._slot is not None and self._slot.outcome is not None:
+            return True
+        return self._owner._peek_outcome(self.id) is not None
+
+    def __repr__(self) -> str:
+        return f"<TaskHandle {self.name or 'task'} {self.id}>"
+
+
+class OutcomeSlot:
+    """One task's outcome as it becomes known, with an event to wait on."""
+
+    __slots__ = ("outcome", "_event")
+
+    def __init__(self) -> None:
+        self.outcome: m.Outcome | None = None
+        self._event: trio.Event | None = None
+
+    def set(self, outcome: m.Outcome) -> None:
+        if self.outcome is None:
+            self.outcome = outcome
+            if self._event is not None:
+                self._event.set()
+
+    async def wait(self) -> m.Outcome:
+        if self.outcome is None:
+            if self._event is None:
+                self._event = trio.Event()
+            await self._event.wait()
+        assert self.outcome is not None
+        return self.outcome

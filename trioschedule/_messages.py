@@ -1,0 +1,432 @@
+"""Every message of the wire protocol, and the one converter that encodes them.
+
+Each message is a frozen, keyword-only attrs class with a stable ``TYPE``
+tag.  On the wire a message is one UTF-8 JSON object whose ``type`` field is
+that tag; the other fields are the attributes (fields equal to their default
+are omitted).  :func:`encode` and :func:`decode` are the only way in or out:
+decoding is strict (unknown fields, wrong types and non-JSON constants are
+refused) and every failure is a :class:`RemoteProtocolError` with a code.
+
+This module never imports trio; docs/PROTOCOL.md describes the same messages
+for implementers in other languages, and the tests check that it agrees.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar, Union
+
+import attrs
+import cattrs
+from cattrs.strategies import configure_tagged_union
+
+from ._errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Accepted",
+    "Auth",
+    "Broadcast",
+    "Cancel",
+    "Challenge",
+    "Error",
+    "Goodbye",
+    "Heartbeat",
+    "Hello",
+    "Message",
+    "Outcome",
+    "Outcomes",
+    "Rejection",
+    "Release",
+    "RemoteError",
+    "Results",
+    "Run",
+    "StatusReply",
+    "StatusRequest",
+    "Stop",
+    "Stopping",
+    "Submission",
+    "Submit",
+    "TaskSpec",
+    "Watch",
+    "Welcome",
+    "decode",
+    "encode",
+]
+
+PROTOCOL_VERSION = 1
+
+frozen = attrs.frozen(kw_only=True)
+
+# Task statuses, as they appear in Outcome.status.
+OK = "ok"
+ERROR = "error"
+CANCELLED = "cancelled"
+TIMEOUT = "timeout"
+LOST = "lost"
+UNKNOWN = "unknown"
+STATUSES = (OK, ERROR, CANCELLED, TIMEOUT, LOST, UNKNOWN)
+
+
+# ------------------------------------------------------------------ pieces
+@frozen
+class RemoteError:
+    """An exception raised by a task, described (never pickled)."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+
+@frozen
+class TaskSpec:
+    """One task run, dispatcher to worker.  ``timeout`` is the time left, in seconds."""
+
+    id: str
+    name: str
+    args: list[Any] = attrs.field(factory=list)
+    kwargs: dict[str, Any] = attrs.field(factory=dict)
+    attempt: int = 1
+    timeout: float | None = None
+
+
+@frozen
+class Submission:
+    """One task submitted by a client.  ``id`` is chosen by the client, so resubmitting is idempotent."""
+
+    id: str
+    name: str
+    args: list[Any] = attrs.field(factory=list)
+    kwargs: dict[str, Any] = attrs.field(factory=dict)
+    timeout: float | None = None
+    retries: int | None = None
+    delay: float | None = None
+    priority: int = 0
+
+
+@frozen
+class Outcome:
+    """How one task attempt (worker to dispatcher) or one task (dispatcher to client) ended."""
+
+    id: str
+    status: str
+    attempt: int = 0
+    value: Any = None
+    error: RemoteError | None = None
+    reason: str | None = None
+
+
+@frozen
+class Rejection:
+    """A submission the dispatcher refused, with a code and a human explanation."""
+
+    id: str
+    code: str
+    message: str
+
+
+# ---------------------------------------------------------------- handshake
+@frozen
+class Hello:
+    """First frame from every peer: protocol version, role and, for workers, what it offers."""
+
+    TYPE: ClassVar[str] = "hello"
+    version: int
+    role: str
+    name: str = ""
+    host: str = ""
+    pid: int = 0
+    nonce: str | None = None
+    tasks: tuple[str, ...] = ()
+    concurrency: int = 1
+    prefetch: int = 0
+    session: str | None = None
+    running: tuple[str, ...] = ()
+    retries: dict[str, int] = attrs.field(factory=dict)
+    no_retry: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+
+
+@frozen
+class Challenge:
+    """The dispatcher's nonce, sent when a shared secret is configured."""
+
+    TYPE: ClassVar[str] = "challenge"
+    nonce: str
+
+
+@frozen
+class Auth:
+    """The peer's proof that it knows the secret: HMAC over both nonces."""
+
+    TYPE: ClassVar[str] = "auth"
+    proof: str
+
+
+@frozen
+class Welcome:
+    """The dispatcher accepts the peer; ``proof`` proves the dispatcher knows the secret too."""
+
+    TYPE: ClassVar[str] = "welcome"
+    version: int
+    session: str
+    heartbeat: float
+    timeout: float
+    name: str = ""
+    proof: str | None = None
+    resumed: bool = False
+
+
+@frozen
+class Error:
+    """A fatal error: the sender closes the connection right after it."""
+
+    TYPE: ClassVar[str] = "error"
+    code: str
+    message: str
+
+
+# ------------------------------------------------------------- both ways
+@frozen
+class Heartbeat:
+    """Sent when a side has been quiet for a heartbeat interval.  ``ack``: see Results."""
+
+    TYPE: ClassVar[str] = "heartbeat"
+    ack: int = 0
+
+
+@frozen
+class Message:
+    """A user-defined message: ``data`` is any JSON value."""
+
+    TYPE: ClassVar[str] = "message"
+    data: Any = None
+
+
+@frozen
+class Goodbye:
+    """A clean close.  A client may ask for its unfinished tasks to be cancelled."""
+
+    TYPE: ClassVar[str] = "goodbye"
+    reason: str = ""
+    cancel_pending: bool = False
+
+
+@frozen
+class Cancel:
+    """Cancel a task: client to dispatcher, and dispatcher to the worker running it."""
+
+    TYPE: ClassVar[str] = "cancel"
+    id: str
+    reason: str | None = None
+
+
+# ------------------------------------------------------------------ worker
+@frozen
+class Run:
+    """Tasks for a worker to run.  ``ack`` acknowledges Results frames up to that ``seq``."""
+
+    TYPE: ClassVar[str] = "run"
+    tasks: tuple[TaskSpec, ...] = ()
+    ack: int = 0
+
+
+@frozen
+class Results:
+    """Worker to dispatcher: tasks it started and attempts that ended.  ``seq`` numbers the frame."""
+
+    TYPE: ClassVar[str] = "results"
+    seq: int
+    started: tuple[str, ...] = ()
+    results: tuple[Outcome, ...] = ()
+
+
+@frozen
+class Release:
+    """A draining worker hands back tasks it received but never started."""
+
+    TYPE: ClassVar[str] = "release"
+    ids: tuple[str, ...]
+
+
+# ------------------------------------------------------------------ client
+@frozen
+class Submit:
+    """Client to dispatcher: new tasks.  ``wait=False`` asks for a refusal instead of waiting when full."""
+
+    TYPE: ClassVar[str] = "submit"
+    tasks: tuple[Submission, ...]
+    wait: bool = True
+
+
+@frozen
+class Accepted:
+    """The submissions that are now the dispatcher's responsibility, and those refused."""
+
+    TYPE: ClassVar[str] = "accepted"
+    ids: tuple[str, ...] = ()
+    rejected: tuple[Rejection, ...] = ()
+
+
+@frozen
+class Watch:
+    """Ask to be told how these tasks end (reattaching after a reconnect or from another process)."""
+
+    TYPE: ClassVar[str] = "watch"
+    ids: tuple[str, ...]
+
+
+@frozen
+class Outcomes:
+    """Dispatcher to client: tasks that ended (or are unknown)."""
+
+    TYPE: ClassVar[str] = "outcomes"
+    results: tuple[Outcome, ...]
+
+
+@frozen
+class Broadcast:
+    """Client to dispatcher: deliver ``data`` to every connected worker's ``on_message``."""
+
+    TYPE: ClassVar[str] = "broadcast"
+    data: Any = None
+
+
+# ------------------------------------------------------------------- admin
+@frozen
+class StatusRequest:
+    """Ask the dispatcher for its status (admin role)."""
+
+    TYPE: ClassVar[str] = "status"
+
+
+@frozen
+class StatusReply:
+    """The dispatcher's status as a JSON object (see docs/PROTOCOL.md for the fields)."""
+
+    TYPE: ClassVar[str] = "status-reply"
+    status: dict[str, Any]
+
+
+@frozen
+class Stop:
+    """Ask the dispatcher to drain and exit (admin role)."""
+
+    TYPE: ClassVar[str] = "stop"
+    grace: float | None = None
+
+
+@frozen
+class Stopping:
+    """The dispatcher has begun draining."""
+
+    TYPE: ClassVar[str] = "stopping"
+    grace: float
+
+
+MESSAGE_TYPES: tuple[type, ...] = (
+    Hello, Challenge, Auth, Welcome, Error, Heartbeat, Message, Goodbye, Cancel,
+    Run, Results, Release, Submit, Accepted, Watch, Outcomes, Broadcast,
+    StatusRequest, StatusReply, Stop, Stopping,
+)  # fmt: skip
+AnyMessage = Union[  # noqa: UP007 - a runtime union object for cattrs
+    Hello, Challenge, Auth, Welcome, Error, Heartbeat, Message, Goodbye, Cancel,
+    Run, Results, Release, Submit, Accepted, Watch, Outcomes, Broadcast,
+    StatusRequest, StatusReply, Stop, Stopping,
+]  # fmt: skip
+TAGS: dict[str, type] = {cls.TYPE: cls for cls in MESSAGE_TYPES}
+
+
+# --------------------------------------------------------------- converter
+def _strict(kind: type | tuple[type, ...], name: str) -> Any:
+    def hook(value: Any, _: Any) -> Any:
+        if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
+            return value
+        raise TypeError(f"expected {name}, got {type(value).__name__}")
+
+    return hook
+
+
+def _strict_float(value: Any, _: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"expected a number, got {type(value).__name__}")
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=True, omit_if_default=True)
+    # JSON types pass through unchanged but are checked: cattrs would
+    # otherwise turn 5 into "5" or {} into "{}".
+    converter.register_structure_hook(str, _strict(str, "a string"))
+    converter.register_structure_hook(int, _strict(int, "an integer"))
+    converter.register_structure_hook(bool, _strict(bool, "true or false"))
+    converter.register_structure_hook(float, _strict_float)
+    # Task arguments and results stay plain JSON values: no copy, only a check.
+    converter.register_structure_hook_func(lambda t: t == list[Any], _strict(list, "an array"))
+    converter.register_structure_hook_func(lambda t: t == dict[str, Any], _strict(dict, "an object"))
+    configure_tagged_union(AnyMessage, converter, tag_name="type", tag_generator=lambda cls: cls.TYPE)
+    return converter
+
+
+converter = _make_converter()
+_unstructure = converter.unstructure
+_structure = converter.structure
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False, allow_nan=False).encode
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
+
+
+def encode(message: Any) -> bytes:
+    """The JSON payload for ``message`` (without the frame header).
+
+    Raises :class:`LocalProtocolError` if a value in it is not JSON (a task
+    argument or result that is a set, a datetime, NaN...).
+    """
+    try:
+        return _dumps(_unstructure(message, AnyMessage)).encode()
+    except (TypeError, ValueError) as exc:
+        raise LocalProtocolError(
+            f"cannot encode {type(message).__name__} as JSON: {exc}; "
+            "task arguments, results and messages must be JSON values (str, int, float, bool, None, list, dict)",
+            code="not-json",
+        ) from exc
+
+
+def decode(payload: bytes) -> Any:
+    """Parse one payload into a message, or raise :class:`RemoteProtocolError`."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RemoteProtocolError(f"payload is not UTF-8 ({exc.reason} at byte {exc.start})", code="bad-utf8") from None
+    try:
+        obj = _loads(text)
+    except RecursionError:
+        raise RemoteProtocolError("payload nests JSON too deeply", code="bad-json") from None
+    except ValueError as exc:
+        raise RemoteProtocolError(f"payload is not JSON: {exc}", code="bad-json") from None
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError(f"payload is JSON {type(obj).__name__}, not an object", code="bad-message")
+    tag = obj.get("type")
+    if not isinstance(tag, str):
+        raise RemoteProtocolError('payload has no string "type" field', code="bad-message")
+    if tag not in TAGS:
+        raise RemoteProtocolError(f"unknown message type {tag[:64]!r}", code="unknown-message")
+    try:
+        return _structure(obj, AnyMessage)
+    except RecursionError:
+        raise RemoteProtocolError("payload nests JSON too deeply", code="bad-json") from None
+    except Exception as exc:  # cattrs reports field errors as exception groups
+        raise RemoteProtocolError(f"invalid {tag!r} message: {_describe(exc)}", code="bad-message") from None
+
+
+def _describe(exc: BaseException) -> str:
+    """Flatten a cattrs validation error into one line naming the fields."""
+    try:
+        notes = cattrs.transform_error(exc)  # type: ignore[arg-type]
+    except Exception:
+        notes = [str(exc)]
+    return "; ".join(notes)[:500]

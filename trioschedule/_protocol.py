@@ -1,0 +1,239 @@
+"""The sans-IO protocol core: frames, messages and the legal order of both.
+
+:class:`ProtocolConnection` is one side of one connection.  Bytes from the
+peer go in through :meth:`~ProtocolConnection.receive_data`; messages come out
+of :meth:`~ProtocolConnection.next_message`; :meth:`~ProtocolConnection.send`
+turns a message into the bytes to write.  Both directions are checked against
+one transition table (:data:`RECEIVE` and :data:`SEND`), so "a worker may not
+submit", "nothing before the hello is answered" and "no task before the
+handshake" are data, not scattered ``if`` statements.
+
+It performs no I/O and never imports trio: the tests drive it byte at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import Any
+
+from . import _messages as m
+from ._errors import LocalProtocolError, RemoteProtocolError
+from ._framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
+
+__all__ = [
+    "ADMIN",
+    "CLIENT",
+    "DISPATCHER",
+    "PEER_ROLES",
+    "WORKER",
+    "ProtocolConnection",
+    "dispatcher_proof",
+    "new_nonce",
+    "peer_proof",
+]
+
+DISPATCHER = "dispatcher"
+WORKER = "worker"
+CLIENT = "client"
+ADMIN = "admin"
+PEER_ROLES = (WORKER, CLIENT, ADMIN)
+
+# States.  The dispatcher side walks AWAIT_HELLO -> HELLO_RECEIVED ->
+# [AWAIT_AUTH -> AUTH_RECEIVED ->] READY; a peer walks START -> AWAIT_WELCOME
+# -> [CHALLENGED -> AWAIT_WELCOME ->] READY.  READY is specialised by the
+# peer's role ("ready:worker"...), since that decides what may be said.
+START = "start"
+AWAIT_HELLO = "await-hello"
+HELLO_RECEIVED = "hello-received"
+AWAIT_AUTH = "await-auth"
+AUTH_RECEIVED = "auth-received"
+AWAIT_WELCOME = "await-welcome"
+CHALLENGED = "challenged"
+READY = "ready"
+CLOSED = "closed"
+
+_WORKER_TO_DISPATCHER = (m.Results, m.Release, m.Heartbeat, m.Message, m.Goodbye)
+_DISPATCHER_TO_WORKER = (m.Run, m.Cancel, m.Heartbeat, m.Message, m.Goodbye)
+_CLIENT_TO_DISPATCHER = (m.Submit, m.Cancel, m.Watch, m.Broadcast, m.Heartbeat, m.Message, m.Goodbye)
+_ADMIN_TO_DISPATCHER = (*_CLIENT_TO_DISPATCHER, m.StatusRequest, m.Stop)
+_DISPATCHER_TO_CLIENT = (m.Accepted, m.Outcomes, m.Heartbeat, m.Message, m.Goodbye, m.StatusReply, m.Stopping)
+
+
+def _stay(state: str, types: tuple[type, ...]) -> dict[type, str]:
+    return {t: state for t in types}
+
+
+# (our role, state) -> {message type that may arrive: the state it leads to}.
+# An Error frame may arrive in any state but CLOSED and always closes.
+RECEIVE: dict[tuple[str, str], dict[type, str]] = {
+    (DISPATCHER, AWAIT_HELLO): {m.Hello: HELLO_RECEIVED},
+    (DISPATCHER, HELLO_RECEIVED): {},
+    (DISPATCHER, AWAIT_AUTH): {m.Auth: AUTH_RECEIVED},
+    (DISPATCHER, AUTH_RECEIVED): {},
+    (DISPATCHER, f"{READY}:{WORKER}"): _stay(f"{READY}:{WORKER}", _WORKER_TO_DISPATCHER),
+    (DISPATCHER, f"{READY}:{CLIENT}"): _stay(f"{READY}:{CLIENT}", _CLIENT_TO_DISPATCHER),
+    (DISPATCHER, f"{READY}:{ADMIN}"): _stay(f"{READY}:{ADMIN}", _ADMIN_TO_DISPATCHER),
+    **{
+        (role, state): table
+        for role in PEER_ROLES
+        for state, table in {
+            START: {},
+            AWAIT_WELCOME: {m.Challenge: CHALLENGED, m.Welcome: READY},
+            CHALLENGED: {},
+        }.items()
+    },
+    (WORKER, READY): _stay(READY, _DISPATCHER_TO_WORKER),
+    (CLIENT, READY): _stay(READY, _DISPATCHER_TO_CLIENT),
+    (ADMIN, READY): _stay(READY, _DISPATCHER_TO_CLIENT),
+}
+
+# (our role, state) -> {message type we may send: the state it leads to}.
+# We may always send an Error frame, which closes.
+SEND: dict[tuple[str, str], dict[type, str]] = {
+    (DISPATCHER, AWAIT_HELLO): {},
+    (DISPATCHER, HELLO_RECEIVED): {m.Challenge: AWAIT_AUTH, m.Welcome: READY},
+    (DISPATCHER, AWAIT_AUTH): {},
+    (DISPATCHER, AUTH_RECEIVED): {m.Welcome: READY},
+    (DISPATCHER, f"{READY}:{WORKER}"): _stay(f"{READY}:{WORKER}", _DISPATCHER_TO_WORKER),
+    (DISPATCHER, f"{READY}:{CLIENT}"): _stay(f"{READY}:{CLIENT}", _DISPATCHER_TO_CLIENT),
+    (DISPATCHER, f"{READY}:{ADMIN}"): _stay(f"{READY}:{ADMIN}", _DISPATCHER_TO_CLIENT),
+    **{
+        (role, state): table
+        for role in PEER_ROLES
+        for state, table in {
+            START: {m.Hello: AWAIT_WELCOME},
+            AWAIT_WELCOME: {},
+            CHALLENGED: {m.Auth: AWAIT_WELCOME},
+        }.items()
+    },
+    (WORKER, READY): _stay(READY, _WORKER_TO_DISPATCHER),
+    (CLIENT, READY): _stay(READY, _CLIENT_TO_DISPATCHER),
+    (ADMIN, READY): _stay(READY, _ADMIN_TO_DISPATCHER),
+}
+
+
+class ProtocolConnection:
+    """One side of one connection, as a state machine over bytes and messages.
+
+    ``our_role`` is :data:`DISPATCHER` on the dispatcher's side of every
+    connection, or the peer's role (:data:`WORKER`, :data:`CLIENT`,
+    :data:`ADMIN`) on the other side.
+    """
+
+    __slots__ = ("our_role", "peer_role", "state", "_decoder", "max_frame_size")
+
+    def __init__(self, our_role: str, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        if our_role != DISPATCHER and our_role not in PEER_ROLES:
+            raise ValueError(f"unknown role {our_role!r}")
+        self.our_role = our_role
+        self.peer_role: str | None = None if our_role == DISPATCHER else DISPATCHER
+        self.state = AWAIT_HELLO if our_role == DISPATCHER else START
+        self.max_frame_size = max_frame_size
+        self._decoder = FrameDecoder(max_frame_size)
+
+    # ------------------------------------------------------------ receiving
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes read from the peer; raises :class:`RemoteProtocolError` on a bad length."""
+        self._decoder.receive_data(data)
+
+    def next_message(self) -> Any | None:
+        """The next message from the peer, or ``None`` until more bytes arrive.
+
+        Raises :class:`RemoteProtocolError` if the bytes are not a valid
+        message or the message is not allowed now; the caller should send
+        :meth:`error_frame` for it and close.
+        """
+        payload = self._decoder.next_frame()
+        if payload is None:
+            return None
+        message = m.decode(payload)
+        self._received(message)
+        return message
+
+    def messages(self) -> list[Any]:
+        """Every complete message available now (possibly none)."""
+        out = []
+        while (message := self.next_message()) is not None:
+            out.append(message)
+        return out
+
+    def _received(self, message: Any) -> None:
+        kind = type(message)
+        if kind is m.Error:
+            self.state = CLOSED
+            return
+        table = RECEIVE.get((self.our_role, self.state))
+        if table is None or kind not in table:
+            raise RemoteProtocolError(
+                f"{kind.TYPE!r} is not allowed from a {self.peer_role or 'peer'} in state {self.state!r}",
+                code="unexpected-message",
+            )
+        if kind is m.Hello:
+            if message.role not in PEER_ROLES:
+                raise RemoteProtocolError(
+                    f"hello names unknown role {message.role[:32]!r}; expected one of {', '.join(PEER_ROLES)}",
+                    code="bad-role",
+                )
+            self.peer_role = message.role
+        self.state = self._resolve(table[kind])
+
+    # -------------------------------------------------------------- sending
+    def send(self, message: Any) -> bytes:
+        """Check that ``message`` may be sent now, and return its frame."""
+        self._sent(message)
+        return encode_frame(m.encode(message), self.max_frame_size)
+
+    def _sent(self, message: Any) -> None:
+        kind = type(message)
+        if kind is m.Error:
+            self.state = CLOSED
+            return
+        table = SEND.get((self.our_role, self.state))
+        if table is None or kind not in table:
+            raise LocalProtocolError(
+                f"cannot send {kind.TYPE!r} as {self.our_role} in state {self.state!r}",
+                code="unexpected-message",
+            )
+        self.state = self._resolve(table[kind])
+
+    def error_frame(self, code: str, message: str) -> bytes:
+        """The frame that tells the peer why we are closing (always allowed)."""
+        self.state = CLOSED
+        return encode_frame(m.encode(m.Error(code=code, message=message[:1000])), self.max_frame_size)
+
+    def _resolve(self, state: str) -> str:
+        if state == READY and self.our_role == DISPATCHER:
+            return f"{READY}:{self.peer_role}"
+        return state
+
+    @property
+    def ready(self) -> bool:
+        """True once the handshake is complete in both directions."""
+        return self.state.startswith(READY)
+
+
+# ---------------------------------------------------------- authentication
+def new_nonce() -> str:
+    """A fresh 128-bit random nonce, hex encoded."""
+    return secrets.token_hex(16)
+
+
+def _mac(secret: str, *parts: str) -> str:
+    return hmac.new(secret.encode(), "\n".join(parts).encode(), hashlib.sha256).hexdigest()
+
+
+def peer_proof(secret: str, role: str, peer_nonce: str, dispatcher_nonce: str) -> str:
+    """What a peer sends in :class:`Auth`: HMAC-SHA256 over both nonces and its role."""
+    return _mac(secret, "trioschedule/1 peer", role, peer_nonce, dispatcher_nonce)
+
+
+def dispatcher_proof(secret: str, role: str, peer_nonce: str, dispatcher_nonce: str) -> str:
+    """What the dispatcher sends in :class:`Welcome`, so the peer knows it is the real one."""
+    return _mac(secret, "trioschedule/1 dispatcher", role, peer_nonce, dispatcher_nonce)
+
+
+def proofs_match(expected: str, received: str | None) -> bool:
+    """Constant-time comparison of two proofs."""
+    return received is not None and hmac.compare_digest(expected.encode(), received.encode())

@@ -1,0 +1,425 @@
+"""The worker: connects to a dispatcher, runs the tasks it declares, reports every outcome.
+
+Running tasks do not belong to a connection: they live in :meth:`Worker.run`'s
+nursery, so a dropped connection does not kill them.  When the worker comes
+back within the dispatcher's grace window it resumes its session, resends
+results the dispatcher had not acknowledged, and nothing runs twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import socket
+import traceback
+from collections import deque
+from typing import Any
+
+import trio
+
+from . import _messages as m
+from ._connection import Connection
+from ._dispatcher import _until_closed
+from ._errors import AuthenticationError, ConnectionClosed, LocalProtocolError, ProtocolError
+from ._framing import DEFAULT_MAX_FRAME_SIZE
+from ._hooks import HookRunner
+from ._peerconn import Backoff, open_connection
+from ._protocol import WORKER
+from ._task import TaskOptions, collect_tasks
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("trioschedule.worker")
+
+
+class _Running:
+    __slots__ = ("spec", "scope", "cancel_reason")
+
+    def __init__(self, spec: m.TaskSpec) -> None:
+        self.spec = spec
+        self.scope: trio.CancelScope | None = None
+        self.cancel_reason: str | None = None
+
+
+class Worker:
+    """Runs the ``@task`` methods of its subclass for a dispatcher.
+
+    ``await worker.run()`` connects, reconnects with backoff whenever the
+    connection is lost, and returns only after :meth:`stop` has drained it
+    (or raises when cancelled, or when the credentials are refused).
+
+    ``concurrency`` tasks run at once; the dispatcher may send ``prefetch``
+    more ahead so the worker never waits for its next task (default: as many
+    as ``concurrency``, at least 4).  ``drain_grace`` is how long :meth:`stop`
+    lets running tasks finish.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 7311,
+        *,
+        token: str | None = None,
+        ssl_context: Any = None,
+        concurrency: int = 1,
+        prefetch: int | None = None,
+        name: str | None = None,
+        heartbeat_interval: float = 2.0,
+        heartbeat_timeout: float = 10.0,
+        connect_timeout: float = 10.0,
+        reconnect_initial: float = 0.1,
+        reconnect_max: float = 5.0,
+        reconnect_attempts: int | None = None,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        drain_grace: float = 30.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.host = host
+        self.port = port
+        self.token = token
+        self.ssl_context = ssl_context
+        self.concurrency = concurrency
+        self.prefetch = max(4, concurrency) if prefetch is None else prefetch
+        self.name = name or f"{type(self).__name__}@{socket.gethostname()}:{os.getpid()}"
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.connect_timeout = connect_timeout
+        self.reconnect_attempts = reconnect_attempts
+        self.max_frame_size = max_frame_size
+        self.drain_grace = drain_grace
+        self._backoff = Backoff(reconnect_initial, reconnect_max)
+        self.tasks: dict[str, tuple[Any, TaskOptions]] = {
+            name: (getattr(self, attribute), options) for name, (attribute, options) in collect_tasks(type(self)).items()
+        }
+        self._queue: deque[m.TaskSpec] = deque()
+        self._running: dict[str, _Running] = {}
+        self._started: list[str] = []
+        self._results: list[m.Outcome] = []
+        self._unacked: deque[m.Results] = deque()
+        self._seq = 0
+        self._session: str | None = None
+        self._conn: Connection | None = None
+        self._work = trio.lowlevel.ParkingLot()
+        self._report = trio.Event()
+        self._idle = trio.lowlevel.ParkingLot()
+        self._stop = trio.Event()
+        self._stop_grace = drain_grace
+        self._hooks = HookRunner(self, log)
+        self.done = 0
+        self.failed = 0
+
+    # ================================================================ hooks
+    async def on_start(self) -> None:
+        """Called once when :meth:`run` starts, before the first connection."""
+
+    async def on_connect(self) -> None:
+        """Called each time a connection to the dispatcher is established."""
+
+    async def on_message(self, message: Any) -> None:
+        """Called for each broadcast or custom message from the dispatcher."""
+
+    async def on_close(self) -> None:
+        """Called each time the connection to the dispatcher ends."""
+
+    async def on_stop(self) -> None:
+        """Called once when the worker stops."""
+
+    # ============================================================ public API
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    async def send(self, message: Any) -> None:
+        """Send a custom message to the dispatcher's ``on_message``."""
+        if self._conn is None:
+            raise ConnectionClosed("the worker is not connected to its dispatcher")
+        self._conn.send(m.Message(data=message))
+
+    def stop(self, grace: float | None = None) -> None:
+        """Drain: take no new tasks, hand back unstarted ones, finish running ones within ``grace``, exit."""
+        if grace is not None:
+            self._stop_grace = grace
+        self._stop.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the dispatcher until stopped; ``task_status.started()`` fires once first connected."""
+        if not self.tasks:
+            log.warning("%s has no @task methods: it will never run anything", type(self).__name__)
+        try:
+            async with trio.open_nursery() as nursery:
+                await self._hooks.call_now(self.on_start)
+                nursery.start_soon(self._hooks.run)
+                for _ in range(self.concurrency):
+                    nursery.start_soon(self._runner)
+                nursery.start_soon(self._drain_on_stop, nursery.cancel_scope)
+                await self._connect_forever(task_status)
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._hooks.call_now(self.on_stop)
+
+    # ============================================================ connection
+    async def _connect_forever(self, task_status: trio.TaskStatus[None]) -> None:
+        attempts = 0
+        started = False
+        while not self._stop.is_set():
+            try:
+                conn, welcome = await open_connection(
+                    self.host, self.port, role=WORKER, token=self.token, ssl_context=self.ssl_context,
+                    max_frame_size=self.max_frame_size, connect_timeout=self.connect_timeout,
+                    name=self.name, host=socket.gethostname(), pid=os.getpid(),
+                    tasks=tuple(self.tasks), concurrency=self.concurrency, prefetch=self.prefetch,
+                    session=self._session, running=tuple(self._held()),
+                    retries={n: o.retries for n, (_, o) in self.tasks.items() if o.retries},
+                    no_retry={n: o.no_retry for n, (_, o) in self.tasks.items() if o.no_retry},
+                )  # fmt: skip
+            except AuthenticationError:
+                raise
+            except ProtocolError as exc:
+                if exc.code in ("version-mismatch", "bad-role"):
+                    raise
+                await self._retry(f"protocol error while connecting: {exc}")
+                attempts += 1
+            except (OSError, ConnectionClosed, trio.TooSlowError) as exc:
+                attempts += 1
+                if self.reconnect_attempts is not None and attempts > self.reconnect_attempts:
+                    raise ConnectionClosed(f"gave up after {attempts} attempts to reach {self.host}:{self.port}: {exc}") from None
+                await self._retry(f"cannot reach the dispatcher at {self.host}:{self.port}: {exc}")
+            else:
+                attempts = 0
+                self._backoff.reset()
+                if not started:
+                    task_status.started()
+                    started = True
+                await self._serve(conn, welcome)
+                if not self._stop.is_set():
+                    await trio.sleep(self._backoff.next_delay())
+
+    async def _retry(self, why: str) -> None:
+        delay = self._backoff.next_delay()
+        log.info("%s; retrying in %.2f s", why, delay)
+        with trio.move_on_after(delay):
+            await self._stop.wait()
+
+    def _held(self) -> list[str]:
+        held = [spec.id for spec in self._queue]
+        held += self._running
+        held += (o.id for o in self._results)
+        for frame in self._unacked:
+            held += (o.id for o in frame.results)
+        return held
+
+    async def _serve(self, conn: Connection, welcome: m.Welcome) -> None:
+        if welcome.resumed and welcome.session == self._session:
+            log.info("resumed session %s with the dispatcher %s", welcome.session[:8], welcome.name)
+            for frame in self._unacked:
+                conn.send(frame)
+        else:
+            if self._session is not None:
+                log.info("new session with the dispatcher %s: dropping %d held task(s)", welcome.name, len(self._held()))
+            self._reset()
+        self._session = welcome.session
+        self._conn = conn
+        log.info("connected to %s at %s:%s", welcome.name, self.host, self.port)
+        await self._hooks.call_now(self.on_connect)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_until_closed, conn.run_writer, nursery.cancel_scope)
+                nursery.start_soon(_until_closed, self._heartbeat, nursery.cancel_scope)
+                nursery.start_soon(_until_closed, self._reporter, nursery.cancel_scope)
+                self._report.set()
+                await _until_closed(self._reader, nursery.cancel_scope)
+        finally:
+            self._conn = None
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                await conn.aclose()
+            log.info("disconnected from the dispatcher: %s", conn.closed_reason)
+            with trio.CancelScope(shield=True):
+                await self._hooks.call_now(self.on_close)
+
+    async def _heartbeat(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        await conn.run_heartbeat(self.heartbeat_interval, self.heartbeat_timeout)
+
+    def _reset(self) -> None:
+        """A new session: the dispatcher no longer expects anything we hold."""
+        self._queue.clear()
+        for running in self._running.values():
+            running.cancel_reason = "the dispatcher started a new session"
+            if running.scope is not None:
+                running.scope.cancel()
+        self._started.clear()
+        self._results.clear()
+        self._unacked.clear()
+
+    async def _reader(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        while True:
+            for message in await conn.receive_batch():
+                kind = type(message)
+                if kind is m.Run:
+                    self._ack(message.ack)
+                    if self._stop.is_set():
+                        conn.send(m.Release(ids=tuple(spec.id for spec in message.tasks)))
+                    else:
+                        self._queue.extend(message.tasks)
+                        self._work.unpark(count=len(message.tasks))
+                elif kind is m.Heartbeat:
+                    self._ack(message.ack)
+                elif kind is m.Cancel:
+                    self._cancel(message.id, message.reason or "cancelled")
+                elif kind is m.Message:
+                    self._hooks.call(self.on_message, message.data)
+                elif kind is m.Goodbye:
+                    log.info("the dispatcher said goodbye: %s", message.reason)
+                    return
+
+    def _ack(self, seq: int) -> None:
+        unacked = self._unacked
+        while unacked and unacked[0].seq <= seq:
+            unacked.popleft()
+
+    def _cancel(self, task_id: str, reason: str) -> None:
+        running = self._running.get(task_id)
+        if running is not None:
+            running.cancel_reason = reason
+            if running.scope is not None:
+                running.scope.cancel()
+            return
+        for spec in self._queue:
+            if spec.id == task_id:
+                self._queue.remove(spec)
+                self._outcome(m.Outcome(id=spec.id, status=m.CANCELLED, attempt=spec.attempt, reason=reason))
+                return
+
+    # ============================================================= reporting
+    def _outcome(self, outcome: m.Outcome) -> None:
+        self._results.append(outcome)
+        self._report.set()
+
+    async def _reporter(self) -> None:
+        """Turn finished attempts into Results frames: one frame for all that ended since the last."""
+        while True:
+            await self._report.wait()
+            self._report = trio.Event()
+            self._send_report()
+
+    def _send_report(self) -> None:
+        conn = self._conn
+        if conn is None or not (self._started or self._results):
+            return
+        self._seq += 1
+        frame = m.Results(seq=self._seq, started=tuple(self._started), results=tuple(self._results))
+        try:
+            conn.send(frame)
+        except LocalProtocolError:  # a result that is not JSON: report it as the task's failure
+            frame = m.Results(seq=self._seq, started=frame.started, results=tuple(map(_encodable, frame.results)))
+            conn.send(frame)
+        self._started = []
+        self._results = []
+        self._unacked.append(frame)
+
+    # =============================================================== running
+    async def _runner(self) -> None:
+        queue = self._queue
+        while True:
+            while not queue:
+                if self._stop.is_set() and not self._running:
+                    self._idle.unpark_all()
+                await self._work.park()
+            await self._run(queue.popleft())
+
+    async def _run(self, spec: m.TaskSpec) -> None:
+        self._started.append(spec.id)
+        entry = self.tasks.get(spec.name)
+        if entry is None:
+            offered = ", ".join(sorted(self.tasks)) or "nothing"
+            error = m.RemoteError(type="UnknownTask", message=f"this worker has no task {spec.name!r} (it offers: {offered})")
+            self._outcome(m.Outcome(id=spec.id, status=m.ERROR, attempt=spec.attempt, error=error))
+            return
+        fn, options = entry
+        running = self._running[spec.id] = _Running(spec)
+        deadline = math.inf if spec.timeout is None else trio.current_time() + spec.timeout
+        outcome: m.Outcome | None = None
+        with trio.CancelScope(deadline=deadline) as scope:
+            running.scope = scope
+            try:
+                if options.is_async:
+                    value = await fn(*spec.args, **spec.kwargs)
+                elif options.thread:
+                    value = await trio.to_thread.run_sync(
+                        functools.partial(fn, *spec.args, **spec.kwargs), abandon_on_cancel=True
+                    )
+                else:
+                    value = fn(*spec.args, **spec.kwargs)
+                outcome = m.Outcome(id=spec.id, status=m.OK, attempt=spec.attempt, value=value)
+                self.done += 1
+            except Exception as exc:
+                self.failed += 1
+                outcome = m.Outcome(id=spec.id, status=m.ERROR, attempt=spec.attempt, error=describe_exception(exc))
+        del self._running[spec.id]
+        if outcome is None:  # the scope caught a cancellation: ours, or the deadline
+            if running.cancel_reason is not None:
+                outcome = m.Outcome(id=spec.id, status=m.CANCELLED, attempt=spec.attempt, reason=running.cancel_reason)
+            else:
+                outcome = m.Outcome(id=spec.id, status=m.TIMEOUT, attempt=spec.attempt, reason=f"the task ran past its deadline ({spec.timeout:g} s left when it started)")
+        self._outcome(outcome)
+        if not self._running and not self._queue:
+            self._idle.unpark_all()
+
+    # ================================================================= drain
+    async def _drain_on_stop(self, scope: trio.CancelScope) -> None:
+        await self._stop.wait()
+        grace = self._stop_grace
+        log.info("stopping: %d running, %d prefetched to hand back, grace %g s", len(self._running), len(self._queue), grace)
+        released = [spec.id for spec in self._queue]
+        self._queue.clear()
+        if self._conn is not None and released:
+            try:
+                self._conn.send(m.Release(ids=tuple(released)))
+            except ConnectionClosed:
+                pass
+        with trio.move_on_after(grace):
+            while self._running:
+                await self._idle.park()
+        for running in self._running.values():
+            running.cancel_reason = "the worker stopped before the task finished"
+            if running.scope is not None:
+                running.scope.cancel()
+        with trio.move_on_after(1):
+            while self._running:
+                await self._idle.park()
+        conn = self._conn
+        if conn is not None:
+            with trio.move_on_after(min(5.0, max(grace, 1.0))):
+                try:
+                    self._send_report()
+                    conn.send(m.Goodbye(reason="worker stopping"))
+                    await conn.flush()
+                except ConnectionClosed:
+                    pass
+        scope.cancel()
+
+
+def describe_exception(exc: BaseException) -> m.RemoteError:
+    """The wire form of an exception: type name, message and traceback text (never the object)."""
+    return m.RemoteError(
+        type=type(exc).__qualname__,
+        message=str(exc),
+        traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+    )
+
+
+def _encodable(outcome: m.Outcome) -> m.Outcome:
+    try:
+        m.encode(m.Outcomes(results=(outcome,)))
+        return outcome
+    except LocalProtocolError as exc:
+        error = m.RemoteError(type="TypeError", message=f"the task's result cannot be sent: {exc}")
+        return m.Outcome(id=outcome.id, status=m.ERROR, attempt=outcome.attempt, error=error)
