@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Awaitable, Callable, AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -28,11 +27,9 @@ from ._framing import DEFAULT_MAX_FRAME_SIZE
 from ._handles import OutcomeSlot, TaskHandle
 from ._peerconn import Backoff, open_connection
 from ._protocol import ADMIN, CLIENT
+from ._util import background
 
 __all__ = ["Client", "open_client"]
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
 
 log = logging.getLogger("trioschedule.client")
 
@@ -83,6 +80,9 @@ class Client:
         self.reconnect_attempts = reconnect_attempts
         self.max_frame_size = max_frame_size
         self._backoff = Backoff(reconnect_initial, reconnect_max)
+        #: How to open a stream to the dispatcher; None means TCP (and TLS).
+        #: trioschedule.testing sets it to an in-memory network.
+        self.connector: Callable[[], Awaitable[trio.abc.Stream]] | None = None
         self._conn: Connection | None = None
         self._connected = trio.Event()
         self._unaccepted: dict[str, m.Submission] = {}
@@ -274,7 +274,7 @@ class Client:
             try:
                 conn, welcome = await open_connection(
                     self.host, self.port, role=self.role, token=self.token, ssl_context=self.ssl_context,
-                    max_frame_size=self.max_frame_size, connect_timeout=self.connect_timeout,
+                    max_frame_size=self.max_frame_size, connect_timeout=self.connect_timeout, connector=self.connector,
                     name=self.name, host=socket.gethostname(), pid=os.getpid(),
                 )  # fmt: skip
             except (AuthenticationError, ProtocolError) as exc:
@@ -405,21 +405,8 @@ async def open_client(
     out unchanged, never wrapped in an exception group.
     """
     client = Client(host, port, token=token, ssl_context=ssl_context, **options)
-    error: BaseException | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(client._run)
-            try:
-                yield client
-            except BaseException as exc:  # re-raised below, outside the nursery
-                error = exc
-            finally:
-                await client._close()
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        if error is None and len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        if error is None:
-            raise
-    if error is not None:
-        raise error
+    async with background(client._run):
+        try:
+            yield client
+        finally:
+            await client._close()

@@ -66,6 +66,7 @@ class Connection:
         self._outbox: list[bytes] = []
         self._outbox_bytes = 0
         self._wakeup = trio.Event()
+        self._write_lock = trio.Lock()  # the writer task and flush() take turns
         self._closed_reason: str | None = None
         now = trio.current_time()
         self.last_received = now
@@ -111,7 +112,8 @@ class Connection:
             raise ConnectionClosed(self._closed_reason)
         try:
             with trio.fail_after(self.send_timeout):
-                await self.stream.send_all(data)
+                async with self._write_lock:
+                    await self.stream.send_all(data)
         except trio.TooSlowError:
             raise self._mark_closed(f"peer did not read for {self.send_timeout:g} s") from None
         except _STREAM_ERRORS as exc:
@@ -207,7 +209,8 @@ class Connection:
         try:
             frame = self.protocol.error_frame(code, message)
             with trio.move_on_after(1.0):
-                await self.stream.send_all(b"".join(self._outbox) + frame if self._outbox else frame)
+                async with self._write_lock:
+                    await self.stream.send_all(b"".join(self._outbox) + frame if self._outbox else frame)
         except (*_STREAM_ERRORS, LocalProtocolError, trio.BusyResourceError):
             pass
         self._outbox.clear()

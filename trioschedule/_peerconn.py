@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -51,6 +52,7 @@ async def open_connection(
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     send_timeout: float = 30.0,
     connect_timeout: float = 10.0,
+    connector: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
     **hello: Any,
 ) -> tuple[Connection, m.Welcome]:
     """Connect and complete the handshake; returns the connection and the dispatcher's Welcome.
@@ -60,7 +62,11 @@ async def open_connection(
     the dispatcher cannot be reached (retrying may).
     """
     with trio.fail_after(connect_timeout):
-        stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+        stream: trio.abc.Stream
+        if connector is not None:  # trioschedule.testing: an in-memory network
+            stream = await connector()
+        else:
+            stream = await trio.open_tcp_stream(host, port)
         try:
             if ssl_context is not None:
                 stream = trio.SSLStream(stream, ssl_context, server_hostname=host)

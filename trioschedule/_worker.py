@@ -15,6 +15,7 @@ import os
 import socket
 import traceback
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -91,6 +92,9 @@ class Worker:
         self.max_frame_size = max_frame_size
         self.drain_grace = drain_grace
         self._backoff = Backoff(reconnect_initial, reconnect_max)
+        #: How to open a stream to the dispatcher; None means TCP (and TLS).
+        #: trioschedule.testing sets it to an in-memory network.
+        self.connector: Callable[[], Awaitable[trio.abc.Stream]] | None = None
         self.tasks: dict[str, tuple[Any, TaskOptions]] = {
             name: (getattr(self, attribute), options) for name, (attribute, options) in collect_tasks(type(self)).items()
         }
@@ -169,7 +173,7 @@ class Worker:
             try:
                 conn, welcome = await open_connection(
                     self.host, self.port, role=WORKER, token=self.token, ssl_context=self.ssl_context,
-                    max_frame_size=self.max_frame_size, connect_timeout=self.connect_timeout,
+                    max_frame_size=self.max_frame_size, connect_timeout=self.connect_timeout, connector=self.connector,
                     name=self.name, host=socket.gethostname(), pid=os.getpid(),
                     tasks=tuple(self.tasks), concurrency=self.concurrency, prefetch=self.prefetch,
                     session=self._session, running=tuple(self._held()),
@@ -407,12 +411,22 @@ class Worker:
         scope.cancel()
 
 
+_INTERNAL = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(trio.__file__), "outcome")
+
+
 def describe_exception(exc: BaseException) -> m.RemoteError:
-    """The wire form of an exception: type name, message and traceback text (never the object)."""
+    """The wire form of an exception: type name, message and traceback text (never the object).
+
+    Frames of trioschedule and trio themselves are left out of the traceback:
+    the reader wants to see the task's own code.
+    """
+    tb = exc.__traceback__
+    while tb is not None and (tb.tb_frame.f_code.co_filename.startswith(_INTERNAL[:2]) or "/outcome/" in tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
     return m.RemoteError(
         type=type(exc).__qualname__,
         message=str(exc),
-        traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        traceback="".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__)),
     )
 
 

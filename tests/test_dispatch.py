@@ -1,0 +1,195 @@
+"""Dispatch, results, failures, broadcasts and hooks over the in-memory cluster (mock clock)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from trioschedule import Dispatcher, TaskFailed, UnknownTaskId, Worker, task
+from trioschedule.testing import open_cluster
+
+from .conftest import MathWorker, OtherWorker, quick_dispatcher
+
+
+async def test_call_submit_and_map_return_values(autojump_clock):
+    async with open_cluster(quick_dispatcher(), MathWorker()) as cluster:
+        async with cluster.client() as client:
+            handle = await client.submit("add", args=[1, 2])
+            assert await handle.result() == 3
+            assert handle.done()
+            assert await client.call("add", 2, 3) == 5
+            assert await client.call("mul", 4, b=5) == 20
+            assert await client.map("add", [(i, 1) for i in range(300)]) == [i + 1 for i in range(300)]
+
+
+async def test_dispatcher_side_submit_call_map(autojump_clock):
+    async with open_cluster(quick_dispatcher(), MathWorker()) as cluster:
+        d = cluster.dispatcher
+        assert await d.call("add", 20, 22) == 42
+        assert await d.map("add", [(i, i) for i in range(50)]) == [2 * i for i in range(50)]
+        handle = d.submit_nowait("add", [1, 1])
+        assert await handle.result() == 2
+
+
+async def test_failure_carries_type_message_and_traceback(autojump_clock):
+    async with open_cluster(quick_dispatcher(), MathWorker()) as cluster:
+        async with cluster.client() as client:
+            with pytest.raises(TaskFailed) as info:
+                await client.call("fail", "it broke")
+            assert info.value.remote_type == "ValueError"
+            assert info.value.remote_message == "it broke"
+            assert 'raise ValueError(message)' in info.value.remote_traceback
+            assert "trioschedule/_worker.py" not in info.value.remote_traceback
+
+
+async def test_unknown_task_name_waits_until_a_worker_offers_it(autojump_clock):
+    async with open_cluster(quick_dispatcher(), MathWorker()) as cluster:
+        async with cluster.client() as client:
+            handle = await client.submit("other")
+            await trio.sleep(5)
+            assert not handle.done()
+            assert cluster.dispatcher.status()["waiting_for_worker"] == {"other": 1}
+            await cluster.start_worker(OtherWorker())
+            with trio.fail_after(5):
+                assert await handle.result() == "other"
+
+
+async def test_result_that_is_not_json_is_a_clean_failure(autojump_clock):
+    async with open_cluster(quick_dispatcher(), MathWorker()) as cluster:
+        async with cluster.client() as client:
+            with pytest.raises(TaskFailed, match="cannot be sent"):
+                await client.call("not_json")
+            assert await client.call("add", 1, 1) == 2
+
+
+async def test_least_loaded_worker_gets_the_work(autojump_clock):
+    a, b = MathWorker(prefetch=0, name="a"), MathWorker(prefetch=0, name="b")
+    async with open_cluster(quick_dispatcher(), a, b) as cluster:
+        async with cluster.client() as client:
+            handles = [await client.submit("sleep", [1]) for _ in range(4)]
+            await trio.sleep(0.5)
+            running = {w.name: p["running"] for w in (a, b) for p in cluster.dispatcher.status()["workers"] if p["name"] == w.name}
+            assert sorted(running.values()) == [1, 1]
+            for h in handles:
+                await h.result()
+        assert len(a.ran) == 2 and len(b.ran) == 2
+
+
+async def test_broadcast_reaches_every_worker(autojump_clock):
+    workers = [MathWorker() for _ in range(3)]
+    async with open_cluster(quick_dispatcher(), *workers) as cluster:
+        async with cluster.client() as client:
+            await client.broadcast({"hello": "workers"})
+            await trio.sleep(1)
+        assert all(w.messages == [{"hello": "workers"}] for w in workers)
+        assert await cluster.dispatcher.broadcast("again") == 3
+
+
+async def test_hooks_fire_and_a_raising_hook_is_contained(autojump_clock, caplog):
+    events = []
+
+    class Hooked(Dispatcher):
+        async def on_connect(self, peer):
+            events.append(("connect", peer.role))
+            raise RuntimeError("hook bug")
+
+        async def on_message(self, peer, message):
+            events.append(("message", peer.role, message))
+
+        async def on_task_done(self, task_id, name, outcome):
+            events.append(("done", name, outcome.status))
+
+        async def on_close(self, peer):
+            events.append(("close", peer.role))
+
+    class Chatty(MathWorker):
+        async def on_connect(self):
+            await self.send({"hi": "from worker"})
+
+    async with open_cluster(Hooked(heartbeat_interval=1, heartbeat_timeout=5), Chatty()) as cluster:
+        async with cluster.client() as client:
+            assert await client.call("add", 1, 2) == 3
+            await client.send("from client")
+            await trio.sleep(1)
+        await trio.sleep(1)
+        assert cluster.dispatcher.status()["hook_errors"] >= 2
+    assert ("connect", "worker") in events and ("connect", "client") in events
+    assert ("message", "worker", {"hi": "from worker"}) in events
+    assert ("message", "client", "from client") in events
+    assert ("done", "add", "ok") in events
+    assert ("close", "client") in events
+    assert "hook on_connect raised" in caplog.text
+
+
+async def test_worker_hooks_and_send_to_one_peer(autojump_clock):
+    calls = []
+
+    class Hooked(MathWorker):
+        async def on_start(self):
+            calls.append("start")
+
+        async def on_connect(self):
+            calls.append("connect")
+
+        async def on_close(self):
+            calls.append("close")
+
+        async def on_stop(self):
+            calls.append("stop")
+
+    worker = Hooked()
+    async with open_cluster(quick_dispatcher(), worker) as cluster:
+        [peer] = cluster.dispatcher.workers
+        await cluster.dispatcher.send(peer, {"only": "you"})
+        await trio.sleep(1)
+        assert worker.messages == [{"only": "you"}]
+        cluster.cut(worker)
+        await trio.sleep(10)
+        assert calls[:4] == ["start", "connect", "close", "connect"]
+    assert calls[-1] == "stop"
+
+
+async def test_reattach_to_a_task_by_id(autojump_clock):
+    async with open_cluster(quick_dispatcher(), MathWorker()) as cluster:
+        async with cluster.client() as first:
+            handle = await first.submit("sleep", [2, "late"])
+        async with cluster.client() as second:
+            assert await second.task(handle.id).result() == "late"
+            with pytest.raises(UnknownTaskId):
+                await second.task("no-such-task").result()
+
+
+async def test_status_counts_and_workers(autojump_clock):
+    async with open_cluster(quick_dispatcher(), MathWorker(), MathWorker()) as cluster:
+        async with cluster.client() as client:
+            await client.map("add", [(1, 1)] * 10)
+            with pytest.raises(TaskFailed):
+                await client.call("fail")
+        status = cluster.dispatcher.status()
+        assert status["tasks"]["done"] == 10 and status["tasks"]["failed"] == 1
+        assert len(status["workers"]) == 2
+        assert sum(w["done"] for w in status["workers"]) == 10
+        assert all(w["pid"] > 0 for w in status["workers"])
+
+
+async def test_admin_status_and_stop_over_the_wire(autojump_clock):
+    async with open_cluster(quick_dispatcher(), MathWorker()) as cluster:
+        async with cluster.client(role="admin") as admin:
+            status = await admin.status()
+            assert status["workers"][0]["tasks"] == ["add", "fail", "mul", "not_json", "sleep"]
+        async with cluster.client() as client:
+            with pytest.raises(Exception):  # a plain client may not ask for status
+                with trio.fail_after(5):
+                    await client.status()
+
+
+class Registry(Worker):
+    @task(name="renamed", retries=2, no_retry=[KeyError], thread=False)
+    def original(self):
+        return "sync inline"
+
+
+async def test_task_options_and_names(autojump_clock):
+    async with open_cluster(quick_dispatcher(), Registry()) as cluster:
+        async with cluster.client() as client:
+            assert await client.call("renamed") == "sync inline"

@@ -1,0 +1,43 @@
+"""Small helpers shared by the public context managers."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["background"]
+
+
+@asynccontextmanager
+async def background(*runs: Callable[..., Awaitable[Any]]) -> AsyncIterator[trio.Nursery]:
+    """Run each ``run`` (started with ``nursery.start``) beside the body, then cancel them.
+
+    Every public context manager of trioschedule leaves the same way: the
+    body's own exception comes out unchanged, and a single failure of a
+    background task comes out alone, never wrapped in an exception group.
+    """
+    error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            for run in runs:
+                await nursery.start(run)
+            try:
+                yield nursery
+            except BaseException as exc:  # re-raised below, outside the nursery
+                error = exc
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if error is None and len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        if error is None:
+            raise
+    if error is not None:
+        raise error
