@@ -427,11 +427,17 @@ class Dispatcher:
             if hello.role == WORKER:
                 self._flush()
             await self._hooks.call_now(self.on_connect, peer)
+            failure: BaseException | None = None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_until_closed, conn.run_writer, nursery.cancel_scope)
                 nursery.start_soon(_until_closed, heartbeats, nursery.cancel_scope)
-                clean = await serve()
+                try:
+                    clean = await serve()
+                except (ConnectionClosed, ProtocolError) as exc:  # raised below, unwrapped
+                    failure = exc
                 nursery.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
             if not clean and conn.closed_reason:
                 raise ConnectionClosed(conn.closed_reason)
         finally:

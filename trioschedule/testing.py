@@ -122,6 +122,7 @@ class Cluster:
         self._listener: _MemoryListener | None = None
         self._dispatcher_scope: trio.CancelScope | None = None
         self._worker_scopes: dict[Worker, trio.CancelScope] = {}
+        self._stalled: set[Any] = set()
 
     # ------------------------------------------------------------ plumbing
     def _connector(self, owner: Any) -> Any:
@@ -130,6 +131,8 @@ class Cluster:
             if listener is None:
                 raise OSError("connection refused: the dispatcher is not running")
             link = Link(getattr(owner, "name", repr(owner)))
+            if owner in self._stalled:
+                link.stall()
             self.links.setdefault(owner, []).append(link)
             try:
                 listener._send.send_nowait(link.dispatcher_end)  # noqa: SLF001
@@ -198,11 +201,16 @@ class Cluster:
         self.link(peer).cut()
 
     def stall(self, peer: Any) -> None:
-        """Stop all traffic on a peer's current connection until :meth:`resume`."""
-        self.link(peer).stall()
+        """Partition a peer: nothing gets through on its connections, new ones included, until :meth:`resume`."""
+        self._stalled.add(peer)
+        for link in self.links.get(peer, ()):
+            link.stall()
 
     def resume(self, peer: Any) -> None:
-        self.link(peer).resume()
+        """Heal the partition made by :meth:`stall`."""
+        self._stalled.discard(peer)
+        for link in self.links.get(peer, ()):
+            link.resume()
 
     # ------------------------------------------------------------- clients
     @asynccontextmanager
