@@ -1,0 +1,50 @@
+"""Worker and dispatcher classes that the end-to-end tests run through the command line.
+
+Side effects go to files under $E2E_DIR so that the test process can check
+what every worker process did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import trio
+
+from trioschedule import Dispatcher, Worker, task
+
+
+def _record(kind: str, **data) -> None:
+    directory = os.environ.get("E2E_DIR")
+    if directory:
+        with open(os.path.join(directory, f"{kind}-{os.getpid()}.jsonl"), "a") as f:
+            f.write(json.dumps(data) + "\n")
+
+
+class AppWorker(Worker):
+    @task
+    async def add(self, a, b):
+        return a + b
+
+    @task
+    async def slow_add(self, a, b, seconds=0.5):
+        await trio.sleep(seconds)
+        _record("ran", task="slow_add", a=a)
+        return a + b
+
+    @task
+    async def fail(self, message="failed on purpose"):
+        raise RuntimeError(message)
+
+    @task
+    async def pid(self):
+        return os.getpid()
+
+    async def on_message(self, message):
+        _record("message", message=message)
+        await self.send({"ack": message, "pid": os.getpid()})
+
+
+class AppDispatcher(Dispatcher):
+    async def on_message(self, peer, message):
+        _record("dispatcher-message", peer=peer.name, message=message)
