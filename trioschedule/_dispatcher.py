@@ -373,7 +373,11 @@ class Dispatcher:
                 "version-mismatch", f"this dispatcher speaks protocol version {m.PROTOCOL_VERSION}, not {hello.version}"
             )
             raise RemoteProtocolError(f"peer speaks protocol version {hello.version}", code="version-mismatch")
-        secret = self.secrets.for_role(hello.role)
+        try:
+            secret = self.secrets.for_role(hello.role)
+        except AuthenticationError:
+            await conn.send_error("auth-failed", f"authentication failed: the role {hello.role!r} may not connect here")
+            raise
         proof = None
         if secret is not None:
             nonce = new_nonce()
