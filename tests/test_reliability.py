@@ -301,7 +301,7 @@ async def test_worker_drain_hands_back_prefetched_tasks(autojump_clock):
             assert [await h.result() for h in handles] == [f"k{i} done" for i in range(4)]
             assert Counting.runs == {f"k{i}": 1 for i in range(4)}
         tasks = cluster.dispatcher._tasks  # noqa: SLF001
-        assert all(t.attempt == 1 for t in tasks.values())
+        assert all(t.losses == 0 and t.failures == 0 for t in tasks.values())  # handing back burns nothing
 
 
 async def test_dispatcher_restart_workers_come_back(autojump_clock):
@@ -313,3 +313,15 @@ async def test_dispatcher_restart_workers_come_back(autojump_clock):
         async with cluster.client() as client:
             with trio.fail_after(30):
                 assert await client.call("add", 40, 2) == 42
+
+
+async def test_worker_stopping_past_grace_hands_its_running_task_on(autojump_clock):
+    a = Counting(name="a")
+    async with open_cluster(quick_dispatcher(), a) as cluster:
+        async with cluster.client() as client:
+            handle = await client.submit("slow", ["k", 100])
+            await trio.sleep(1)
+            a.stop(grace=2)
+            await cluster.start_worker(Counting(name="b"))
+            assert await handle.result() == "k done"
+            assert Counting.runs == {"k": 2}

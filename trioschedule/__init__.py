@@ -28,6 +28,9 @@ from ._messages import Outcome as Outcome
 from ._peer import Peer as Peer
 from ._security import client_ssl_context as client_ssl_context
 from ._security import server_ssl_context as server_ssl_context
+from ._sqlite import SQLiteStore as SQLiteStore
+from ._sqlite import StoreError as StoreError
+from ._sqlite import StoreStatistics as StoreStatistics
 from ._store import MemoryStore as MemoryStore
 from ._store import Store as Store
 from ._store import StoredTask as StoredTask
@@ -51,7 +54,10 @@ __all__ = [
     "QueueFull",
     "Rejected",
     "RemoteProtocolError",
+    "SQLiteStore",
     "Store",
+    "StoreError",
+    "StoreStatistics",
     "StoredTask",
     "TaskCancelled",
     "TaskError",

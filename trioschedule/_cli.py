@@ -23,10 +23,13 @@ import trio
 
 from ._client import open_client
 from ._dispatcher import Dispatcher
-from ._errors import AuthenticationError, ConnectionClosed, ProtocolError, Rejected, TaskError
+from ._errors import AuthenticationError, ConnectionClosed, ProtocolError, Rejected, TaskError, TriosError
 from ._loading import load_object
 from ._security import client_ssl_context, server_ssl_context, token_from_env
 from ._worker import Worker
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["main"]
 
@@ -334,6 +337,17 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _single(group: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
+    leaves = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
+    return leaves[0] if len(leaves) == 1 else group
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m trioschedule``; returns the exit code."""
     parser = build_parser()
@@ -351,7 +365,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "stop": lambda a: trio.run(_stop, a),
     }
     try:
-        return int(commands[args.command](args))
+        try:
+            return int(commands[args.command](args))
+        except BaseExceptionGroup as group:  # one failure inside a nursery: report it, not the group
+            raise _single(group) from None
     except UsageError as exc:
         print(f"trioschedule: error: {exc}", file=sys.stderr)
         return 2
@@ -367,5 +384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Rejected as exc:
         print(f"trioschedule: rejected ({exc.code}): {exc}", file=sys.stderr)
         return 1
+    except TriosError as exc:  # a refused journal, and the like: say what and exit
+        print(f"trioschedule: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130

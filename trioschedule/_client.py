@@ -89,6 +89,7 @@ class Client:
         self._acceptances: dict[str, _Acceptance] = {}
         self._wait_flags: dict[str, bool] = {}
         self._slots: dict[str, OutcomeSlot] = {}
+        self._accepted: set[str] = set()  # accepted by the dispatcher, outcome not yet known
         self._replies: deque[tuple[type, OutcomeSlot | Any]] = deque()
         self._closing = False
         self._fatal: BaseException | None = None
@@ -351,10 +352,17 @@ class Client:
                     slots = self._slots
                     for outcome in message.results:
                         slot = slots.pop(outcome.id, None)
+                        if outcome.id in self._accepted:
+                            self._accepted.discard(outcome.id)
+                            if outcome.status == m.UNKNOWN:  # it accepted the task, then forgot it
+                                outcome = m.Outcome(id=outcome.id, status=m.LOST, reason=(
+                                    "the dispatcher no longer knows this task: it restarted without a journal"))  # fmt: skip
                         if slot is not None:
                             slot.set(outcome)
                 elif kind is m.Accepted:
                     for task_id in message.ids:
+                        if task_id in self._slots:
+                            self._accepted.add(task_id)
                         self._unaccepted.pop(task_id, None)
                         self._wait_flags.pop(task_id, None)
                         acceptance = self._acceptances.pop(task_id, None)

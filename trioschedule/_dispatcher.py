@@ -33,6 +33,7 @@ from ._errors import (
     QueueFull,
     Rejected,
     RemoteProtocolError,
+    TriosError,
 )
 from ._framing import DEFAULT_MAX_FRAME_SIZE
 from ._handles import OutcomeSlot, TaskHandle
@@ -56,6 +57,7 @@ __all__ = ["Dispatcher"]
 
 log = logging.getLogger("trioschedule.dispatcher")
 
+MAP_CHUNK = 1000  # map() journals and places tasks this many at a time
 QUEUED = "queued"
 DELAYED = "delayed"
 RUNNING = "running"
@@ -68,7 +70,7 @@ class _Task:
     __slots__ = (
         "id", "name", "args", "kwargs", "priority", "retries", "deadline", "state", "attempt",
         "failures", "losses", "session", "started", "outcome", "slot", "watchers", "owner",
-        "cancel_reason", "submitted_at", "finished_at", "seq", "no_retry",
+        "cancel_reason", "submitted_at", "finished_at", "seq", "not_before",
     )  # fmt: skip
 
     def __init__(self, task_id: str, name: str, args: list[Any], kwargs: dict[str, Any], priority: int,
@@ -94,23 +96,26 @@ class _Task:
         self.submitted_at = time.time()
         self.finished_at = 0.0
         self.seq = seq
+        self.not_before: float | None = None  # wall clock, while delayed (journaled)
 
 
 class _WorkerSession:
     """A worker's session: survives a dropped connection for ``session_grace`` seconds."""
 
-    __slots__ = ("id", "peer", "conn", "names", "window", "assigned", "buffer", "last_seq", "detached_at",
-                 "draining", "retries", "no_retry", "expiry")  # fmt: skip
+    __slots__ = ("id", "peer", "conn", "names", "window", "assigned", "buffer", "buffer_cancel", "last_seq", "acked",
+                 "detached_at", "draining", "retries", "no_retry", "expiry")  # fmt: skip
 
-    def __init__(self, session_id: str, peer: Peer, hello: m.Hello) -> None:
+    def __init__(self, session_id: str, peer: Peer, names: frozenset[str] = frozenset(), window: int = 1) -> None:
         self.id = session_id
         self.peer = peer
         self.conn: Connection | None = None
-        self.names = frozenset(hello.tasks)
-        self.window = max(1, hello.concurrency + hello.prefetch)
+        self.names = names
+        self.window = window
         self.assigned: dict[str, _Task] = {}
         self.buffer: list[m.TaskSpec] = []
-        self.last_seq = 0
+        self.buffer_cancel: list[str] = []  # held by the worker, wanted by nobody: cancel once connected
+        self.last_seq = 0  # the newest Results frame processed
+        self.acked = 0  # the newest Results frame whose effects are journaled: what we acknowledge
         self.detached_at: float | None = None
         self.draining = False
         self.retries: dict[str, int] = {}
@@ -227,6 +232,7 @@ class Dispatcher:
         self._draining = False
         self._started_at = 0.0
         self._serving = False
+        self._store_open = False
 
     # ================================================================ hooks
     async def on_start(self) -> None:
@@ -251,51 +257,76 @@ class Dispatcher:
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen on ``host:port`` and serve until :meth:`stop` or cancellation.
 
-        ``task_status.started()`` reports the bound port, once the listener
-        is open and the journal is recovered.
+        ``task_status.started()`` reports the bound port, once the journal is
+        recovered and the listener is open.
         """
-        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
-        if self.ssl_context is not None:
-            listeners = [trio.SSLListener(lst, self.ssl_context, https_compatible=False) for lst in listeners]
-        await self.serve_listeners(listeners, task_status=task_status)
+
+        async def open_listeners() -> list[trio.abc.Listener[Any]]:
+            listeners: list[Any] = await trio.open_tcp_listeners(self.port, host=self.host)
+            if self.ssl_context is not None:
+                listeners = [trio.SSLListener(lst, self.ssl_context, https_compatible=False) for lst in listeners]
+            return listeners
+
+        await self._serve(open_listeners, task_status)
 
     async def serve_listeners(
         self, listeners: list[trio.abc.Listener[Any]], *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Serve on already-open listeners (tests pass memory listeners here)."""
+        """Serve on already-open listeners (``trioschedule.testing`` passes memory listeners here)."""
+
+        async def given() -> list[trio.abc.Listener[Any]]:
+            return listeners
+
+        await self._serve(given, task_status)
+
+    async def _serve(self, open_listeners: Callable[[], Any], task_status: trio.TaskStatus[int]) -> None:
         if self._serving:
             raise RuntimeError("this Dispatcher is already serving")
         self._serving = True
-        self.port = _bound_port(listeners, self.port)
-        warn_if_exposed(log, self.host, self.secrets, self.ssl_context)
-        await self._recover(await self.store.open())
-        self._started_at = time.time()
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._run_timers)
-                nursery.start_soon(self._hooks.run)
-                async with trio.open_nursery() as connections:
-                    accepting = trio.CancelScope()
-
-                    async def accept() -> None:
-                        with accepting:
-                            await trio.serve_listeners(self.handle_stream, listeners, handler_nursery=connections)
-
-                    connections.start_soon(accept)
-                    log.info("%s listening on %s:%s (store %s)", self.name, self.host, self.port, self.store.url)
-                    task_status.started(self.port)
-                    self._hooks.call(self.on_start)
-                    await self._stop_requested.wait()
-                    await self._drain(self._stop_grace)
-                    accepting.cancel()
-                    connections.cancel_scope.cancel()
-                nursery.cancel_scope.cancel()
+            # The journal first: a refused journal must fail before we listen.
+            stored = await self.store.open()
+            self._store_open = True
+            await self._recover(stored)
+            try:
+                listeners = await open_listeners()
+                self.port = _bound_port(listeners, self.port)
+                warn_if_exposed(log, self.host, self.secrets, self.ssl_context)
+                await self._run(listeners, task_status)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await self._hooks.call_now(self.on_stop)
+                    self._store_open = False
+                    try:
+                        await self.store.close()
+                    except Exception:
+                        log.exception("closing the journal %s failed", self.store.url)
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await self._hooks.call_now(self.on_stop)
-                await self.store.close()
             self._serving = False
             log.info("%s stopped", self.name)
+
+    async def _run(self, listeners: list[trio.abc.Listener[Any]], task_status: trio.TaskStatus[int]) -> None:
+        self._started_at = time.time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._run_timers)
+            nursery.start_soon(self._hooks.run)
+            async with trio.open_nursery() as connections:
+                accepting = trio.CancelScope()
+
+                async def accept() -> None:
+                    with accepting:
+                        await trio.serve_listeners(self.handle_stream, listeners, handler_nursery=connections)
+
+                connections.start_soon(accept)
+                log.info("%s listening on %s:%s (store %s)", self.name, self.host, self.port, self.store.url)
+                task_status.started(self.port)
+                # on_start may wait for workers: it runs beside everything else.
+                nursery.start_soon(self._hooks.call_now, self.on_start)
+                await self._stop_requested.wait()
+                await self._drain(self._stop_grace)
+                accepting.cancel()
+                connections.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
 
     def stop(self, grace: float | None = None) -> None:
         """Begin a graceful stop: refuse new tasks, let running ones finish within ``grace`` seconds, exit."""
@@ -407,7 +438,7 @@ class Dispatcher:
                 timeout=self.heartbeat_timeout, name=self.name, proof=extra["proof"], resumed=resumed,
             )  # fmt: skip
             serve: Callable[[], Any] = lambda: self._serve_worker(session)
-            make_heartbeat: Callable[[], Any] = lambda: m.Heartbeat(ack=session.last_seq)
+            make_heartbeat: Callable[[], Any] = lambda: m.Heartbeat(ack=session.acked)
             leave: Callable[[bool], None] = lambda clean: self._detach_worker(session, clean)
             peer = session.peer
         else:
@@ -429,6 +460,9 @@ class Dispatcher:
             await conn.send_now(welcome)
             log.info("%s: %s %r connected (pid %d)", conn.address, peer.role, peer.name, peer.pid)
             if hello.role == WORKER:
+                for task_id in session.buffer_cancel:
+                    conn.send(m.Cancel(id=task_id, reason="the dispatcher no longer expects this task"))
+                session.buffer_cancel.clear()
                 self._flush()
             await self._hooks.call_now(self.on_connect, peer)
             failure: BaseException | None = None
@@ -453,22 +487,46 @@ class Dispatcher:
 
     # ============================================================== workers
     def _attach_worker(self, conn: Connection, peer: Peer, hello: m.Hello) -> tuple[_WorkerSession, bool]:
-        session = self._sessions.get(hello.session or "") if hello.session else None
-        resumed = session is not None and session.conn is None
-        if session is None or not resumed:
-            session = _WorkerSession(uuid.uuid4().hex, peer, hello)
+        """Attach a worker's connection to its session: a new one, or the one it resumes.
+
+        A worker resumes its session (names it in its hello) whenever that
+        session is not attached elsewhere: back within the grace window, or
+        after the dispatcher itself restarted.  It keeps the tasks it still
+        holds; those it no longer holds go back to the queue; held tasks the
+        dispatcher had queued again (its journal lagged) are adopted, and
+        held tasks that ended or run elsewhere are cancelled on the worker.
+        """
+        session = self._sessions.get(hello.session) if hello.session else None
+        resumed = hello.session is not None and (session is None or session.conn is None)
+        if not resumed:
+            session = _WorkerSession(uuid.uuid4().hex, peer)
             self._sessions[session.id] = session
         else:
-            # The same worker is back within the grace window: keep its tasks,
-            # requeue only those it no longer holds (lost in transit).
-            held = set(hello.running)
+            assert hello.session is not None
+            if session is None:  # a session from before a restart that the journal did not name
+                session = self._sessions[hello.session] = _WorkerSession(hello.session, peer)
+            held = hello.running
             for task in [t for t in session.assigned.values() if t.id not in held]:
                 self._requeue(session, task, lost=task.started)
             peer.done, peer.failed = session.peer.done, session.peer.failed
             session.peer = peer
             session.detached_at = None
             session.expiry += 1
-        peer.tasks = session.names
+            for task_id, attempt in held.items():
+                task = self._tasks.get(task_id)
+                if task is not None and task.session is session:
+                    task.attempt = max(task.attempt, attempt)
+                elif task is not None and task.state in (QUEUED, DELAYED) and attempt >= task.attempt:
+                    task.state, task.session, task.attempt, task.started = RUNNING, session, attempt, True
+                    task.not_before = None
+                    session.assigned[task.id] = task
+                    self._running += 1
+                    self._journal(task)
+                else:
+                    session.buffer_cancel.append(task_id)
+        assert session is not None
+        session.names = peer.tasks = frozenset(hello.tasks)
+        session.window = max(1, hello.concurrency + hello.prefetch)
         peer.concurrency = hello.concurrency
         peer.prefetch = hello.prefetch
         peer._running = session.assigned  # noqa: SLF001 - Peer reports the live count
@@ -501,15 +559,30 @@ class Dispatcher:
             self._expire_session(session)
 
     def _expire_session(self, session: _WorkerSession) -> None:
+        """The worker is gone for good: take its tasks back.
+
+        A task counts a loss if the worker said it started it.  A worker can
+        die before its "started" report leaves (a task that crashes it at
+        once), so the oldest unreported tasks, up to the worker's
+        concurrency, count as started too: a poison task cannot loop forever.
+        """
         self._sessions.pop(session.id, None)
-        for task in list(session.assigned.values()):
-            self._requeue(session, task, lost=task.started)
+        tasks = list(session.assigned.values())  # in assignment order
+        unreported_slots = max(0, session.peer.concurrency - sum(t.started for t in tasks))
+        for task in tasks:
+            lost = task.started
+            if not lost and unreported_slots:
+                lost, unreported_slots = True, unreported_slots - 1
+            self._requeue(session, task, lost=lost)
         self._dispatch()
 
     def _requeue(self, session: _WorkerSession, task: _Task, *, lost: bool) -> None:
         """Take ``task`` back from ``session``; a started attempt counts as lost."""
         del session.assigned[task.id]
         self._running -= 1
+        self._return_to_queue(task, lost=lost)
+
+    def _return_to_queue(self, task: _Task, *, lost: bool) -> None:
         task.session = None
         task.started = False
         if task.cancel_reason is not None:
@@ -522,8 +595,9 @@ class Dispatcher:
                 log.warning("task %s (%s) given up: %s", task.id, task.name, reason)
                 self._finish(task, m.Outcome(id=task.id, status=m.LOST, attempt=task.attempt, reason=reason))
                 return
-        else:
-            task.attempt -= 1  # never started: this attempt does not count
+        # ``attempt`` numbers deliveries and only grows, so a late result from
+        # an earlier delivery is always recognised; a delivery that never
+        # started costs nothing: only ``losses`` and ``failures`` are limited.
         self._enqueue(task)
         self._journal(task)
         self._wake_idle()
@@ -547,6 +621,12 @@ class Dispatcher:
                     self._flush()
                     return True
             self._flush()
+            if self._journaling:
+                # Acknowledge results only once their outcome is durable: a
+                # worker drops what we acknowledged, so a crash in between
+                # must find the result still with the worker.
+                await self.store.flush()
+            session.acked = session.last_seq
 
     def _on_results(self, session: _WorkerSession, results: m.Results) -> None:
         if results.seq > session.last_seq:
@@ -583,6 +663,10 @@ class Dispatcher:
         self._dispatch()
 
     def _attempt_failed(self, session: _WorkerSession, task: _Task, outcome: m.Outcome) -> None:
+        if outcome.status == m.CANCELLED and task.cancel_reason is None:
+            # Nobody asked: the worker gave the task up (it was stopping). Run it elsewhere.
+            self._return_to_queue(task, lost=True)
+            return
         if outcome.status == m.ERROR and task.cancel_reason is None and not self._draining:
             limit = task.retries if task.retries is not None else session.retries.get(task.name, 0)
             error_type = outcome.error.type if outcome.error else ""
@@ -592,8 +676,7 @@ class Dispatcher:
                 delay = random.uniform(backoff / 2, backoff)  # "equal jitter": never retry at once
                 log.info("task %s (%s) failed with %s; retry %d/%d in %.2f s",
                          task.id, task.name, error_type, task.failures, limit, delay)  # fmt: skip
-                task.state = DELAYED
-                self._after(delay, self._delay_over, task)
+                self._delay(task, delay)
                 self._journal(task)
                 return
         if task.cancel_reason is not None and outcome.status in (m.CANCELLED, m.ERROR):
@@ -674,7 +757,17 @@ class Dispatcher:
             new.append((task, sub.delay))
             accepted.append(sub.id)
         if new:
-            await self._persist([task for task, _ in new])
+            try:
+                await self._persist([task for task, _ in new])
+            except TriosError as exc:  # the journal failed: refuse, never pretend
+                log.error("journal %s failed; refusing %d submission(s): %s", self.store.url, len(new), exc)
+                for task, _ in new:
+                    del self._tasks[task.id]
+                    self._unfinished -= 1
+                    client.owned -= 1
+                    accepted.remove(task.id)
+                    rejected.append(m.Rejection(id=task.id, code="store-failed", message=f"the dispatcher's journal failed: {exc}"))
+                new = []
             for task, delay in new:
                 self._place(task, delay)
             self._dispatch()
@@ -719,6 +812,7 @@ class Dispatcher:
         task = _Task(task_id, name, list(args), dict(kwargs or {}), priority, retries, deadline, owner, self._seq)
         if delay:
             task.state = DELAYED
+            task.not_before = time.time() + delay
         self._tasks[task_id] = task
         self._unfinished += 1
         return task
@@ -733,6 +827,7 @@ class Dispatcher:
 
     def _delay_over(self, task: _Task) -> None:
         if task.state == DELAYED:
+            task.not_before = None
             self._enqueue(task)
             self._dispatch()
 
@@ -801,7 +896,7 @@ class Dispatcher:
             )  # fmt: skip
         )
         self._dirty_sessions.add(session)
-        if self.store.durable:
+        if self._journaling:
             self._journal(task)
 
     def _finish(self, task: _Task, outcome: m.Outcome) -> None:
@@ -839,7 +934,7 @@ class Dispatcher:
     def _forget(self, task: _Task) -> None:
         if self._tasks.get(task.id) is task:
             del self._tasks[task.id]
-            if self.store.durable:
+            if self._journaling:
                 self.store.forget([task.id])
 
     def _wake_idle(self) -> None:
@@ -852,7 +947,7 @@ class Dispatcher:
             for session in self._dirty_sessions:
                 if session.buffer and session.conn is not None:
                     batch, session.buffer = session.buffer, []
-                    self._send_to(session, m.Run(tasks=tuple(batch), ack=session.last_seq))
+                    self._send_to(session, m.Run(tasks=tuple(batch), ack=session.acked))
             self._dirty_sessions.clear()
         if self._dirty_clients:
             for client in self._dirty_clients:
@@ -907,12 +1002,16 @@ class Dispatcher:
         self._after(min(60.0, self.result_ttl), self._purge, None)
 
     # ========================================================= persistence
+    @property
+    def _journaling(self) -> bool:
+        return self.store.durable and self._store_open
+
     async def _persist(self, tasks: list[_Task]) -> None:
-        if self.store.durable:
+        if self._journaling and tasks:
             await self.store.add([self._stored(t) for t in tasks])
 
     def _journal(self, task: _Task) -> None:
-        if self.store.durable:
+        if self._journaling:
             self.store.update(self._stored(task))
 
     def _stored(self, task: _Task) -> StoredTask:
@@ -920,25 +1019,41 @@ class Dispatcher:
         return StoredTask(
             id=task.id, name=task.name, args=task.args or [], kwargs=task.kwargs or {}, priority=task.priority,
             retries=task.retries, deadline=None if task.deadline is None else now_wall + (task.deadline - now_trio),
-            state=task.state if task.state != DELAYED else QUEUED, attempt=task.attempt, failures=task.failures,
-            losses=task.losses, session=task.session.id if task.session else None,
+            not_before=task.not_before, state=task.state if task.state != DELAYED else QUEUED,
+            attempt=task.attempt, failures=task.failures, losses=task.losses,
+            session=task.session.id if task.session else None,
             outcome=None if task.outcome is None else m.converter.unstructure(task.outcome),
             submitted_at=task.submitted_at, finished_at=task.finished_at or None,
         )  # fmt: skip
 
     async def _recover(self, stored: list[StoredTask]) -> None:
+        """Rebuild the live state from the journal after a restart.
+
+        Queued tasks are queued again (delayed ones keep their time).  A task
+        that was running stays with its worker's session, detached: if the
+        worker reconnects within ``session_grace`` and still holds it, it
+        carries on and nothing runs twice; otherwise it is requeued with a
+        loss counted.  Outcomes within ``result_ttl`` are kept for reattaching.
+        """
         if not stored:
             return
         now_trio, now_wall = trio.current_time(), time.time()
+        cutoff = now_wall - self.result_ttl
+        expired: list[str] = []
+        detached: dict[str, _WorkerSession] = {}
         requeued = 0
         for row in stored:
+            if row.state == DONE:
+                if row.outcome is None or (row.finished_at or now_wall) < cutoff:
+                    expired.append(row.id)
+                    continue
             deadline = None if row.deadline is None else now_trio + (row.deadline - now_wall)
             self._seq += 1
             task = _Task(row.id, row.name, row.args, row.kwargs, row.priority, row.retries, deadline, None, self._seq)
             task.attempt, task.failures, task.losses = row.attempt, row.failures, row.losses
             task.submitted_at = row.submitted_at
             self._tasks[task.id] = task
-            if row.state == DONE and row.outcome is not None:
+            if row.state == DONE:
                 task.state = DONE
                 task.outcome = m.converter.structure(row.outcome, m.Outcome)
                 task.finished_at = row.finished_at or now_wall
@@ -946,18 +1061,43 @@ class Dispatcher:
                 self._finished.append(task)
                 continue
             self._unfinished += 1
-            if row.state == RUNNING:
-                # Its worker may come back and still hold it; until then it
-                # waits as a detached session would.
-                task.losses += 1
-                if task.losses > self.max_losses:
-                    self._finish(task, m.Outcome(id=task.id, status=m.LOST, attempt=task.attempt, reason="lost in a dispatcher crash too many times"))
-                    continue
             if deadline is not None:
                 self._at(deadline, self._deadline_passed, task)
-            self._enqueue(task)
+            if row.state == RUNNING and row.session:
+                session = detached.get(row.session)
+                if session is None:
+                    peer = Peer(id=row.session, role=WORKER, name=f"worker of session {row.session[:8]}", address="", connected=False)
+                    session = detached[row.session] = _WorkerSession(row.session, peer)
+                    peer._running = session.assigned  # noqa: SLF001
+                    self._sessions[row.session] = session
+                task.state = RUNNING
+                task.session = session
+                task.started = True  # it may well have been: count a loss unless its worker comes back
+                session.assigned[task.id] = task
+                self._running += 1
+                continue
+            if row.not_before is not None and row.not_before > now_wall:
+                task.state = DELAYED
+                task.not_before = row.not_before
+                self._after(row.not_before - now_wall, self._delay_over, task)
+            else:
+                self._enqueue(task)
+            self._journal(task)
             requeued += 1
-        log.info("recovered %d unfinished task(s) and %d outcome(s) from %s", requeued, len(self._finished), self.store.url)
+        for session in detached.values():
+            session.detached_at = now_trio
+            session.expiry += 1
+            self._after(self.session_grace, self._expire_session_timer, (session, session.expiry))
+        while len(self._finished) > self.max_results:
+            expired.append(self._finished.popleft().id)
+            del self._tasks[expired[-1]]
+        if expired:
+            self.store.forget(expired)
+        log.info(
+            "recovered from %s: %d task(s) queued, %d running on %d worker session(s) awaiting their worker, "
+            "%d outcome(s) kept, %d expired",
+            self.store.url, requeued, self._running, len(detached), len(self._finished), len(expired),
+        )  # fmt: skip
 
     # ============================================================ public API
     def submit_nowait(
@@ -979,8 +1119,8 @@ class Dispatcher:
         if self._unfinished >= self.max_queued:
             raise QueueFull()
         task = self._submit_one(name, args, kwargs, timeout, retries, delay, priority, task_id)
-        if self.store.durable:
-            self.store.update(self._stored(task))
+        self._place(task, delay)
+        self._journal(task)  # durable soon (group commit); submit() waits for it
         self._dispatch()
         self._flush()
         return TaskHandle(self, task.id, name)
@@ -991,17 +1131,20 @@ class Dispatcher:
         task_id = task_id or uuid.uuid4().hex
         if task_id in self._tasks:
             raise Rejected(f"a task with id {task_id!r} exists already", code="duplicate")
-        task = self._new_task(task_id, name, list(args), kwargs, priority, retries, timeout, delay, None)
-        self._place(task, delay)
-        return task
+        return self._new_task(task_id, name, list(args), kwargs, priority, retries, timeout, delay, None)
 
     def _place(self, task: _Task, delay: float | None) -> None:
         if task.deadline is not None:
             self._at(task.deadline, self._deadline_passed, task)
         if delay:
-            self._after(delay, self._delay_over, task)
+            self._delay(task, delay)
         else:
             self._enqueue(task)
+
+    def _delay(self, task: _Task, delay: float) -> None:
+        task.state = DELAYED
+        task.not_before = time.time() + delay
+        self._after(delay, self._delay_over, task)
 
     async def submit(
         self,
@@ -1026,7 +1169,8 @@ class Dispatcher:
         handle = self.submit_nowait(
             name, args, kwargs, timeout=timeout, retries=retries, delay=delay, priority=priority, task_id=task_id
         )
-        await self.store.flush()
+        if self._journaling:
+            await self.store.flush()
         return handle
 
     async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -1052,21 +1196,32 @@ class Dispatcher:
         first failure in order is raised.
         """
         tasks: list[_Task] = []
+        chunk: list[_Task] = []
+
+        async def place_chunk() -> None:
+            await self._persist(chunk)  # journaled before any of them can run
+            for task in chunk:
+                self._place(task, None)
+            self._dispatch()
+            self._flush()
+            chunk.clear()
+
         for item in iterable_of_args:
-            if self._unfinished >= self.max_queued:
-                self._dispatch()
-                self._flush()
-                await self._wait_room(1)
             problem = self._refusal(name)
             if problem is not None:
                 raise Rejected(problem[1], code=problem[0])
+            if self._unfinished >= self.max_queued:
+                await place_chunk()
+                await self._wait_room(1)
             args = list(item) if isinstance(item, (tuple, list)) else [item]
-            tasks.append(self._submit_one(name, args, None, timeout, retries, None, priority, None))
-        if self.store.durable:
-            await self._persist(tasks)
-        self._dispatch()
-        self._flush()
-        return await _gather([self._slot(t.id) for t in tasks], return_exceptions)
+            task = self._submit_one(name, args, None, timeout, retries, None, priority, None)
+            task.slot = OutcomeSlot()
+            tasks.append(task)
+            chunk.append(task)
+            if len(chunk) >= MAP_CHUNK:
+                await place_chunk()
+        await place_chunk()
+        return await _gather([t.slot for t in tasks], return_exceptions)  # type: ignore[misc]
 
     async def broadcast(self, message: Any) -> int:
         """Send ``message`` to every connected worker's ``on_message``; returns how many."""

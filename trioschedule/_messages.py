@@ -14,6 +14,7 @@ for implementers in other languages, and the tests check that it agrees.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, ClassVar, Union
 
 import attrs
@@ -141,7 +142,7 @@ class Hello:
     concurrency: int = 1
     prefetch: int = 0
     session: str | None = None
-    running: tuple[str, ...] = ()
+    running: dict[str, int] = attrs.field(factory=dict)
     retries: dict[str, int] = attrs.field(factory=dict)
     no_retry: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
 
@@ -377,7 +378,14 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise ValueError(f"number {text[:32]} is out of range")
+    return value
+
+
+_loads = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float).decode
 
 
 def encode(message: Any) -> bytes:
@@ -388,7 +396,7 @@ def encode(message: Any) -> bytes:
     """
     try:
         return _dumps(_unstructure(message, AnyMessage)).encode()
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise LocalProtocolError(
             f"cannot encode {type(message).__name__} as JSON: {exc}; "
             "task arguments, results and messages must be JSON values (str, int, float, bool, None, list, dict)",

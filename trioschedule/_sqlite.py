@@ -15,13 +15,15 @@ how this one keeps it, is in docs/STORE.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Union
 
 import attrs
@@ -29,11 +31,6 @@ import trio
 
 from ._errors import TriosError
 from ._store import Store, StoredTask
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["MIGRATIONS", "Migration", "SQLiteStore", "StoreError", "StoreStatistics"]
 
@@ -157,9 +154,10 @@ def _encode(task: StoredTask) -> tuple[Any, ...]:
     if task.state not in _STATES:
         raise ValueError(f"task {task.id!r}: state {task.state!r} is not one of {sorted(_STATES)}")
     return (
-        task.id, task.name, _dumps(task.args), _dumps(task.kwargs), task.priority, task.retries, task.deadline,
-        task.not_before, task.state, task.attempt, task.failures, task.losses, task.session,
-        None if task.outcome is None else _dumps(task.outcome), task.submitted_at, task.finished_at,
+        task.id, task.name, _dumps(task.args) if task.args else "[]", _dumps(task.kwargs) if task.kwargs else "{}",
+        task.priority, task.retries, task.deadline, task.not_before, task.state, task.attempt, task.failures,
+        task.losses, task.session, None if task.outcome is None else _dumps(task.outcome), task.submitted_at,
+        task.finished_at,
     )  # fmt: skip
 
 
@@ -236,12 +234,7 @@ class _LockFile:
             os.close(fd)  # drops the lock
 
 
-if fcntl is not None:
-
-    def _lock_nowait(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-else:  # pragma: no cover - Windows: lock one byte far past the pid, which stays readable
+if sys.platform == "win32":  # pragma: no cover - lock one byte far past the pid, which stays readable
     import msvcrt
 
     def _lock_nowait(fd: int) -> None:
@@ -250,6 +243,12 @@ else:  # pragma: no cover - Windows: lock one byte far past the pid, which stays
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
         except PermissionError as exc:
             raise BlockingIOError(str(exc)) from exc
+
+else:
+    import fcntl
+
+    def _lock_nowait(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _read_pid(fd: int) -> int | None:
@@ -299,7 +298,7 @@ class SQLiteStore(Store):
         self.synchronous = synchronous.upper()
         self.commit_interval = commit_interval
         self._state = "new"  # new -> opening -> open -> closing -> closed (-> opening again)
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._reset()
 
     def _reset(self) -> None:
@@ -384,14 +383,15 @@ class SQLiteStore(Store):
         Only the latest state of each task per transaction is written.  The
         store keeps a reference to ``task`` until then: do not mutate it.
         """
-        self._check_open("update")
+        if self._state != "open":
+            self._check_open("update")
         if task.state not in _STATES:
             raise ValueError(f"task {task.id!r}: state {task.state!r} is not one of {sorted(_STATES)}")
         with self._cond:
-            if self._failure is not None:
-                return  # the store has stopped; add(), flush() and close() report it
             pending = self._pending
             if not pending:
+                if self._failure is not None:
+                    return  # the store has stopped; add(), flush() and close() report it
                 self._pending_since = time.monotonic()
                 self._cond.notify()
             pending[task.id] = task
@@ -577,7 +577,7 @@ class SQLiteStore(Store):
             )
         problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
         if problems != ["ok"]:
-            raise self._corrupt("; ".join(problems))
+            raise self._corrupt("; ".join(problems).replace("\n", "; "))
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":
             raise StoreError(
@@ -676,23 +676,20 @@ class SQLiteStore(Store):
         return len(rows), max(deleted, 0), skipped
 
 
-class _transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` if the block raises."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.conn.execute("COMMIT")
-        elif self.conn.in_transaction:
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``; ``ROLLBACK`` if the block or the commit itself fails."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
             try:
-                self.conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
             except sqlite3.Error:  # pragma: no cover - the original error matters more
                 pass
+        raise
 
 
 def _check_migrations(migrations: tuple[Migration, ...]) -> int:

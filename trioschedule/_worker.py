@@ -176,7 +176,7 @@ class Worker:
                     max_frame_size=self.max_frame_size, connect_timeout=self.connect_timeout, connector=self.connector,
                     name=self.name, host=socket.gethostname(), pid=os.getpid(),
                     tasks=tuple(self.tasks), concurrency=self.concurrency, prefetch=self.prefetch,
-                    session=self._session, running=tuple(self._held()),
+                    session=self._session, running=self._held(),
                     retries={n: o.retries for n, (_, o) in self.tasks.items() if o.retries},
                     no_retry={n: o.no_retry for n, (_, o) in self.tasks.items() if o.no_retry},
                 )  # fmt: skip
@@ -208,12 +208,13 @@ class Worker:
         with trio.move_on_after(delay):
             await self._stop.wait()
 
-    def _held(self) -> list[str]:
-        held = [spec.id for spec in self._queue]
-        held += self._running
-        held += (o.id for o in self._results)
+    def _held(self) -> dict[str, int]:
+        """Every task this worker still holds (queued, running, or with an unacknowledged result) -> attempt."""
+        held = {spec.id: spec.attempt for spec in self._queue}
+        held.update((task_id, running.spec.attempt) for task_id, running in self._running.items())
+        held.update((o.id, o.attempt) for o in self._results)
         for frame in self._unacked:
-            held += (o.id for o in frame.results)
+            held.update((o.id, o.attempt) for o in frame.results)
         return held
 
     async def _serve(self, conn: Connection, welcome: m.Welcome) -> None:
@@ -340,7 +341,8 @@ class Worker:
             await self._run(queue.popleft())
 
     async def _run(self, spec: m.TaskSpec) -> None:
-        self._started.append(spec.id)
+        self._started.append(spec.id)  # the dispatcher must know it started: only started tasks count a loss
+        self._report.set()
         entry = self.tasks.get(spec.name)
         if entry is None:
             offered = ", ".join(sorted(self.tasks)) or "nothing"

@@ -121,6 +121,7 @@ class Cluster:
         self.links: dict[Any, list[Link]] = {}
         self._listener: _MemoryListener | None = None
         self._dispatcher_scope: trio.CancelScope | None = None
+        self._dispatcher_stopped = trio.Event()
         self._worker_scopes: dict[Worker, trio.CancelScope] = {}
         self._stalled: set[Any] = set()
 
@@ -154,13 +155,17 @@ class Cluster:
             self.dispatcher = dispatcher
         listener = _MemoryListener()
         scope = trio.CancelScope()
+        stopped = trio.Event()
 
         async def serve(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            with scope:
-                await self.dispatcher.serve_listeners([listener], task_status=task_status)
+            try:
+                with scope:
+                    await self.dispatcher.serve_listeners([listener], task_status=task_status)
+            finally:
+                stopped.set()
 
         await self._nursery.start(serve)
-        self._listener, self._dispatcher_scope = listener, scope
+        self._listener, self._dispatcher_scope, self._dispatcher_stopped = listener, scope, stopped
         return self.dispatcher
 
     async def stop_dispatcher(self) -> None:
@@ -171,7 +176,7 @@ class Cluster:
                 for link in links:
                     link.cut()
             self._dispatcher_scope.cancel()
-            await trio.testing.wait_all_tasks_blocked()
+            await self._dispatcher_stopped.wait()  # its journal is closed too
 
     # ------------------------------------------------------------- workers
     async def start_worker(self, worker: Worker) -> Worker:

@@ -1,0 +1,108 @@
+"""The SQLite journal: accepted work survives a dispatcher that dies.
+
+The in-memory cluster runs on the real clock here (the journal writes from a
+thread), with short timers; the last test kills a real dispatcher process.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+
+import pytest
+import trio
+
+from trioschedule import Dispatcher, StoreError, open_client
+from trioschedule.testing import open_cluster
+
+from .conftest import MathWorker
+from .processes import free_port, processes, wait_for
+
+
+def journaled(path, **kwargs) -> Dispatcher:
+    kwargs.setdefault("heartbeat_interval", 0.2)
+    kwargs.setdefault("heartbeat_timeout", 2.0)
+    kwargs.setdefault("session_grace", 5.0)
+    return Dispatcher(store=f"sqlite:{path}", **kwargs)
+
+
+def worker(name: str, **kwargs) -> MathWorker:
+    return MathWorker(name=name, heartbeat_interval=0.2, heartbeat_timeout=2.0, reconnect_max=0.2, **kwargs)
+
+
+async def test_restart_on_the_same_journal_runs_everything_once(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    workers = [worker("a", concurrency=4), worker("b", concurrency=4)]
+    with trio.fail_after(30):
+        async with open_cluster(journaled(path), *workers) as cluster:
+            async with cluster.client() as client:
+                handles = [await client.submit("sleep", [0.3, i]) for i in range(40)]
+                await trio.sleep(0.5)  # some done, some running, most queued
+                await cluster.stop_dispatcher()
+                await cluster.start_dispatcher(journaled(path))
+                results = [await h.result() for h in handles]
+    assert results == list(range(40))
+    runs = collections.Counter(args for w in workers for name, args in w.ran if name == "sleep")
+    assert sum(runs.values()) == 40, "a task that was running on a returning worker is not run again"
+
+
+async def test_reattach_after_restart_and_retention(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    with trio.fail_after(30):
+        async with open_cluster(journaled(path), worker("a")) as cluster:
+            async with cluster.client() as client:
+                done = await client.submit("add", [20, 22])
+                assert await done.result() == 42
+                delayed = await client.submit("add", [1, 1], delay=1.0)
+            await cluster.stop_dispatcher()
+            start = trio.current_time()
+            await cluster.start_dispatcher(journaled(path))
+            async with cluster.client() as other:
+                assert await other.task(done.id).result() == 42
+                assert await other.task(delayed.id).result() == 2
+                assert trio.current_time() - start >= 0.5  # its delay was kept, not dropped
+        # past the retention time the outcome is gone
+        async with open_cluster(journaled(path, result_ttl=0.001)) as cluster:
+            async with cluster.client() as other:
+                with pytest.raises(KeyError):
+                    await other.task(done.id).result()
+
+
+async def test_journal_in_use_is_refused(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    async with open_cluster(journaled(path)):
+        with pytest.raises(StoreError, match="in use"):
+            async with open_cluster(journaled(path)):
+                pass  # pragma: no cover
+
+
+async def test_dispatcher_sigkilled_with_hundreds_of_tasks(tmp_path):
+    port = free_port()
+    journal = tmp_path / "journal.sqlite3"
+    with processes(tmp_path, E2E_DIR=str(tmp_path)) as procs:
+        args = ("--store", f"sqlite:{journal}", "--session-grace", "15")
+        dispatcher, _ = await procs.start_dispatcher(*args, port=port, name="d1")
+        for i in range(2):
+            procs.start_worker(port, "--concurrency", "8", name=f"w{i}")
+        async with open_client("127.0.0.1", port) as client:
+            handles = [await client.submit("slow_add", [i, 1], {"seconds": 0.05}) for i in range(300)]
+            ran = lambda: sum(1 for f in os.listdir(tmp_path) if f.startswith("ran-") for _ in open(tmp_path / f))  # noqa: E731
+            await wait_for(lambda: ran() >= 60, timeout=30)
+            dispatcher.send_signal(signal.SIGKILL)
+            with trio.fail_after(10):
+                await trio.to_thread.run_sync(dispatcher.wait)
+            await procs.start_dispatcher(*args, port=port, name="d2")
+            with trio.fail_after(60):
+                results = [await h.result() for h in handles]  # the client reconnects on its own
+            assert results == [i + 1 for i in range(300)]
+        async with open_client("127.0.0.1", port) as fresh:
+            assert await fresh.task(handles[7].id).result() == 8
+        counts = collections.Counter()
+        for name in os.listdir(tmp_path):
+            if name.startswith("ran-"):
+                with open(tmp_path / name) as f:
+                    counts.update(json.loads(line)["a"] for line in f)
+        assert set(counts) == set(range(300))
+        assert all(n == 1 for n in counts.values()), {a: n for a, n in counts.items() if n > 1}
