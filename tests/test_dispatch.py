@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from trioschedule import Dispatcher, TaskFailed, UnknownTaskId, Worker, task
+from trioschedule import Dispatcher, LocalProtocolError, TaskFailed, UnknownTaskId, Worker, task
 from trioschedule.testing import open_cluster
 
 from .conftest import MathWorker, OtherWorker, quick_dispatcher
@@ -193,3 +193,27 @@ async def test_task_options_and_names(autojump_clock):
     async with open_cluster(quick_dispatcher(), Registry()) as cluster:
         async with cluster.client() as client:
             assert await client.call("renamed") == "sync inline"
+
+
+class Sizes(Worker):
+    @task
+    async def echo(self, value):
+        return value
+
+    @task
+    async def blow_up(self, size):
+        return "x" * size
+
+
+async def test_frames_that_would_be_too_large_are_split_or_refused_cleanly(autojump_clock):
+    limit = 64 * 1024
+    dispatcher = quick_dispatcher(max_frame_size=limit)
+    async with open_cluster(dispatcher, Sizes(max_frame_size=limit, prefetch=40)) as cluster:
+        async with cluster.client(max_frame_size=limit) as client:
+            chunk = "y" * 4000  # 40 of these make a Run or Outcomes frame far above the limit
+            assert await client.map("echo", [(chunk + str(i),) for i in range(60)]) == [chunk + str(i) for i in range(60)]
+            with pytest.raises(LocalProtocolError, match="maximum frame size"):
+                await client.submit("echo", ["z" * limit])
+            with pytest.raises(TaskFailed, match="cannot be sent"):
+                await client.call("blow_up", limit)
+            assert await client.call("echo", "still fine") == "still fine"

@@ -26,6 +26,7 @@ from ._dispatcher import Dispatcher
 from ._errors import AuthenticationError, ConnectionClosed, ProtocolError, Rejected, TaskError, TriosError
 from ._loading import load_object
 from ._security import client_ssl_context, server_ssl_context, token_from_env
+from ._util import single_error
 from ._worker import Worker
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -216,10 +217,14 @@ def _supervise(args: argparse.Namespace) -> int:
     argv += ["--connect", f"{args.connect[0]}:{args.connect[1]}", "--concurrency", str(args.concurrency)]
     argv += ["--heartbeat-interval", str(args.heartbeat_interval), "--heartbeat-timeout", str(args.heartbeat_timeout)]
     argv += ["--drain-grace", str(args.drain_grace)]
-    for flag in ("prefetch", "token", "tls_ca", "tls_cert", "tls_key"):
+    for flag in ("prefetch", "tls_ca", "tls_cert", "tls_key"):
         value = getattr(args, flag)
         if value is not None:
             argv += ["--" + flag.replace("_", "-"), str(value)]
+    child_env = dict(os.environ)
+    token = token_from_env(args.token)
+    if token:  # through the environment, never the command line that `ps` shows
+        child_env["TRIOSCHEDULE_TOKEN"] = token
     stopping = False
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -234,7 +239,7 @@ def _supervise(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     for index in range(args.processes):
         name = f"{args.name}-{index}" if args.name else None
-        children.append(subprocess.Popen(argv + (["--name", name] if name else [])))
+        children.append(subprocess.Popen(argv + (["--name", name] if name else []), env=child_env))
     log.info("supervising %d worker processes: %s", len(children), ", ".join(str(c.pid) for c in children))
     try:
         while not stopping:
@@ -242,7 +247,7 @@ def _supervise(args: argparse.Namespace) -> int:
                 code = child.poll()
                 if code is not None and not stopping:
                     log.warning("worker process %d exited with %s; restarting it", child.pid, code)
-                    children[index] = subprocess.Popen(argv)
+                    children[index] = subprocess.Popen(argv, env=child_env)
             time.sleep(0.2)
         deadline = time.monotonic() + args.drain_grace + 5
         for child in children:
@@ -337,21 +342,14 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _single(group: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
-    leaves = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
-    return leaves[0] if len(leaves) == 1 else group
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m trioschedule``; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Read the shared secret once, and keep it out of the environment that
+    # tasks' child processes would inherit.
+    env_token = os.environ.pop("TRIOSCHEDULE_TOKEN", None)
+    args.token = args.token or env_token or None
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
@@ -368,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return int(commands[args.command](args))
         except BaseExceptionGroup as group:  # one failure inside a nursery: report it, not the group
-            raise _single(group) from None
+            raise (single_error(group) or group) from None
     except UsageError as exc:
         print(f"trioschedule: error: {exc}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ import trio
 from . import _messages as m
 from ._connection import Connection
 from ._dispatcher import _check_options, _gather, _until_closed
-from ._errors import AuthenticationError, ConnectionClosed, ProtocolError, Rejected
+from ._errors import AuthenticationError, ConnectionClosed, LocalProtocolError, ProtocolError, Rejected
 from ._framing import DEFAULT_MAX_FRAME_SIZE
 from ._handles import OutcomeSlot, TaskHandle
 from ._peerconn import Backoff, open_connection
@@ -208,7 +208,14 @@ class Client:
             acceptances.append(acceptance)
             handles.append(TaskHandle(self, sub.id, sub.name, slot))
         if self._conn is not None:
-            self._send_submissions(self._conn, subs, wait)
+            unsendable = self._send_submissions(self._conn, subs, wait)
+            if unsendable:  # refused here, before the dispatcher saw it: say why, resend nothing
+                for sub in subs:
+                    self._acceptances.pop(sub.id, None)
+                    self._unaccepted.pop(sub.id, None)
+                    self._wait_flags.pop(sub.id, None)
+                    self._slots.pop(sub.id, None)
+                raise unsendable[0][1]
         first_rejection: m.Rejection | None = None
         for acceptance in acceptances:
             await acceptance.event.wait()
@@ -224,12 +231,31 @@ class Client:
             raise Rejected(first_rejection.message, code=first_rejection.code)
         return handles
 
-    def _send_submissions(self, conn: Connection, subs: list[m.Submission], wait: bool) -> None:
+    def _send_submissions(self, conn: Connection, subs: list[m.Submission], wait: bool) -> list[tuple[m.Submission, Exception]]:
+        """Send in frames of up to SUBMIT_CHUNK, halving a frame that comes out too large.
+
+        Returns the submissions that cannot be sent at all (arguments that are
+        not JSON, or too large for the dispatcher's frame limit), with why.
+        """
+        unsendable: list[tuple[m.Submission, Exception]] = []
         try:
             for start in range(0, len(subs), SUBMIT_CHUNK):
-                conn.send(m.Submit(tasks=tuple(subs[start : start + SUBMIT_CHUNK]), wait=wait))
+                self._send_chunk(conn, subs[start : start + SUBMIT_CHUNK], wait, unsendable)
         except ConnectionClosed:
             pass  # sent again after reconnecting
+        return unsendable
+
+    def _send_chunk(self, conn: Connection, chunk: list[m.Submission], wait: bool,
+                    unsendable: list[tuple[m.Submission, Exception]]) -> None:  # fmt: skip
+        try:
+            conn.send(m.Submit(tasks=tuple(chunk), wait=wait))
+        except LocalProtocolError as exc:
+            if len(chunk) == 1:
+                unsendable.append((chunk[0], exc))
+                return
+            middle = len(chunk) // 2
+            self._send_chunk(conn, chunk[:middle], wait, unsendable)
+            self._send_chunk(conn, chunk[middle:], wait, unsendable)
 
     def _send_quietly(self, message: Any) -> None:
         if self._conn is not None:
@@ -329,8 +355,13 @@ class Client:
         if self._unaccepted:
             for wait in (True, False):
                 subs = [s for s in self._unaccepted.values() if self._wait_flags.get(s.id, True) is wait]
-                if subs:
-                    self._send_submissions(conn, subs, wait)
+                for sub, exc in self._send_submissions(conn, subs, wait) if subs else ():
+                    # e.g. the new dispatcher allows smaller frames: refuse it instead of looping
+                    self._unaccepted.pop(sub.id, None)
+                    acceptance = self._acceptances.pop(sub.id, None)
+                    if acceptance is not None:
+                        acceptance.rejection = m.Rejection(id=sub.id, code="too-large", message=str(exc))
+                        acceptance.event.set()
         watched = [task_id for task_id, slot in self._slots.items() if slot.outcome is None and task_id not in self._unaccepted]
         for start in range(0, len(watched), SUBMIT_CHUNK):
             conn.send(m.Watch(ids=tuple(watched[start : start + SUBMIT_CHUNK])))

@@ -22,13 +22,19 @@ from . import _messages as m
 from ._errors import ConnectionClosed, LocalProtocolError, RemoteProtocolError
 from ._protocol import ProtocolConnection
 
-__all__ = ["Connection", "describe_address"]
+__all__ = ["Connection", "describe_address", "describe_error"]
 
 log = logging.getLogger("trioschedule")
 
 RECEIVE_SIZE = 1 << 16
 DEFAULT_MAX_OUTBOX = 64 * 1024 * 1024
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A readable reason for a stream failure: trio wraps the real cause (an SSL error...) in ``__cause__``."""
+    cause = exc.__cause__
+    return str(cause or "") or str(exc) or type(cause or exc).__name__
 
 
 def describe_address(stream: trio.abc.Stream) -> str:
@@ -117,7 +123,7 @@ class Connection:
         except trio.TooSlowError:
             raise self._mark_closed(f"peer did not read for {self.send_timeout:g} s") from None
         except _STREAM_ERRORS as exc:
-            raise self._mark_closed(f"connection broke while sending: {exc or type(exc).__name__}") from None
+            raise self._mark_closed(f"connection broke while sending: {describe_error(exc)}") from None
         except BaseException:
             # Cancelled half way through a frame: the stream is desynchronised.
             self._mark_closed("a send was interrupted")
@@ -183,7 +189,7 @@ class Connection:
             try:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
             except _STREAM_ERRORS as exc:
-                raise self._mark_closed(f"connection broke while receiving: {exc or type(exc).__name__}") from None
+                raise self._mark_closed(f"connection broke while receiving: {describe_error(exc)}") from None
             if not data:
                 raise self._mark_closed("peer closed the connection")
             self.last_received = trio.current_time()

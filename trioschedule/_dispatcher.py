@@ -29,6 +29,7 @@ from ._connection import Connection, describe_address
 from ._errors import (
     AuthenticationError,
     ConnectionClosed,
+    LocalProtocolError,
     ProtocolError,
     QueueFull,
     Rejected,
@@ -436,6 +437,7 @@ class Dispatcher:
             welcome = m.Welcome(
                 version=m.PROTOCOL_VERSION, session=session.id, heartbeat=self.heartbeat_interval,
                 timeout=self.heartbeat_timeout, name=self.name, proof=extra["proof"], resumed=resumed,
+                max_frame_size=self.max_frame_size,
             )  # fmt: skip
             serve: Callable[[], Any] = lambda: self._serve_worker(session)
             make_heartbeat: Callable[[], Any] = lambda: m.Heartbeat(ack=session.acked)
@@ -447,6 +449,7 @@ class Dispatcher:
             welcome = m.Welcome(
                 version=m.PROTOCOL_VERSION, session=peer.id, heartbeat=self.heartbeat_interval,
                 timeout=self.heartbeat_timeout, name=self.name, proof=extra["proof"],
+                max_frame_size=self.max_frame_size,
             )  # fmt: skip
             serve = lambda: self._serve_client(client)
             leave = lambda clean: self._detach_client(client)
@@ -943,21 +946,34 @@ class Dispatcher:
 
     def _flush(self) -> None:
         """Send what the last state changes produced: task batches to workers, outcomes to clients."""
-        if self._dirty_sessions:
-            for session in self._dirty_sessions:
-                if session.buffer and session.conn is not None:
-                    batch, session.buffer = session.buffer, []
-                    self._send_to(session, m.Run(tasks=tuple(batch), ack=session.acked))
-            self._dirty_sessions.clear()
-        if self._dirty_clients:
-            for client in self._dirty_clients:
-                if client.pending:
-                    batch, client.pending = client.pending, []
-                    try:
-                        client.conn.send(m.Outcomes(results=tuple(batch)))
-                    except ConnectionClosed:
-                        pass  # the client re-watches its tasks when it reconnects
-            self._dirty_clients.clear()
+        while self._dirty_sessions:
+            session = self._dirty_sessions.pop()
+            if session.buffer and session.conn is not None:
+                batch, session.buffer = session.buffer, []
+                _send_split(
+                    session.conn, lambda specs, s=session: m.Run(tasks=tuple(specs), ack=s.acked), batch,
+                    lambda spec, exc, s=session: self._unsendable_task(s, spec, exc),
+                )  # fmt: skip
+        while self._dirty_clients:
+            client = self._dirty_clients.pop()
+            if client.pending:
+                batch, client.pending = client.pending, []
+                _send_split(
+                    client.conn, lambda outcomes: m.Outcomes(results=tuple(outcomes)), batch,
+                    lambda outcome, exc, c=client: self._unsendable_outcome(c, outcome, exc),
+                )  # fmt: skip
+
+    def _unsendable_task(self, session: _WorkerSession, spec: m.TaskSpec, exc: Exception) -> None:
+        task = session.assigned.get(spec.id)
+        if task is not None and task.attempt == spec.attempt:
+            error = m.RemoteError(type="EncodingError", message=f"the task cannot be sent to a worker: {exc}")
+            self._finish(task, m.Outcome(id=task.id, status=m.ERROR, attempt=task.attempt, error=error))
+
+    def _unsendable_outcome(self, client: _ClientState, outcome: m.Outcome, exc: Exception) -> None:
+        error = m.RemoteError(type="EncodingError", message=f"the task's outcome cannot be sent: {exc}")
+        replacement = m.Outcome(id=outcome.id, status=m.ERROR, attempt=outcome.attempt, error=error)
+        _send_split(client.conn, lambda outcomes: m.Outcomes(results=tuple(outcomes)), [replacement],
+                    lambda *_: None)  # fmt: skip
 
     def _send_to(self, session: _WorkerSession, message: Any) -> None:
         conn = session.conn
@@ -967,6 +983,8 @@ class Dispatcher:
             conn.send(message)
         except ConnectionClosed:
             pass  # the reader notices and the session's grace period starts
+        except LocalProtocolError as exc:
+            log.warning("cannot send %s to worker %r: %s", type(message).TYPE, session.peer.name, exc)
 
     # ================================================================ timers
     def _at(self, when: float, callback: Callable[[Any], None], arg: Any) -> None:
@@ -1370,6 +1388,27 @@ async def _gather(slots: list[OutcomeSlot], return_exceptions: bool) -> list[Any
     if first_error is not None and not return_exceptions:
         raise first_error
     return results
+
+
+def _send_split(conn: Connection, make: Callable[[list[Any]], Any], items: list[Any],
+                unsendable: Callable[[Any, Exception], None]) -> None:  # fmt: skip
+    """Send ``make(items)``; if that frame cannot be encoded (too large, or a bad value), halve it.
+
+    An item that cannot be sent even alone goes to ``unsendable`` so that its
+    task ends with an error instead of vanishing.  A closed connection is
+    left to its reader, which notices and recovers.
+    """
+    try:
+        conn.send(make(items))
+    except ConnectionClosed:
+        pass
+    except LocalProtocolError as exc:
+        if len(items) == 1:
+            unsendable(items[0], exc)
+            return
+        middle = len(items) // 2
+        _send_split(conn, make, items[:middle], unsendable)
+        _send_split(conn, make, items[middle:], unsendable)
 
 
 def _check_options(timeout: float | None, retries: int | None, delay: float | None) -> None:

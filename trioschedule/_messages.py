@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import typing
 from typing import Any, ClassVar, Union
 
 import attrs
@@ -175,6 +177,7 @@ class Welcome:
     name: str = ""
     proof: str | None = None
     resumed: bool = False
+    max_frame_size: int = 0  # the dispatcher's limit; peers send no larger frames (0: not said)
 
 
 @frozen
@@ -364,6 +367,19 @@ def _make_converter() -> cattrs.Converter:
     # Task arguments and results stay plain JSON values: no copy, only a check.
     converter.register_structure_hook_func(lambda t: t == list[Any], _strict(list, "an array"))
     converter.register_structure_hook_func(lambda t: t == dict[str, Any], _strict(dict, "an object"))
+
+    def tuple_hook(tp: Any) -> Any:
+        item = typing.get_args(tp)[0]
+        structure_item = converter.get_structure_hook(item)
+
+        def hook(value: Any, _: Any) -> Any:
+            if not isinstance(value, list):  # cattrs would iterate a string or an object
+                raise TypeError(f"expected an array, got {type(value).__name__}")
+            return tuple([structure_item(v, item) for v in value])
+
+        return hook
+
+    converter.register_structure_hook_factory(lambda t: typing.get_origin(t) is tuple, tuple_hook)
     configure_tagged_union(AnyMessage, converter, tag_name="type", tag_generator=lambda cls: cls.TYPE)
     return converter
 
@@ -386,6 +402,22 @@ def _finite_float(text: str) -> float:
 
 
 _loads = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float).decode
+MAX_DEPTH = 100  # arrays/objects; deeper values are refused, so whatever decodes can be encoded again
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _too_deep(obj: Any) -> bool:
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        if depth > MAX_DEPTH:
+            return True
+        stack.extend((item, depth + 1) for item in value)
+    return False
 
 
 def encode(message: Any) -> bytes:
@@ -416,6 +448,13 @@ def decode(payload: bytes) -> Any:
         raise RemoteProtocolError("payload nests JSON too deeply", code="bad-json") from None
     except ValueError as exc:
         raise RemoteProtocolError(f"payload is not JSON: {exc}", code="bad-json") from None
+    if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(obj):
+        raise RemoteProtocolError(f"payload nests JSON more than {MAX_DEPTH} levels deep", code="bad-json")
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            _dumps(obj).encode()
+        except UnicodeEncodeError:
+            raise RemoteProtocolError("payload has a string with an unpaired surrogate escape", code="bad-json") from None
     if not isinstance(obj, dict):
         raise RemoteProtocolError(f"payload is JSON {type(obj).__name__}, not an object", code="bad-message")
     tag = obj.get("type")

@@ -11,7 +11,7 @@ from typing import Any
 import trio
 
 from . import _messages as m
-from ._connection import Connection
+from ._connection import Connection, describe_error
 from ._errors import AuthenticationError, ConnectionClosed, RemoteProtocolError
 from ._framing import DEFAULT_MAX_FRAME_SIZE
 from ._protocol import ProtocolConnection, dispatcher_proof, new_nonce, peer_proof, proofs_match
@@ -70,7 +70,10 @@ async def open_connection(
         try:
             if ssl_context is not None:
                 stream = trio.SSLStream(stream, ssl_context, server_hostname=host)
-                await stream.do_handshake()
+                try:
+                    await stream.do_handshake()
+                except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+                    raise ConnectionClosed(f"TLS handshake with {host}:{port} failed: {describe_error(exc)}") from None
             conn = Connection(stream, ProtocolConnection(role, max_frame_size=max_frame_size), send_timeout=send_timeout)
             nonce = new_nonce() if token else None
             await conn.send_now(m.Hello(version=m.PROTOCOL_VERSION, role=role, nonce=nonce, **hello))
@@ -96,6 +99,8 @@ async def open_connection(
                     raise AuthenticationError("the dispatcher did not ask for a token, so it cannot prove who it is; refusing it")
                 if not proofs_match(dispatcher_proof(token, role, nonce, challenge), reply.proof):
                     raise AuthenticationError("the dispatcher's proof is wrong: it does not know our token")
+            if reply.max_frame_size:
+                conn.protocol.max_send_size = min(max_frame_size, reply.max_frame_size)
         except BaseException:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()

@@ -51,8 +51,14 @@ AWAIT_AUTH = "await-auth"
 AUTH_RECEIVED = "auth-received"
 AWAIT_WELCOME = "await-welcome"
 CHALLENGED = "challenged"
+AUTH_SENT = "auth-sent"
 READY = "ready"
 CLOSED = "closed"
+
+#: Frames before the handshake completes are limited to this (a hello naming
+#: thousands of held tasks fits), so unauthenticated peers cannot make the
+#: dispatcher buffer ``max_frame_size`` each.
+HANDSHAKE_FRAME_SIZE = 1024 * 1024
 
 _WORKER_TO_DISPATCHER = (m.Results, m.Release, m.Heartbeat, m.Message, m.Goodbye)
 _DISPATCHER_TO_WORKER = (m.Run, m.Cancel, m.Heartbeat, m.Message, m.Goodbye)
@@ -82,6 +88,7 @@ RECEIVE: dict[tuple[str, str], dict[type, str]] = {
             START: {},
             AWAIT_WELCOME: {m.Challenge: CHALLENGED, m.Welcome: READY},
             CHALLENGED: {},
+            AUTH_SENT: {m.Welcome: READY},
         }.items()
     },
     (WORKER, READY): _stay(READY, _DISPATCHER_TO_WORKER),
@@ -105,7 +112,8 @@ SEND: dict[tuple[str, str], dict[type, str]] = {
         for state, table in {
             START: {m.Hello: AWAIT_WELCOME},
             AWAIT_WELCOME: {},
-            CHALLENGED: {m.Auth: AWAIT_WELCOME},
+            CHALLENGED: {m.Auth: AUTH_SENT},
+            AUTH_SENT: {},
         }.items()
     },
     (WORKER, READY): _stay(READY, _WORKER_TO_DISPATCHER),
@@ -122,7 +130,7 @@ class ProtocolConnection:
     :data:`ADMIN`) on the other side.
     """
 
-    __slots__ = ("our_role", "peer_role", "state", "_decoder", "max_frame_size")
+    __slots__ = ("our_role", "peer_role", "state", "_decoder", "max_frame_size", "max_send_size")
 
     def __init__(self, our_role: str, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         if our_role != DISPATCHER and our_role not in PEER_ROLES:
@@ -131,7 +139,10 @@ class ProtocolConnection:
         self.peer_role: str | None = None if our_role == DISPATCHER else DISPATCHER
         self.state = AWAIT_HELLO if our_role == DISPATCHER else START
         self.max_frame_size = max_frame_size
-        self._decoder = FrameDecoder(max_frame_size)
+        #: The largest frame we send: the peer's limit once it told us (Welcome), else ours.
+        self.max_send_size = max_frame_size
+        # Until the handshake is done, nobody gets to make us buffer much.
+        self._decoder = FrameDecoder(min(max_frame_size, HANDSHAKE_FRAME_SIZE))
 
     # ------------------------------------------------------------ receiving
     def receive_data(self, data: bytes) -> None:
@@ -183,7 +194,7 @@ class ProtocolConnection:
     def send(self, message: Any) -> bytes:
         """Check that ``message`` may be sent now, and return its frame."""
         self._sent(message)
-        return encode_frame(m.encode(message), self.max_frame_size)
+        return encode_frame(m.encode(message), self.max_send_size)
 
     def _sent(self, message: Any) -> None:
         kind = type(message)
@@ -201,11 +212,13 @@ class ProtocolConnection:
     def error_frame(self, code: str, message: str) -> bytes:
         """The frame that tells the peer why we are closing (always allowed)."""
         self.state = CLOSED
-        return encode_frame(m.encode(m.Error(code=code, message=message[:1000])), self.max_frame_size)
+        return encode_frame(m.encode(m.Error(code=code, message=message[:1000].encode("utf-8", "backslashreplace").decode())), self.max_frame_size)
 
     def _resolve(self, state: str) -> str:
-        if state == READY and self.our_role == DISPATCHER:
-            return f"{READY}:{self.peer_role}"
+        if state == READY:
+            self._decoder.max_frame_size = self.max_frame_size
+            if self.our_role == DISPATCHER:
+                return f"{READY}:{self.peer_role}"
         return state
 
     @property

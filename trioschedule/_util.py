@@ -12,7 +12,22 @@ import trio
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["background"]
+__all__ = ["background", "single_error"]
+
+
+def single_error(group: BaseExceptionGroup) -> BaseException | None:  # type: ignore[type-arg]
+    """The one real exception in ``group`` (ignoring Cancelled), or None if there are several or none."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+
+    walk(group)
+    return leaves[0] if len(leaves) == 1 else None
 
 
 @asynccontextmanager
@@ -35,9 +50,12 @@ async def background(*runs: Callable[..., Awaitable[Any]]) -> AsyncIterator[trio
             finally:
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        if error is None and len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        if error is None:
+        # A background task failed.  If the body was merely cancelled because
+        # of it, the background failure is the one to report.
+        if error is None or isinstance(error, trio.Cancelled):
+            single = single_error(group)
+            if single is not None:
+                raise single from None
             raise
     if error is not None:
         raise error

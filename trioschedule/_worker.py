@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -24,11 +25,15 @@ from . import _messages as m
 from ._connection import Connection
 from ._dispatcher import _until_closed
 from ._errors import AuthenticationError, ConnectionClosed, LocalProtocolError, ProtocolError
-from ._framing import DEFAULT_MAX_FRAME_SIZE
+from ._framing import DEFAULT_MAX_FRAME_SIZE, encode_frame
 from ._hooks import HookRunner
 from ._peerconn import Backoff, open_connection
 from ._protocol import WORKER
 from ._task import TaskOptions, collect_tasks
+from ._util import single_error
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["Worker"]
 
@@ -161,6 +166,11 @@ class Worker:
                 nursery.start_soon(self._drain_on_stop, nursery.cancel_scope)
                 await self._connect_forever(task_status)
                 nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:  # raise the one error (refused credentials...), not a group
+            single = single_error(group)
+            if single is None:
+                raise
+            raise single from None
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self._hooks.call_now(self.on_stop)
@@ -319,15 +329,34 @@ class Worker:
         conn = self._conn
         if conn is None or not (self._started or self._results):
             return
-        self._seq += 1
-        frame = m.Results(seq=self._seq, started=tuple(self._started), results=tuple(self._results))
+        started, results = tuple(self._started), self._results
+        self._started, self._results = [], []
+        self._send_results(conn, started, results)
+
+    def _send_results(self, conn: Connection, started: tuple[str, ...], results: list[m.Outcome]) -> None:
+        """One Results frame, kept until acknowledged (so a broken connection loses nothing).
+
+        A frame that cannot be encoded is halved; a result that cannot be
+        sent even alone (not JSON, too large) is reported as the task's error.
+        """
+        frame = m.Results(seq=self._seq + 1, started=started, results=tuple(results))
         try:
             conn.send(frame)
-        except LocalProtocolError:  # a result that is not JSON: report it as the task's failure
-            frame = m.Results(seq=self._seq, started=frame.started, results=tuple(map(_encodable, frame.results)))
-            conn.send(frame)
-        self._started = []
-        self._results = []
+        except LocalProtocolError:
+            if len(results) > 1:
+                middle = len(results) // 2
+                self._send_results(conn, started, results[:middle])
+                self._send_results(conn, (), results[middle:])
+                return
+            encodable = [_encodable(outcome, self.max_frame_size) for outcome in results]
+            frame = m.Results(seq=self._seq + 1, started=started, results=tuple(encodable))
+            try:
+                conn.send(frame)
+            except ConnectionClosed:
+                pass
+        except ConnectionClosed:
+            pass  # resent from _unacked when the session resumes
+        self._seq += 1
         self._unacked.append(frame)
 
     # =============================================================== running
@@ -432,9 +461,10 @@ def describe_exception(exc: BaseException) -> m.RemoteError:
     )
 
 
-def _encodable(outcome: m.Outcome) -> m.Outcome:
+def _encodable(outcome: m.Outcome, max_frame_size: int) -> m.Outcome:
+    """``outcome`` if it can be sent in a frame on its own, else an error outcome saying why."""
     try:
-        m.encode(m.Outcomes(results=(outcome,)))
+        encode_frame(m.encode(m.Results(seq=0, results=(outcome,))), max_frame_size - 1024)
         return outcome
     except LocalProtocolError as exc:
         error = m.RemoteError(type="TypeError", message=f"the task's result cannot be sent: {exc}")
