@@ -66,8 +66,12 @@ async def test_heartbeats_are_sent_when_quiet_and_silence_closes(autojump_clock)
         while True:
             heartbeats.extend(type(msg) for msg in await client.receive_batch())
 
+    async def writer():
+        with pytest.raises(ConnectionClosed):  # it ends with the connection
+            await server.run_writer()
+
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.run_writer)
+        nursery.start_soon(writer)
         nursery.start_soon(read_heartbeats)
         start = trio.current_time()
         with pytest.raises(ConnectionClosed, match="heartbeat timeout"):
