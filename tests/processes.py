@@ -79,8 +79,13 @@ class Processes:
             return ""
 
     def stop_all(self) -> None:
-        for proc in self.procs:
+        for proc in self.procs:  # SIGTERM first: a supervisor passes it on to its children
             if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(3)
+            except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGKILL)
         for proc in self.procs:
             try:

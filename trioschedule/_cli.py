@@ -9,6 +9,7 @@ authenticate with the dispatcher.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -211,6 +212,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _die_with_parent() -> None:
+    """In a supervised child: get SIGTERM if the supervisor dies, even by SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _supervise(args: argparse.Namespace) -> int:
     """Run ``--processes`` copies of this worker command and restart any that dies (a nanny)."""
     argv = [sys.executable, "-m", "trioschedule", "--log-level", args.log_level, "worker", args.target]
@@ -235,11 +245,12 @@ def _supervise(args: argparse.Namespace) -> int:
                 child.send_signal(signum)
 
     children: list[subprocess.Popen[bytes]] = []
+    spawn = functools.partial(subprocess.Popen, env=child_env, preexec_fn=_die_with_parent)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     for index in range(args.processes):
         name = f"{args.name}-{index}" if args.name else None
-        children.append(subprocess.Popen(argv + (["--name", name] if name else []), env=child_env))
+        children.append(spawn(argv + (["--name", name] if name else [])))
     log.info("supervising %d worker processes: %s", len(children), ", ".join(str(c.pid) for c in children))
     try:
         while not stopping:
@@ -247,7 +258,7 @@ def _supervise(args: argparse.Namespace) -> int:
                 code = child.poll()
                 if code is not None and not stopping:
                     log.warning("worker process %d exited with %s; restarting it", child.pid, code)
-                    children[index] = subprocess.Popen(argv, env=child_env)
+                    children[index] = spawn(argv)
             time.sleep(0.2)
         deadline = time.monotonic() + args.drain_grace + 5
         for child in children:
