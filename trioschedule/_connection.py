@@ -72,7 +72,10 @@ class Connection:
         self._outbox: list[bytes] = []
         self._outbox_bytes = 0
         self._wakeup = trio.Event()
-        self._write_lock = trio.Lock()  # the writer task and flush() take turns
+        # The writer task, flush() and send_error() take turns without a
+        # checkpoint when nobody else is writing (trio.Lock always yields).
+        self._writing = False
+        self._write_turn = trio.lowlevel.ParkingLot()
         self._closed_reason: str | None = None
         now = trio.current_time()
         self.last_received = now
@@ -102,7 +105,16 @@ class Connection:
         """
         if self._closed_reason is not None:
             raise ConnectionClosed(self._closed_reason)
-        frame = self.protocol.send(message)
+        self._queue(self.protocol.send(message))
+
+    def send_encoded(self, message: Any, frame: bytes) -> None:
+        """Like :meth:`send`, with the frame already encoded (one broadcast, many peers)."""
+        if self._closed_reason is not None:
+            raise ConnectionClosed(self._closed_reason)
+        self.protocol.check_send(message)
+        self._queue(frame)
+
+    def _queue(self, frame: bytes) -> None:
         self._outbox.append(frame)
         self._outbox_bytes += len(frame)
         if self._outbox_bytes > self.max_outbox:
@@ -116,10 +128,12 @@ class Connection:
     async def _write(self, data: bytes) -> None:
         if self._closed_reason is not None:
             raise ConnectionClosed(self._closed_reason)
+        while self._writing:
+            await self._write_turn.park()
+        self._writing = True
         try:
             with trio.fail_after(self.send_timeout):
-                async with self._write_lock:
-                    await self.stream.send_all(data)
+                await self.stream.send_all(data)
         except trio.TooSlowError:
             raise self._mark_closed(f"peer did not read for {self.send_timeout:g} s") from None
         except _STREAM_ERRORS as exc:
@@ -128,6 +142,9 @@ class Connection:
             # Cancelled half way through a frame: the stream is desynchronised.
             self._mark_closed("a send was interrupted")
             raise
+        finally:
+            self._writing = False
+            self._write_turn.unpark()
         self.last_sent = trio.current_time()
 
     async def run_writer(self) -> None:
@@ -210,14 +227,13 @@ class Connection:
 
     async def send_error(self, code: str, message: str) -> None:
         """Best effort: tell the peer why we close, without waiting long for it."""
-        if self._closed_reason is not None and code == "":
-            return
         try:
             frame = self.protocol.error_frame(code, message)
+            data = b"".join(self._outbox) + frame if self._outbox else frame
+            self._outbox.clear()
             with trio.move_on_after(1.0):
-                async with self._write_lock:
-                    await self.stream.send_all(b"".join(self._outbox) + frame if self._outbox else frame)
-        except (*_STREAM_ERRORS, LocalProtocolError, trio.BusyResourceError):
+                await self._write(data)
+        except (*_STREAM_ERRORS, LocalProtocolError, ConnectionClosed):
             pass
         self._outbox.clear()
         self._mark_closed(f"{code}: {message}")

@@ -36,7 +36,7 @@ from ._errors import (
     RemoteProtocolError,
     TriosError,
 )
-from ._framing import DEFAULT_MAX_FRAME_SIZE
+from ._framing import DEFAULT_MAX_FRAME_SIZE, encode_frame
 from ._handles import OutcomeSlot, TaskHandle
 from ._hooks import HookRunner
 from ._peer import Peer
@@ -59,6 +59,7 @@ __all__ = ["Dispatcher"]
 log = logging.getLogger("trioschedule.dispatcher")
 
 MAP_CHUNK = 1000  # map() journals and places tasks this many at a time
+_NO_KWARGS: dict[str, Any] = {}  # shared, never mutated: most tasks have no keyword arguments
 QUEUED = "queued"
 DELAYED = "delayed"
 RUNNING = "running"
@@ -71,7 +72,7 @@ class _Task:
     __slots__ = (
         "id", "name", "args", "kwargs", "priority", "retries", "deadline", "state", "attempt",
         "failures", "losses", "session", "started", "outcome", "slot", "watchers", "owner",
-        "cancel_reason", "submitted_at", "finished_at", "seq", "not_before",
+        "cancel_reason", "submitted_at", "finished_at", "seq", "not_before", "batch",
     )  # fmt: skip
 
     def __init__(self, task_id: str, name: str, args: list[Any], kwargs: dict[str, Any], priority: int,
@@ -90,7 +91,8 @@ class _Task:
         self.session: _WorkerSession | None = None
         self.started = False
         self.outcome: m.Outcome | None = None
-        self.slot: OutcomeSlot | None = None
+        self.slot: OutcomeSlot | None = None  # for handles waiting in this process
+        self.batch: _Batch | None = None  # for the map() it belongs to
         self.watchers: list[_ClientState] | None = None
         self.owner = owner
         self.cancel_reason: str | None = None
@@ -98,6 +100,56 @@ class _Task:
         self.finished_at = 0.0
         self.seq = seq
         self.not_before: float | None = None  # wall clock, while delayed (journaled)
+
+
+class _TaskQueue:
+    """The queued tasks of one name: higher priority first, first come first served within one.
+
+    A deque per priority level (most workloads use one) instead of a heap:
+    O(1) per task.  Tasks that left the queue some other way (cancelled) are
+    skipped when they come up, not searched for.
+    """
+
+    __slots__ = ("_levels", "_order")
+
+    def __init__(self) -> None:
+        self._levels: dict[int, deque[_Task]] = {}
+        self._order: list[int] = []  # priorities present, highest first
+
+    def push(self, task: _Task, front: bool = False) -> None:
+        level = self._levels.get(task.priority)
+        if level is None:
+            level = self._levels[task.priority] = deque()
+            self._order.append(task.priority)
+            self._order.sort(reverse=True)
+        if front:
+            level.appendleft(task)
+        else:
+            level.append(task)
+
+    def pop(self) -> _Task | None:
+        """The next task still queued, or None."""
+        while self._order:
+            priority = self._order[0]
+            level = self._levels[priority]
+            while level:
+                task = level.popleft()
+                if task.state == QUEUED:
+                    return task
+            del self._levels[priority]
+            self._order.pop(0)
+        return None
+
+    def head_key(self) -> tuple[int, int]:
+        """(-priority, submission order) of the next task: orders names against each other."""
+        for priority in self._order:
+            for task in self._levels[priority]:
+                if task.state == QUEUED:
+                    return (-priority, task.seq)
+        return (0, 0)
+
+    def __bool__(self) -> bool:
+        return any(any(t.state == QUEUED for t in level) for level in self._levels.values())
 
 
 class _WorkerSession:
@@ -183,7 +235,7 @@ class Dispatcher:
         retry_backoff_max: float = 60.0,
         cancel_timeout: float | None = None,
         result_ttl: float = 3600.0,
-        max_results: int = 100_000,
+        max_results: int = 10_000,
         drain_grace: float = 30.0,
     ) -> None:
         self.host = host
@@ -210,7 +262,7 @@ class Dispatcher:
         self.drain_grace = drain_grace
 
         self._tasks: dict[str, _Task] = {}
-        self._queues: dict[str, list[tuple[int, int, _Task]]] = {}
+        self._queues: dict[str, _TaskQueue] = {}
         self._ready_names: set[str] = set()
         self._sessions: dict[str, _WorkerSession] = {}
         self._by_name: dict[str, set[_WorkerSession]] = {}
@@ -233,7 +285,10 @@ class Dispatcher:
         self._draining = False
         self._started_at = 0.0
         self._serving = False
-        self._store_open = False
+        self._journaling = False
+        self._task_done_hook = self._hooks.overridden(self.on_task_done)
+        self._id_prefix = uuid.uuid4().hex[:12]
+        self._id_counter = 0
 
     # ================================================================ hooks
     async def on_start(self) -> None:
@@ -394,6 +449,8 @@ class Dispatcher:
             log.warning("%s: closed: authentication failed: %s", address, exc)
         except ConnectionClosed as exc:
             log.info("%s: connection closed: %s", address, exc.reason)
+        except Exception:  # a bug while serving one peer must not take the others down
+            log.exception("%s: closed after an internal error", address)
         finally:
             self._connections -= 1
             await conn.aclose()
@@ -601,7 +658,7 @@ class Dispatcher:
         # ``attempt`` numbers deliveries and only grows, so a late result from
         # an earlier delivery is always recognised; a delivery that never
         # started costs nothing: only ``losses`` and ``failures`` are limited.
-        self._enqueue(task)
+        self._enqueue(task, front=True)  # it waited its turn once already
         self._journal(task)
         self._wake_idle()
 
@@ -705,7 +762,10 @@ class Dispatcher:
                 elif kind is m.Cancel:
                     self.cancel_nowait(message.id, message.reason)
                 elif kind is m.Broadcast:
-                    self.broadcast_nowait(message.data)
+                    try:
+                        self.broadcast_nowait(message.data)
+                    except LocalProtocolError as exc:
+                        log.warning("%s: broadcast from %r dropped: %s", conn.address, client.peer.name, exc)
                 elif kind is m.Message:
                     self._hooks.call(self.on_message, client.peer, message.data)
                 elif kind is m.Heartbeat:
@@ -809,10 +869,9 @@ class Dispatcher:
     # =========================================================== task flow
     def _new_task(self, task_id: str, name: str, args: Any, kwargs: Any, priority: int, retries: int | None,
                   timeout: float | None, delay: float | None, owner: Any) -> _Task:  # fmt: skip
-        now = trio.current_time()
-        deadline = now + timeout if timeout is not None else None
+        deadline = trio.current_time() + timeout if timeout is not None else None
         self._seq += 1
-        task = _Task(task_id, name, list(args), dict(kwargs or {}), priority, retries, deadline, owner, self._seq)
+        task = _Task(task_id, name, args, kwargs or _NO_KWARGS, priority, retries, deadline, owner, self._seq)
         if delay:
             task.state = DELAYED
             task.not_before = time.time() + delay
@@ -820,12 +879,12 @@ class Dispatcher:
         self._unfinished += 1
         return task
 
-    def _enqueue(self, task: _Task) -> None:
+    def _enqueue(self, task: _Task, *, front: bool = False) -> None:
         task.state = QUEUED
-        heap = self._queues.get(task.name)
-        if heap is None:
-            heap = self._queues[task.name] = []
-        heapq.heappush(heap, (-task.priority, task.seq, task))
+        queue = self._queues.get(task.name)
+        if queue is None:
+            queue = self._queues[task.name] = _TaskQueue()
+        queue.push(task, front)
         self._ready_names.add(task.name)
 
     def _delay_over(self, task: _Task) -> None:
@@ -859,9 +918,10 @@ class Dispatcher:
         """Give queued tasks to workers that offer them and have room, least loaded first."""
         if not self._ready_names or self._draining:
             return
-        order = sorted(self._ready_names, key=lambda n: self._queues[n][0][:2] if self._queues[n] else (0, 0))
+        ready = self._ready_names
+        order = sorted(ready, key=lambda n: self._queues[n].head_key()) if len(ready) > 1 else list(ready)
         for name in order:
-            heap = self._queues[name]
+            queue = self._queues[name]
             candidates = [
                 (len(s.assigned) / s.window, i, s)
                 for i, s in enumerate(self._by_name.get(name, ()))
@@ -870,20 +930,19 @@ class Dispatcher:
             if candidates:
                 heapq.heapify(candidates)
                 now = trio.current_time()
-                while heap and candidates:
-                    task = heapq.heappop(heap)[2]
-                    if task.state != QUEUED:
-                        continue
+                assign = self._assign
+                while candidates:
+                    task = queue.pop()
+                    if task is None:
+                        break
                     _, i, session = candidates[0]
-                    self._assign(task, session, now)
+                    assign(task, session, now)
                     if len(session.assigned) < session.window:
                         heapq.heapreplace(candidates, (len(session.assigned) / session.window, i, session))
                     else:
                         heapq.heappop(candidates)
-            while heap and heap[0][2].state != QUEUED:
-                heapq.heappop(heap)
-            if not heap:
-                self._ready_names.discard(name)
+            if not queue:
+                ready.discard(name)
 
     def _assign(self, task: _Task, session: _WorkerSession, now: float) -> None:
         task.state = RUNNING
@@ -914,24 +973,30 @@ class Dispatcher:
         task.outcome = outcome
         task.finished_at = time.time()
         self._unfinished -= 1
-        self._counts[outcome.status] = self._counts.get(outcome.status, 0) + 1
-        if isinstance(task.owner, _ClientState):
+        counts = self._counts
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        if task.owner is not None:
             task.owner.owned -= 1
         task.args = task.kwargs = None  # type: ignore[assignment] - not needed any more
         if task.slot is not None:
             task.slot.set(outcome)
+        if task.batch is not None:
+            task.batch.set(outcome)
+            task.batch = None
         if task.watchers:
             for client in task.watchers:
                 client.pending.append(outcome)
                 self._dirty_clients.add(client)
             task.watchers = None
-        self._finished.append(task)
-        if len(self._finished) > self.max_results:
-            self._forget(self._finished.popleft())
-        if self._room.statistics().tasks_waiting:
+        finished = self._finished
+        finished.append(task)
+        if len(finished) > self.max_results:
+            self._forget(finished.popleft())
+        if self._room:  # someone waits for room in the queue
             self._room.unpark()
-        self._journal(task)
-        if self._hooks.overridden(self.on_task_done):
+        if self._journaling:
+            self._journal(task)
+        if self._task_done_hook:
             self._hooks.call(self.on_task_done, task.id, task.name, outcome)
 
     def _forget(self, task: _Task) -> None:
@@ -1021,8 +1086,13 @@ class Dispatcher:
 
     # ========================================================= persistence
     @property
-    def _journaling(self) -> bool:
-        return self.store.durable and self._store_open
+    def _store_open(self) -> bool:
+        return self._journaling
+
+    @_store_open.setter
+    def _store_open(self, value: bool) -> None:
+        # One attribute read on the hot path instead of two.
+        self._journaling = value and self.store.durable
 
     async def _persist(self, tasks: list[_Task]) -> None:
         if self._journaling and tasks:
@@ -1146,10 +1216,15 @@ class Dispatcher:
     def _submit_one(self, name: str, args: Iterable[Any], kwargs: dict[str, Any] | None, timeout: float | None,
                     retries: int | None, delay: float | None, priority: int, task_id: str | None) -> _Task:  # fmt: skip
         _check_options(timeout, retries, delay)
-        task_id = task_id or uuid.uuid4().hex
+        task_id = task_id or self._new_id()
         if task_id in self._tasks:
             raise Rejected(f"a task with id {task_id!r} exists already", code="duplicate")
         return self._new_task(task_id, name, list(args), kwargs, priority, retries, timeout, delay, None)
+
+    def _new_id(self) -> str:
+        """A task id unique to this dispatcher instance (random prefix, counter): cheaper than uuid4."""
+        self._id_counter += 1
+        return f"{self._id_prefix}-{self._id_counter:x}"
 
     def _place(self, task: _Task, delay: float | None) -> None:
         if task.deadline is not None:
@@ -1213,7 +1288,7 @@ class Dispatcher:
         puts its exception in its place; otherwise, once all have ended, the
         first failure in order is raised.
         """
-        tasks: list[_Task] = []
+        batch = _Batch()
         chunk: list[_Task] = []
 
         async def place_chunk() -> None:
@@ -1224,34 +1299,43 @@ class Dispatcher:
             self._flush()
             chunk.clear()
 
+        _check_options(timeout, retries, None)
+        problem = self._refusal(name)
+        if problem is not None:
+            raise Rejected(problem[1], code=problem[0])
         for item in iterable_of_args:
-            problem = self._refusal(name)
-            if problem is not None:
-                raise Rejected(problem[1], code=problem[0])
             if self._unfinished >= self.max_queued:
                 await place_chunk()
                 await self._wait_room(1)
-            args = list(item) if isinstance(item, (tuple, list)) else [item]
-            task = self._submit_one(name, args, None, timeout, retries, None, priority, None)
-            task.slot = OutcomeSlot()
-            tasks.append(task)
+                if self._draining:
+                    raise Rejected("the dispatcher is shutting down and accepts no new tasks", code="draining")
+            args = item if type(item) is tuple or type(item) is list else (item,)
+            task = self._new_task(self._new_id(), name, args, None, priority, retries, timeout, None, None)
+            task.batch = batch
+            batch.expect(task.id)
             chunk.append(task)
             if len(chunk) >= MAP_CHUNK:
                 await place_chunk()
         await place_chunk()
-        return await _gather([t.slot for t in tasks], return_exceptions)  # type: ignore[misc]
+        return await batch.results(return_exceptions)
 
     async def broadcast(self, message: Any) -> int:
         """Send ``message`` to every connected worker's ``on_message``; returns how many."""
         return self.broadcast_nowait(message)
 
     def broadcast_nowait(self, message: Any) -> int:
-        frame = m.Message(data=message)
+        """:meth:`broadcast` without waiting (it never needs to: sending is queued)."""
+        wrapped = m.Message(data=message)
+        frame = encode_frame(m.encode(wrapped), self.max_frame_size)  # once, for every worker
         sent = 0
         for session in list(self._sessions.values()):
-            if session.conn is not None and not session.conn.closed:
-                self._send_to(session, frame)
-                sent += 1
+            conn = session.conn
+            if conn is not None and not conn.closed:
+                try:
+                    conn.send_encoded(wrapped, frame)
+                    sent += 1
+                except ConnectionClosed:
+                    pass
         return sent
 
     async def send(self, peer: Peer, message: Any) -> None:
@@ -1369,6 +1453,50 @@ class Dispatcher:
     async def _wait_room(self, count: int) -> None:
         while self._unfinished + count > self.max_queued and not self._draining:
             await self._room.park()
+
+
+class _Batch:
+    """The outcomes of one ``map()``: one object for the whole batch, not one per task."""
+
+    __slots__ = ("_index", "_outcomes", "_left", "_done")
+
+    def __init__(self) -> None:
+        self._index: dict[str, int] = {}
+        self._outcomes: list[m.Outcome | None] = []
+        self._left = 0
+        self._done = trio.Event()
+
+    def expect(self, task_id: str) -> None:
+        self._index[task_id] = len(self._outcomes)
+        self._outcomes.append(None)
+        self._left += 1
+
+    def set(self, outcome: m.Outcome) -> None:  # called by Dispatcher._finish
+        index = self._index.pop(outcome.id, None)
+        if index is not None:
+            self._outcomes[index] = outcome
+            self._left -= 1
+            if not self._left:
+                self._done.set()
+
+    async def results(self, return_exceptions: bool) -> list[Any]:
+        if self._left:
+            await self._done.wait()
+        from ._handles import to_exception
+
+        values: list[Any] = []
+        first_error: BaseException | None = None
+        for outcome in self._outcomes:
+            assert outcome is not None
+            if outcome.status == m.OK:
+                values.append(outcome.value)
+            else:
+                exc = to_exception(outcome)
+                first_error = first_error or exc
+                values.append(exc)
+        if first_error is not None and not return_exceptions:
+            raise first_error
+        return values
 
 
 async def _gather(slots: list[OutcomeSlot], return_exceptions: bool) -> list[Any]:

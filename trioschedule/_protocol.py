@@ -196,6 +196,10 @@ class ProtocolConnection:
         self._sent(message)
         return encode_frame(m.encode(message), self.max_send_size)
 
+    def check_send(self, message: Any) -> None:
+        """Check (and record) that ``message`` may be sent now, for a frame encoded elsewhere."""
+        self._sent(message)
+
     def _sent(self, message: Any) -> None:
         kind = type(message)
         if kind is m.Error:

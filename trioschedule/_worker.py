@@ -361,15 +361,34 @@ class Worker:
 
     # =============================================================== running
     async def _runner(self) -> None:
+        """Run queued tasks one after another (``concurrency`` of these loops run side by side).
+
+        Entering a cancel scope costs more than a small task itself, so one
+        scope serves every task without a deadline; cancelling such a task
+        cancels its runner's scope, and the runner then opens a fresh one.
+        """
         queue = self._queue
         while True:
-            while not queue:
-                if self._stop.is_set() and not self._running:
-                    self._idle.unpark_all()
-                await self._work.park()
-            await self._run(queue.popleft())
+            current: _Running | None = None
+            with trio.CancelScope() as scope:
+                while True:
+                    while not queue:
+                        if self._stop.is_set() and not self._running:
+                            self._idle.unpark_all()
+                        await self._work.park()
+                    current = _Running(queue.popleft())
+                    current.scope = scope
+                    await self._run(current)
+                    current = None
+            if current is not None:  # the scope caught the cancellation of ``current``
+                spec = current.spec
+                self._running.pop(spec.id, None)
+                reason = current.cancel_reason or "cancelled"
+                self._outcome(m.Outcome(id=spec.id, status=m.CANCELLED, attempt=spec.attempt, reason=reason))
+                self._wake_if_idle()
 
-    async def _run(self, spec: m.TaskSpec) -> None:
+    async def _run(self, running: _Running) -> None:
+        spec = running.spec
         self._started.append(spec.id)  # the dispatcher must know it started: only started tasks count a loss
         self._report.set()
         entry = self.tasks.get(spec.name)
@@ -379,32 +398,38 @@ class Worker:
             self._outcome(m.Outcome(id=spec.id, status=m.ERROR, attempt=spec.attempt, error=error))
             return
         fn, options = entry
-        running = self._running[spec.id] = _Running(spec)
-        deadline = math.inf if spec.timeout is None else trio.current_time() + spec.timeout
-        outcome: m.Outcome | None = None
-        with trio.CancelScope(deadline=deadline) as scope:
-            running.scope = scope
-            try:
-                if options.is_async:
-                    value = await fn(*spec.args, **spec.kwargs)
-                elif options.thread:
-                    value = await trio.to_thread.run_sync(
-                        functools.partial(fn, *spec.args, **spec.kwargs), abandon_on_cancel=True
-                    )
+        self._running[spec.id] = running
+        if spec.timeout is None:
+            outcome = await self._call(spec, fn, options)
+        else:
+            with trio.CancelScope(deadline=trio.current_time() + spec.timeout) as scope:
+                running.scope = scope
+                outcome = await self._call(spec, fn, options)
+            if scope.cancelled_caught:  # ours (a cancel message), or the deadline
+                if running.cancel_reason is not None:
+                    outcome = m.Outcome(id=spec.id, status=m.CANCELLED, attempt=spec.attempt, reason=running.cancel_reason)
                 else:
-                    value = fn(*spec.args, **spec.kwargs)
-                outcome = m.Outcome(id=spec.id, status=m.OK, attempt=spec.attempt, value=value)
-                self.done += 1
-            except Exception as exc:
-                self.failed += 1
-                outcome = m.Outcome(id=spec.id, status=m.ERROR, attempt=spec.attempt, error=describe_exception(exc))
+                    reason = f"the task ran past its deadline ({spec.timeout:g} s left when it started)"
+                    outcome = m.Outcome(id=spec.id, status=m.TIMEOUT, attempt=spec.attempt, reason=reason)
         del self._running[spec.id]
-        if outcome is None:  # the scope caught a cancellation: ours, or the deadline
-            if running.cancel_reason is not None:
-                outcome = m.Outcome(id=spec.id, status=m.CANCELLED, attempt=spec.attempt, reason=running.cancel_reason)
-            else:
-                outcome = m.Outcome(id=spec.id, status=m.TIMEOUT, attempt=spec.attempt, reason=f"the task ran past its deadline ({spec.timeout:g} s left when it started)")
         self._outcome(outcome)
+        self._wake_if_idle()
+
+    async def _call(self, spec: m.TaskSpec, fn: Any, options: TaskOptions) -> m.Outcome:
+        try:
+            if options.is_async:
+                value = await fn(*spec.args, **spec.kwargs)
+            elif options.thread:
+                value = await trio.to_thread.run_sync(functools.partial(fn, *spec.args, **spec.kwargs), abandon_on_cancel=True)
+            else:
+                value = fn(*spec.args, **spec.kwargs)
+        except Exception as exc:
+            self.failed += 1
+            return m.Outcome(id=spec.id, status=m.ERROR, attempt=spec.attempt, error=describe_exception(exc))
+        self.done += 1
+        return m.Outcome(id=spec.id, status=m.OK, attempt=spec.attempt, value=value)
+
+    def _wake_if_idle(self) -> None:
         if not self._running and not self._queue:
             self._idle.unpark_all()
 

@@ -1,0 +1,319 @@
+"""The processes that benchmarks/run.py starts: a dispatcher, workers and a client.
+
+Run as ``python benchmarks/_procs.py ROLE [options]``; run.py does that, never
+a person.  Every process talks to run.py through single lines on stdout:
+
+    PORT <n>          the dispatcher is listening on 127.0.0.1:<n>
+    READY             the dispatcher sees all the workers it waits for
+    PAUSED            (profiling only) waiting for a line on stdin before W1
+    W1-DONE           (profiling only) the timed W1 runs are over
+    RESULT <json>     the measurements; the process exits right after
+
+Roles:
+    dispatcher --mode w12    producer inside the dispatcher: Dispatcher.map (W1) and .call (W2)
+    dispatcher --mode serve  a plain dispatcher for the client role (prints READY, serves until killed)
+    dispatcher --mode w3     broadcast to every worker until all acknowledged, --rounds times
+    dispatcher --mode w4     RSS of this process: idle, with --workers connections, then + --tasks queued
+    worker --kind add|ack|idle --count K   K Worker instances in this one process
+    client                   open_client(): Client.map (W1) and Client.call (W2)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+import trio  # noqa: E402
+
+from trioschedule import Dispatcher, Worker, open_client, task  # noqa: E402
+
+HOST = "127.0.0.1"
+WARMUP = 200  # untimed W1 tasks before the timed runs (as the baseline does)
+LAT_WARMUP = 20  # untimed W2 round trips before the measured ones (as the baseline does)
+NOBODY = "w4_no_worker_offers_this"  # W4 queues tasks under this name: they stay queued
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def rss_kib() -> int:
+    """VmRSS of this process, from /proc/<pid>/status, in KiB (after a full collection)."""
+    gc.collect()
+    with open(f"/proc/{os.getpid()}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS line in /proc/<pid>/status")
+
+
+def percentile(sorted_vals: list[float], q: float) -> float:
+    """Nearest-rank percentile, as ../shared/bench/common.py computes it."""
+    import math
+
+    k = max(1, math.ceil(q / 100.0 * len(sorted_vals)))
+    return sorted_vals[k - 1]
+
+
+def check(results: list, start: int, n: int) -> None:
+    if len(results) != n or any(r != start + i + 1 for i, r in enumerate(results)):
+        raise AssertionError(f"wrong results (len {len(results)}, expected {n})")
+
+
+def latency_summary(lat_ns: list[int]) -> dict:
+    if not lat_ns:
+        return {}
+    us = sorted(v / 1000.0 for v in lat_ns)
+    return {
+        "lat_n": len(us),
+        "p50_us": percentile(us, 50),
+        "p99_us": percentile(us, 99),
+        "mean_us": statistics.fmean(us),
+        "max_us": us[-1],
+    }
+
+
+def throughput_summary(n: int, seconds: list[float]) -> dict:
+    if not seconds:
+        return {}
+    rates = [n / s for s in seconds]
+    return {"n": n, "runs": len(seconds), "seconds": seconds, "rates": rates, "median": statistics.median(rates)}
+
+
+# ================================================================= workers
+class AddWorker(Worker):
+    """W1/W2: the task every system runs."""
+
+    @task
+    async def add(self, a, b):
+        return a + b
+
+
+class AckWorker(AddWorker):
+    """W3: acknowledge every broadcast back to the dispatcher."""
+
+    async def on_message(self, message):
+        await self.send({"ack": message["round"]})
+
+
+KINDS = {"add": AddWorker, "ack": AckWorker, "idle": AddWorker}
+
+
+async def run_workers(args: argparse.Namespace) -> None:
+    cls = KINDS[args.kind]
+    options = {}
+    if args.prefetch is not None:
+        options["prefetch"] = args.prefetch
+    async with trio.open_nursery() as nursery:
+        for i in range(args.count):
+            name = f"bench-{args.kind}-{os.getpid()}-{i}"
+            worker = cls(HOST, args.port, concurrency=args.concurrency, name=name, **options)
+            nursery.start_soon(worker.run)
+            if args.count > 50 and i % 50 == 49:
+                await trio.sleep(0)  # let the first connections proceed while the rest start
+
+
+# ============================================================== dispatcher
+class BenchDispatcher(Dispatcher):
+    """Counts W3 acknowledgements in on_message."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.round = -1
+        self.acks = 0
+        self.target = 0
+        self.all_acked = trio.Event()
+
+    async def on_message(self, peer, message):
+        if isinstance(message, dict) and message.get("ack") == self.round:
+            self.acks += 1
+            if self.acks >= self.target:
+                self.all_acked.set()
+
+
+async def wait_workers(disp: Dispatcher, count: int) -> float:
+    t0 = time.perf_counter()
+    await disp.wait_workers(count)
+    return time.perf_counter() - t0
+
+
+async def mode_w12(disp: Dispatcher, args: argparse.Namespace) -> dict:
+    await wait_workers(disp, args.workers)
+    say("READY")
+    check(await disp.map("add", [(i, 1) for i in range(WARMUP)]), 0, WARMUP)
+    if args.pause_before_w1:
+        say("PAUSED")
+        await trio.to_thread.run_sync(sys.stdin.readline)
+    w1 = []
+    for _ in range(args.runs if args.n else 0):
+        t0 = time.perf_counter()
+        res = await disp.map("add", [(i, 1) for i in range(args.n)])
+        w1.append(time.perf_counter() - t0)
+        check(res, 0, args.n)
+    if args.pause_before_w1:
+        say("W1-DONE")
+    lat = []
+    for i in range(LAT_WARMUP + args.lat_n if args.lat_n else 0):
+        t0 = time.perf_counter_ns()
+        r = await disp.call("add", i, 1)
+        dt = time.perf_counter_ns() - t0
+        assert r == i + 1, r
+        if i >= LAT_WARMUP:
+            lat.append(dt)
+    return {"api": "Dispatcher.map / Dispatcher.call", "w1": throughput_summary(args.n, w1), "w2": latency_summary(lat)}
+
+
+async def mode_serve(disp: Dispatcher, args: argparse.Namespace) -> None:
+    await wait_workers(disp, args.workers)
+    say("READY")
+    await trio.sleep_forever()
+
+
+async def mode_w3(disp: BenchDispatcher, args: argparse.Namespace) -> dict:
+    connect_s = await wait_workers(disp, args.workers)
+    say("READY")
+    target = len(disp.workers)
+    times = []
+    for r in range(args.rounds + 1):  # round 0 is the untimed warm-up
+        disp.round, disp.acks, disp.target, disp.all_acked = r, 0, target, trio.Event()
+        t0 = time.perf_counter()
+        sent = await disp.broadcast({"round": r})
+        if sent != target:
+            raise AssertionError(f"broadcast reached {sent} workers, expected {target}")
+        await disp.all_acked.wait()
+        if r:
+            times.append(time.perf_counter() - t0)
+    ms = sorted(t * 1000.0 for t in times)
+    return {
+        "workers": target,
+        "rounds": len(times),
+        "connect_seconds": connect_s,
+        "round_ms": ms,
+        "median_ms": statistics.median(ms),
+        "max_ms": ms[-1],
+        "broadcasts_per_s": len(times) / sum(times),
+        "acks_per_s": len(times) * target / sum(times),
+    }
+
+
+async def mode_w4(disp: Dispatcher, args: argparse.Namespace, rss_idle: int) -> dict:
+    connect_s = await wait_workers(disp, args.workers)
+    connected = len(disp.workers)
+    await trio.sleep(0.5)  # let every handshake's leftovers settle
+    rss_connected = rss_kib()
+    t0 = time.perf_counter()
+    for i in range(args.tasks):
+        disp.submit_nowait(NOBODY, (i,))
+    submit_s = time.perf_counter() - t0
+    await trio.sleep(0.2)
+    rss_queued = rss_kib()
+    queued = disp.status()["waiting_for_worker"].get(NOBODY, 0)
+    if queued != args.tasks:
+        raise AssertionError(f"{queued} tasks are queued, expected {args.tasks}")
+    return {
+        "workers": connected,
+        "tasks": queued,
+        "worker_processes": args.worker_procs,
+        "connect_seconds": connect_s,
+        "submit_seconds": submit_s,
+        "rss_idle_kib": rss_idle,
+        "rss_connected_kib": rss_connected,
+        "rss_queued_kib": rss_queued,
+        "per_connection_kib": (rss_connected - rss_idle) / max(1, connected),
+        "per_task_bytes": (rss_queued - rss_connected) * 1024 / max(1, queued),
+    }
+
+
+async def run_dispatcher(args: argparse.Namespace) -> None:
+    disp = BenchDispatcher(HOST, 0)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(disp.serve)
+        rss_idle = rss_kib() if args.mode == "w4" else 0
+        say(f"PORT {port}")
+        if args.mode == "serve":
+            await mode_serve(disp, args)
+        elif args.mode == "w12":
+            result = await mode_w12(disp, args)
+        elif args.mode == "w3":
+            result = await mode_w3(disp, args)
+        else:
+            result = await mode_w4(disp, args, rss_idle)
+        result["pid"] = os.getpid()
+        say("RESULT " + json.dumps(result))
+        nursery.cancel_scope.cancel()
+
+
+# ================================================================== client
+async def run_client(args: argparse.Namespace) -> None:
+    async with open_client(HOST, args.port) as client:
+        check(await client.map("add", [(i, 1) for i in range(WARMUP)]), 0, WARMUP)
+        w1 = []
+        for _ in range(args.runs if args.n else 0):
+            t0 = time.perf_counter()
+            res = await client.map("add", [(i, 1) for i in range(args.n)])
+            w1.append(time.perf_counter() - t0)
+            check(res, 0, args.n)
+        lat = []
+        for i in range(LAT_WARMUP + args.lat_n if args.lat_n else 0):
+            t0 = time.perf_counter_ns()
+            r = await client.call("add", i, 1)
+            dt = time.perf_counter_ns() - t0
+            assert r == i + 1, r
+            if i >= LAT_WARMUP:
+                lat.append(dt)
+    say("RESULT " + json.dumps({"api": "open_client: Client.map / Client.call", "pid": os.getpid(),
+                                "w1": throughput_summary(args.n, w1), "w2": latency_summary(lat)}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="role", required=True)
+    d = sub.add_parser("dispatcher")
+    d.add_argument("--mode", choices=["w12", "serve", "w3", "w4"], required=True)
+    d.add_argument("--workers", type=int, default=2, help="connected workers to wait for")
+    d.add_argument("--n", type=int, default=20000)
+    d.add_argument("--lat-n", type=int, default=2000)
+    d.add_argument("--runs", type=int, default=3)
+    d.add_argument("--rounds", type=int, default=20)
+    d.add_argument("--tasks", type=int, default=100000)
+    d.add_argument("--worker-procs", type=int, default=0, help="reported only")
+    d.add_argument("--pause-before-w1", action="store_true")
+    w = sub.add_parser("worker")
+    w.add_argument("--port", type=int, required=True)
+    w.add_argument("--kind", choices=sorted(KINDS), default="add")
+    w.add_argument("--count", type=int, default=1)
+    w.add_argument("--concurrency", type=int, default=1)
+    w.add_argument("--prefetch", type=int, default=None)
+    c = sub.add_parser("client")
+    c.add_argument("--port", type=int, required=True)
+    c.add_argument("--n", type=int, default=20000)
+    c.add_argument("--lat-n", type=int, default=2000)
+    c.add_argument("--runs", type=int, default=3)
+    args = p.parse_args()
+    raise_fd_limit()
+    fn = {"dispatcher": run_dispatcher, "worker": run_workers, "client": run_client}[args.role]
+    try:
+        trio.run(fn, args)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,620 @@
+"""Benchmark trioschedule against the same-run baseline (../shared/bench/ceiling_trio.py).
+
+    python benchmarks/run.py [--n 20000 --lat-n 2000 --runs 3 --quick --json PATH --only w1,w2,w3,w4]
+
+Workloads (docs/PERFORMANCE.md says more):
+  W1  throughput: N tasks add(i, 1) on two worker processes; tasks/s = N / (first submit .. last result),
+      median of --runs, after an untimed warm-up.
+  W2  latency: --lat-n sequential round trips after 20 untimed ones; p50/p99 in microseconds.
+      W1 and W2 are each measured with the producer inside the dispatcher process (Dispatcher.map/call,
+      like the baseline) and through open_client() in a process of its own (Client.map/call, four hops).
+  W3  broadcast: one message to --w3-workers connected workers until every one has acknowledged it
+      (Worker.on_message -> Worker.send -> Dispatcher.on_message), --w3-rounds times.
+  W4  scale: dispatcher RSS growth per connection (--w4-workers idle workers) and per queued task
+      (--w4-tasks tasks for a name no worker offers), read from /proc/<pid>/status.
+
+Prints a table and writes JSON (default benchmarks/results/latest.json).  Every process it starts is
+stopped by PID (SIGTERM, then SIGKILL) before it exits.  Speeds are never asserted here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import queue
+import resource
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+PROCS = HERE / "_procs.py"
+BASELINE = REPO.parent / "shared" / "bench" / "ceiling_trio.py"
+DEFAULT_JSON = HERE / "results" / "latest.json"
+WORKLOADS = ("w1", "w2", "w3", "w4")
+PARAMS = ("n", "lat_n", "runs", "w3_workers", "w3_rounds", "w3_procs", "w4_workers", "w4_tasks", "w4_procs", "prefetch",
+          "quick")  # fmt: skip
+
+FULL = {"n": 20000, "lat_n": 2000, "runs": 3, "w3_workers": 200, "w3_rounds": 20, "w4_workers": 1000,
+        "w4_tasks": 100000}  # fmt: skip
+QUICK = {"n": 200, "lat_n": 20, "runs": 1, "w3_workers": 10, "w3_rounds": 3, "w4_workers": 20, "w4_tasks": 1000}
+
+
+BUSY_CPUS = 0.25  # other processes using this much CPU during a step make its figures unreliable
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+# =============================================================== processes
+class Child:
+    """A process we started: its stdout lines arrive on a queue, its stderr goes to a file."""
+
+    def __init__(self, name: str, argv: list[str], logdir: str, *, stdin: bool = False) -> None:
+        self.name = name
+        self.argv = argv
+        self.errpath = os.path.join(logdir, f"{name}.stderr")
+        self._err = open(self.errpath, "wb")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        self.proc = subprocess.Popen(
+            argv, cwd=str(REPO), env=env, stdout=subprocess.PIPE, stderr=self._err,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, text=True, bufsize=1,
+        )  # fmt: skip
+        self.pid = self.proc.pid
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def stderr_tail(self, lines: int = 15) -> str:
+        try:
+            with open(self.errpath, "rb") as f:
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def expect(self, word: str, timeout: float, watch: list[Child] = ()) -> str:
+        """Wait for a stdout line ``WORD rest``; return ``rest``.  Fails if we or a watched process die."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"{self.name}: no {word} line within {timeout:g} s\n{self.stderr_tail()}")
+            try:
+                line = self.lines.get(timeout=min(0.5, left))
+            except queue.Empty:
+                for other in watch:
+                    if other.proc.poll() is not None:
+                        raise BenchError(
+                            f"{other.name} exited with {other.proc.returncode} while {self.name} waited for {word}\n"
+                            f"{other.stderr_tail()}"
+                        ) from None
+                continue
+            if line is None:
+                self.proc.wait()
+                raise BenchError(f"{self.name} exited with {self.proc.returncode} before {word}\n{self.stderr_tail()}")
+            if line == word or line.startswith(word + " "):
+                return line[len(word) :].strip()
+            print(f"  [{self.name}] {line}", file=sys.stderr)
+
+    def send_line(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+
+def stop(children: list[Child], grace: float = 5.0) -> None:
+    """Stop processes we started, by PID: SIGTERM, wait, then SIGKILL."""
+    for c in children:
+        if c.proc.poll() is None:
+            try:
+                c.proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace
+    for c in children:
+        try:
+            c.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            c.proc.kill()
+            c.proc.wait()
+        c._err.close()
+
+
+def procs_argv(role: str, *args: object) -> list[str]:
+    return [sys.executable, str(PROCS), role, *map(str, args)]
+
+
+def start_workers(children: list[Child], logdir: str, port: int, total: int, procs: int, kind: str,
+                  prefetch: int | None) -> list[Child]:  # fmt: skip
+    """``total`` Worker instances spread over ``procs`` processes."""
+    started = []
+    for i in range(procs):
+        count = total // procs + (1 if i < total % procs else 0)
+        if not count:
+            continue
+        argv = procs_argv("worker", "--port", port, "--kind", kind, "--count", count)
+        if prefetch is not None:
+            argv += ["--prefetch", str(prefetch)]
+        child = Child(f"worker-{kind}-{i}", argv, logdir)
+        children.append(child)
+        started.append(child)
+    return started
+
+
+# =============================================================== scenarios
+def scenario_w12(opts: argparse.Namespace, logdir: str, *, via_client: bool, prefetch: int | None = None,
+                 label: str = "") -> dict:  # fmt: skip
+    """W1 and W2 with the producer in the dispatcher or in a client process."""
+    n = opts.n if "w1" in opts.only else 0
+    lat_n = opts.lat_n if "w2" in opts.only else 0
+    children: list[Child] = []
+    timeout = opts.timeout
+    tag = label or ("client" if via_client else "dispatcher")
+    try:
+        mode = "serve" if via_client else "w12"
+        argv = procs_argv("dispatcher", "--mode", mode, "--workers", 2, "--n", n, "--lat-n", lat_n, "--runs", opts.runs)
+        profiling = opts.profile and not via_client and not label
+        if profiling:
+            argv.append("--pause-before-w1")
+        disp = Child(f"dispatcher-{tag}", argv, logdir, stdin=profiling)
+        children.append(disp)
+        port = int(disp.expect("PORT", 30))
+        workers = start_workers(children, logdir, port, 2, 2, "add", prefetch)
+        disp.expect("READY", 30, watch=workers)
+        if via_client:
+            argv = procs_argv("client", "--port", port, "--n", n, "--lat-n", lat_n, "--runs", opts.runs)
+            client = Child("client", argv, logdir)
+            children.append(client)
+            result = json.loads(client.expect("RESULT", timeout, watch=[disp, *workers]))
+        else:
+            if profiling:
+                result = profile_w1(opts, disp, workers[0], timeout)
+            else:
+                result = json.loads(disp.expect("RESULT", timeout, watch=workers))
+        result["dispatcher_pid"] = disp.pid
+        result["worker_pids"] = [w.pid for w in workers]
+        return result
+    finally:
+        stop(children)
+
+
+def profile_w1(opts: argparse.Namespace, disp: Child, worker: Child, timeout: float) -> dict:
+    """Sample the dispatcher and one worker with py-spy during the timed W1 runs only."""
+    out = Path(opts.profile)
+    out.mkdir(parents=True, exist_ok=True)
+    disp.expect("PAUSED", 60)
+    spies, logs = [], []
+    # <who>.txt: every sample in which the process was not idle (Python code and the system calls it
+    # makes, including time descheduled inside them); <who>-gil.txt: only samples holding the GIL, that
+    # is Python code running on a CPU.
+    for who, child in (("dispatcher", disp), ("worker", worker)):
+        for suffix, extra in (("", []), ("-gil", ["--gil"])):
+            argv = ["py-spy", "record", "--nonblocking", "--format", "raw", "--rate", "200", *extra,
+                    "--pid", str(child.pid), "--output", str(out / f"{who}{suffix}.txt")]  # fmt: skip
+            logs.append(open(out / f"py-spy-{who}{suffix}.log", "wb"))
+            spies.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=logs[-1]))
+    try:
+        time.sleep(1.5)  # let py-spy attach
+        disp.send_line("go")
+        disp.expect("W1-DONE", timeout)
+    finally:
+        for spy in spies:
+            if spy.poll() is None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
+        for spy in spies:
+            try:
+                spy.wait(20)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait()
+        for log in logs:
+            log.close()
+    result = json.loads(disp.expect("RESULT", timeout))
+    result["profiled"] = True
+    return result
+
+
+def scenario_w3(opts: argparse.Namespace, logdir: str) -> dict:
+    children: list[Child] = []
+    try:
+        argv = procs_argv("dispatcher", "--mode", "w3", "--workers", opts.w3_workers, "--rounds", opts.w3_rounds)
+        disp = Child("dispatcher-w3", argv, logdir)
+        children.append(disp)
+        port = int(disp.expect("PORT", 30))
+        workers = start_workers(children, logdir, port, opts.w3_workers, opts.w3_procs, "ack", None)
+        disp.expect("READY", opts.timeout, watch=workers)
+        result = json.loads(disp.expect("RESULT", opts.timeout, watch=workers))
+        result["worker_processes"] = len(workers)
+        return result
+    finally:
+        stop(children)
+
+
+def scenario_w4(opts: argparse.Namespace, logdir: str) -> dict:
+    children: list[Child] = []
+    try:
+        procs = min(opts.w4_procs, opts.w4_workers)
+        argv = procs_argv("dispatcher", "--mode", "w4", "--workers", opts.w4_workers, "--tasks", opts.w4_tasks,
+                          "--worker-procs", procs)  # fmt: skip
+        disp = Child("dispatcher-w4", argv, logdir)
+        children.append(disp)
+        port = int(disp.expect("PORT", 30))
+        workers = start_workers(children, logdir, port, opts.w4_workers, procs, "idle", None)
+        return json.loads(disp.expect("RESULT", opts.timeout, watch=workers))
+    finally:
+        stop(children)
+
+
+def run_baseline(opts: argparse.Namespace) -> dict:
+    cmd = [sys.executable, str(BASELINE), "--n", str(opts.n), "--lat-n", str(opts.lat_n), "--runs", str(opts.runs)]
+    if not BASELINE.is_file():
+        return {"available": False, "reason": f"{BASELINE} not found"}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=opts.timeout, cwd=str(BASELINE.parent))
+    except subprocess.TimeoutExpired:
+        return {"available": False, "reason": f"timed out after {opts.timeout:g} s", "command": shlex.join(cmd)}
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT ") :])
+            result["available"] = True
+            result["command"] = shlex.join(cmd)
+            return result
+    return {"available": False, "reason": f"exit {proc.returncode}, no RESULT line: {proc.stderr[-500:]}",
+            "command": shlex.join(cmd)}  # fmt: skip
+
+
+# ============================================================ machine load
+class CpuMeter:
+    """How much CPU processes other than ours used while a step ran (this machine may be shared).
+
+    Busy time from /proc/stat minus the CPU time of this process and every child it has waited for
+    (all the benchmark's processes, py-spy included), divided by wall time: in CPUs (2.0 = two busy cores).
+    """
+
+    def __init__(self) -> None:
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.t0, self.busy0, self.steal0, self.ours0 = time.monotonic(), *self._busy(), self._ours()
+
+    def _busy(self) -> tuple[float, float]:
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+        except OSError:
+            return 0.0, 0.0
+        user, nice, system, _idle, _iowait, irq, softirq = v[:7]
+        steal = v[7] if len(v) > 7 else 0
+        return (user + nice + system + irq + softirq) / self.tick, steal / self.tick
+
+    @staticmethod
+    def _ours() -> float:
+        total = 0.0
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+            r = resource.getrusage(who)
+            total += r.ru_utime + r.ru_stime
+        return total
+
+    def stop(self) -> dict:
+        wall = time.monotonic() - self.t0
+        busy, steal = self._busy()
+        ours = self._ours() - self.ours0
+        other = max(0.0, busy - self.busy0 - ours)
+        return {"wall_s": round(wall, 2), "our_cpus": round(ours / wall, 2), "other_cpus": round(other / wall, 2),
+                "steal_cpus": round((steal - self.steal0) / wall, 2)}  # fmt: skip
+
+
+# ================================================================= reports
+def wait_quiet(limit: float) -> bool:
+    """Wait (up to ``limit`` seconds) until other processes have used < BUSY_CPUS for 3 s in a row."""
+    deadline = time.monotonic() + limit
+    calm = 0
+    while time.monotonic() < deadline:
+        meter = CpuMeter()
+        time.sleep(1.0)
+        calm = calm + 1 if meter.stop()["other_cpus"] < BUSY_CPUS else 0
+        if calm >= 3:
+            return True
+    print(f"- the machine stayed busy for {limit:g} s; measuring anyway", file=sys.stderr)
+    return False
+
+
+def machine_info() -> dict:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import trio
+
+    import trioschedule
+
+    try:
+        def git(*a: str) -> str:
+            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--", "trioschedule"))
+    except OSError:
+        commit, dirty = "", False
+    return {
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "trio": trio.__version__,
+        "trioschedule": trioschedule.__version__,
+        "git_commit": commit + ("+dirty" if dirty else ""),
+        "loadavg_at_start": list(os.getloadavg()),
+    }
+
+
+def ratio(ours: float | None, base: float | None) -> float | None:
+    if not ours or not base:
+        return None
+    return ours / base
+
+
+def assemble(opts: argparse.Namespace, raw: dict, machine: dict, started: float, command: str) -> dict:
+    base = raw.get("baseline") or {"available": False, "reason": "not run"}
+    b_w1 = base.get("w1_median") if base.get("available") else None
+    b_p50 = base.get("w2_p50_us") if base.get("available") else None
+    out: dict = {
+        "command": command,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.monotonic() - started, 1),
+        "machine": machine,
+        "params": {k: getattr(opts, k) for k in PARAMS},
+        "only": sorted(opts.only),
+        "profiled": bool(opts.profile),
+        "loadavg_at_end": list(os.getloadavg()),
+        "baseline": base,
+    }
+    variants = [("dispatcher", raw.get("w12_dispatcher")), ("client", raw.get("w12_client")),
+                ("dispatcher_window64", raw.get("w12_window64"))]  # fmt: skip
+    if "w1" in opts.only:
+        out["w1"] = {}
+        for key, res in variants:
+            if res and res.get("w1"):
+                w1 = dict(res["w1"])
+                w1["api"] = res.get("api")
+                w1["ratio_vs_baseline"] = ratio(w1["median"], b_w1)
+                out["w1"][key] = w1
+    if "w2" in opts.only:
+        out["w2"] = {}
+        for key, res in variants:
+            if res and res.get("w2"):
+                w2 = dict(res["w2"])
+                w2["api"] = res.get("api")
+                w2["p50_ratio_vs_baseline"] = ratio(w2["p50_us"], b_p50)
+                out["w2"][key] = w2
+    if "w3" in opts.only:
+        out["w3"] = raw.get("w3")
+    if "w4" in opts.only:
+        out["w4"] = raw.get("w4")
+    if raw.get("w12_window64"):
+        out["window64_prefetch"] = opts.window64_prefetch
+    return out
+
+
+def fmt(v: float | None, spec: str = ",.0f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(r: dict) -> str:
+    m = r["machine"]
+    p = r["params"]
+    max_other = max((v["other_cpus"] for v in (r.get("other_load") or {}).values()), default=0.0)
+    lines = [
+        f"trioschedule benchmarks, {r['date']}",
+        f"machine: {m['cpu_model'] or '?'}, {m['nproc']} CPU(s); Python {m['python']}, trio {m['trio']}, "
+        f"trioschedule {m['trioschedule']} ({m['git_commit'] or 'no git'})",
+        f"command: {r['command']}",
+        f"other processes' CPU use during the steps: at most {max_other:.2f} CPUs"
+        + (f" (after waiting {r['waited_for_quiet']['seconds']:.0f} s for a quiet machine)"
+           if r.get("waited_for_quiet") else ""),  # fmt: skip
+        "",
+    ]
+    base = r["baseline"]
+    if base.get("available"):
+        bw1, bp50, bp99 = base["w1_median"], base["w2_p50_us"], base["w2_p99_us"]
+    else:
+        bw1 = bp50 = bp99 = None
+        lines.append(f"baseline unavailable: {base.get('reason')}")
+    cols = [("dispatcher", "in dispatcher"), ("client", "via client"), ("dispatcher_window64", "in disp., window 64")]
+    w1, w2 = r.get("w1") or {}, r.get("w2") or {}
+    present = [(k, t) for k, t in cols if k in w1 or k in w2]
+    if present:
+        head = f"{'':34}{'baseline':>12}" + "".join(f"{t:>22}" for _, t in present)
+        lines += [head, "-" * len(head)]
+        if w1:
+            row = f"{'W1 throughput, tasks/s (median)':34}{fmt(bw1):>12}"
+            for k, _ in present:
+                e = w1.get(k)
+                row += f"{(fmt(e['median']) + ' (' + fmt(e['ratio_vs_baseline'], '.2f') + 'x)') if e else '-':>22}"
+            lines.append(row)
+        if w2:
+            row = f"{'W2 latency p50, us':34}{fmt(bp50):>12}"
+            for k, _ in present:
+                e = w2.get(k)
+                row += f"{(fmt(e['p50_us']) + ' (' + fmt(e['p50_ratio_vs_baseline'], '.2f') + 'x)') if e else '-':>22}"
+            lines.append(row)
+            row = f"{'W2 latency p99, us':34}{fmt(bp99):>12}"
+            for k, _ in present:
+                e = w2.get(k)
+                row += f"{fmt(e['p99_us']) if e else '-':>22}"
+            lines.append(row)
+        lines.append(f"(W1 N={p['n']}, runs={p['runs']}; W2 {p['lat_n']} round trips; ratio = ours / baseline: "
+                     "W1 higher is better, W2 lower is better)")  # fmt: skip
+        if "dispatcher_window64" in w1:
+            lines.append(f"(window 64 = Worker(prefetch={r.get('window64_prefetch')}): 64 tasks in flight per worker, "
+                         "as in the baseline; "
+                         "the other columns use " + ("Worker defaults)" if p.get("prefetch") is None
+                                                     else f"Worker(prefetch={p['prefetch']}))"))  # fmt: skip
+    if r.get("w3"):
+        w3 = r["w3"]
+        lines.append(
+            f"W3 broadcast to {w3['workers']} workers ({w3['worker_processes']} processes), until all acked: "
+            f"median {w3['median_ms']:.1f} ms/round, max {w3['max_ms']:.1f} ms, "
+            f"{w3['broadcasts_per_s']:.1f} broadcasts/s "
+            f"({w3['acks_per_s']:,.0f} acks/s, {w3['rounds']} rounds)"
+        )
+    if r.get("w4"):
+        w4 = r["w4"]
+        lines.append(
+            f"W4 {w4['workers']} idle workers ({w4['worker_processes']} processes), {w4['tasks']:,} queued tasks: "
+            f"{w4['per_connection_kib']:.1f} KiB RSS per connection, {w4['per_task_bytes']:,.0f} bytes per queued task"
+        )
+        lines.append(
+            f"   dispatcher RSS {w4['rss_idle_kib'] / 1024:.1f} MiB idle -> "
+            f"{w4['rss_connected_kib'] / 1024:.1f} MiB connected "
+            f"-> {w4['rss_queued_kib'] / 1024:.1f} MiB queued; connect {w4['connect_seconds']:.1f} s, "
+            f"queueing {w4['submit_seconds']:.2f} s ({w4['tasks'] / w4['submit_seconds']:,.0f} submit_nowait/s)"
+        )
+    busy = {k: v["other_cpus"] for k, v in (r.get("other_load") or {}).items() if v["other_cpus"] >= BUSY_CPUS}
+    if busy:
+        steps = ", ".join(f"{k} ({v:.2f} CPUs)" for k, v in busy.items())
+        lines.append(f"WARNING: other processes were using CPU during {steps}: "
+                     "those figures (and their ratios) are not reliable")  # fmt: skip
+    if r.get("profiled"):
+        lines.append("NOTE: the in-dispatcher W1/W2 ran under py-spy (--profile): do not compare those figures")
+    lines.append(f"total {r['seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+# ==================================================================== main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Full defaults: " + json.dumps(FULL))
+    p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test: " + json.dumps(QUICK))
+    p.add_argument("--n", type=int, help="W1 task count (20000)")
+    p.add_argument("--lat-n", type=int, help="W2 round trips (2000)")
+    p.add_argument("--runs", type=int, help="W1 repetitions, median reported (3)")
+    p.add_argument("--w3-workers", type=int, help="W3 connected workers (200)")
+    p.add_argument("--w3-rounds", type=int, help="W3 timed broadcasts (20)")
+    p.add_argument("--w3-procs", type=int, default=2, help="processes the W3 workers are spread over (2)")
+    p.add_argument("--w4-workers", type=int, help="W4 idle connected workers (1000)")
+    p.add_argument("--w4-tasks", type=int, help="W4 queued tasks (100000)")
+    p.add_argument("--w4-procs", type=int, default=4, help="processes the W4 workers are spread over (4)")
+    p.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated subset of w1,w2,w3,w4")
+    p.add_argument("--no-baseline", action="store_true", help="skip the same-run baseline")
+    p.add_argument("--no-window64", action="store_true",
+                   help="skip the extra W1/W2 run with 64 tasks in flight per worker (the baseline's window)")
+    p.add_argument("--window64-prefetch", type=int, default=63, help=argparse.SUPPRESS)
+    p.add_argument("--prefetch", type=int, default=None,
+                   help="Worker(prefetch=...) for the W1/W2 workers (default: the Worker default)")
+    p.add_argument("--json", default=str(DEFAULT_JSON),
+                   help=f"where to write the results ({DEFAULT_JSON.relative_to(REPO)})")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=None, help="seconds per scenario before giving up (300; quick 60)")
+    p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                   help="first wait up to SECONDS for other processes to leave the CPUs idle (shared machines)")
+    p.add_argument("--profile", metavar="DIR",
+                   help="sample the dispatcher and one worker with py-spy during the in-dispatcher W1 runs; "
+                        "raw stacks and a summary go to DIR")  # fmt: skip
+    opts = p.parse_args(argv)
+    sizes = QUICK if opts.quick else FULL
+    for key, value in sizes.items():
+        if getattr(opts, key) is None:
+            setattr(opts, key, value)
+    if opts.timeout is None:
+        opts.timeout = 60.0 if opts.quick else 300.0
+    opts.only = {w.strip().lower() for w in opts.only.split(",") if w.strip()}
+    if opts.profile and not shutil.which("py-spy"):
+        p.error("--profile needs py-spy on PATH (pip install py-spy)")
+    unknown = opts.only - set(WORKLOADS)
+    if unknown:
+        p.error(f"unknown workload(s) in --only: {', '.join(sorted(unknown))}")
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    started = time.monotonic()
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)  # so that every finally: stops its processes
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    command = shlex.join(["python", os.path.relpath(__file__, REPO) if Path.cwd() == REPO else __file__,
+                          *(sys.argv[1:] if argv is None else argv)])  # fmt: skip
+    machine = machine_info()
+    raw: dict = {}
+    load: dict = {}
+    waited: dict = {}
+    with tempfile.TemporaryDirectory(prefix="trioschedule-bench-") as logdir:
+
+        def step(key: str, what: str, fn, *a, **kw) -> None:  # noqa: ANN001
+            print(f"- {what} ...", file=sys.stderr, flush=True)
+            meter = CpuMeter()
+            raw[key] = fn(*a, **kw)
+            load[key] = meter.stop()
+            print(f"  done in {load[key]['wall_s']:.1f} s; other processes used {load[key]['other_cpus']:.2f} CPUs",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+        if opts.wait_quiet:
+            t0 = time.monotonic()
+            quiet = wait_quiet(opts.wait_quiet)
+            waited = {"seconds": round(time.monotonic() - t0, 1), "quiet": quiet}
+            started = time.monotonic()
+
+        w12 = bool(opts.only & {"w1", "w2"})
+        if w12 and not opts.no_baseline:
+            step("baseline", f"baseline {BASELINE.name}", run_baseline, opts)
+        if w12:
+            step("w12_dispatcher", "W1/W2 producer in the dispatcher", scenario_w12, opts, logdir, via_client=False,
+                 prefetch=opts.prefetch)  # fmt: skip
+            step("w12_client", "W1/W2 through open_client", scenario_w12, opts, logdir, via_client=True,
+                 prefetch=opts.prefetch)  # fmt: skip
+            if not opts.no_window64:
+                step("w12_window64", f"W1/W2 in the dispatcher, prefetch={opts.window64_prefetch}", scenario_w12, opts,
+                     logdir, via_client=False, prefetch=opts.window64_prefetch, label="window64")  # fmt: skip
+        if "w3" in opts.only:
+            step("w3", f"W3 broadcast to {opts.w3_workers} workers", scenario_w3, opts, logdir)
+        if "w4" in opts.only:
+            step("w4", f"W4 {opts.w4_workers} workers, {opts.w4_tasks} queued tasks", scenario_w4, opts, logdir)
+
+    result = assemble(opts, raw, machine, started, command)
+    result["other_load"] = load
+    if waited:
+        result["waited_for_quiet"] = waited
+    print(table(result))
+    path = Path(opts.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}", file=sys.stderr)
+    if opts.profile:
+        from profile_summary import summarize  # type: ignore[import-not-found]
+
+        for who in ("dispatcher", "worker", "dispatcher-gil", "worker-gil"):
+            raw_path = Path(opts.profile) / f"{who}.txt"
+            if raw_path.is_file():
+                text = summarize(raw_path, top=15)
+                (Path(opts.profile) / f"{who}-summary.txt").write_text(text)
+                what = "holding the GIL" if who.endswith("-gil") else "not idle"
+                print(f"\n== py-spy, {who.split('-')[0]}, samples {what}, during W1 ({raw_path})\n{text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    sys.exit(main())
