@@ -46,6 +46,7 @@ SAMPLES: dict[type, Any] = {
     m.Run: m.Run(tasks=(m.TaskSpec(id="t1", name="add", args=[1, 2]),)),
     m.Results: m.Results(seq=1, started=("t1",)),
     m.Release: m.Release(ids=("t1",)),
+    m.Reclaim: m.Reclaim(ids=("t1",)),
     m.Submit: m.Submit(tasks=(m.Submission(id="t1", name="add"),)),
     m.Accepted: m.Accepted(ids=("t1",)),
     m.Watch: m.Watch(ids=("t1",)),
@@ -61,7 +62,7 @@ SAMPLES: dict[type, Any] = {
 WORKER_TO_DISPATCHER = {m.Results, m.Release, m.Heartbeat, m.Message, m.Goodbye}
 CLIENT_TO_DISPATCHER = {m.Submit, m.Cancel, m.Watch, m.Broadcast, m.Heartbeat, m.Message, m.Goodbye}
 ADMIN_TO_DISPATCHER = CLIENT_TO_DISPATCHER | {m.StatusRequest, m.Stop}
-DISPATCHER_TO_WORKER = {m.Run, m.Cancel, m.Heartbeat, m.Message, m.Goodbye}
+DISPATCHER_TO_WORKER = {m.Run, m.Reclaim, m.Cancel, m.Heartbeat, m.Message, m.Goodbye}
 DISPATCHER_TO_CLIENT = {m.Accepted, m.Outcomes, m.Heartbeat, m.Message, m.Goodbye, m.StatusReply, m.Stopping}
 PEER_TO_DISPATCHER = {WORKER: WORKER_TO_DISPATCHER, CLIENT: CLIENT_TO_DISPATCHER, ADMIN: ADMIN_TO_DISPATCHER}
 DISPATCHER_TO_PEER = {WORKER: DISPATCHER_TO_WORKER, CLIENT: DISPATCHER_TO_CLIENT, ADMIN: DISPATCHER_TO_CLIENT}

@@ -325,3 +325,21 @@ async def test_worker_stopping_past_grace_hands_its_running_task_on(autojump_clo
             await cluster.start_worker(Counting(name="b"))
             assert await handle.result() == "k done"
             assert Counting.runs == {"k": 2}
+
+
+async def test_an_idle_worker_steals_prefetched_tasks_stuck_behind_a_long_one(autojump_clock):
+    busy = Counting(name="busy", prefetch=8)
+    async with open_cluster(quick_dispatcher(), busy) as cluster:
+        async with cluster.client() as client:
+            long = await client.submit("slow", ["long", 100])
+            short = [await client.submit("slow", [f"s{i}", 1]) for i in range(4)]
+            await trio.sleep(0.5)
+            assert Counting.runs == {"long": 1}  # the short ones wait behind it on the busy worker
+            start = trio.current_time()
+            await cluster.start_worker(Counting(name="idle", prefetch=8))
+            for handle in short:
+                assert (await handle.result()).endswith("done")
+            assert trio.current_time() - start < 10, "the short tasks did not wait for the long one"
+            assert await long.result() == "long done"
+        assert Counting.runs == {"long": 1, "s0": 1, "s1": 1, "s2": 1, "s3": 1}
+        assert cluster.dispatcher.status()["tasks"]["lost"] == 0

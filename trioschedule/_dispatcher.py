@@ -72,7 +72,7 @@ class _Task:
     __slots__ = (
         "id", "name", "args", "kwargs", "priority", "retries", "deadline", "state", "attempt",
         "failures", "losses", "session", "started", "outcome", "slot", "watchers", "owner",
-        "cancel_reason", "submitted_at", "finished_at", "seq", "not_before", "batch",
+        "cancel_reason", "submitted_at", "finished_at", "seq", "not_before", "batch", "reclaiming",
     )  # fmt: skip
 
     def __init__(self, task_id: str, name: str, args: list[Any], kwargs: dict[str, Any], priority: int,
@@ -93,6 +93,7 @@ class _Task:
         self.outcome: m.Outcome | None = None
         self.slot: OutcomeSlot | None = None  # for handles waiting in this process
         self.batch: _Batch | None = None  # for the map() it belongs to
+        self.reclaiming = False  # asked back from its worker for an idle one
         self.watchers: list[_ClientState] | None = None
         self.owner = owner
         self.cancel_reason: str | None = None
@@ -597,6 +598,7 @@ class Dispatcher:
         for name in session.names:
             self._by_name.setdefault(name, set()).add(session)
         self._dispatch()
+        self._steal_for(session)
         return session, resumed
 
     def _detach_worker(self, session: _WorkerSession, clean: bool) -> None:
@@ -645,6 +647,7 @@ class Dispatcher:
     def _return_to_queue(self, task: _Task, *, lost: bool) -> None:
         task.session = None
         task.started = False
+        task.reclaiming = False
         if task.cancel_reason is not None:
             self._finish(task, m.Outcome(id=task.id, status=m.CANCELLED, attempt=task.attempt, reason=task.cancel_reason))
             return
@@ -713,14 +716,48 @@ class Dispatcher:
         if not self._running:
             self._wake_idle()
         self._dispatch()
+        if len(assigned) < peer.concurrency:
+            self._steal_for(session)
 
     def _on_release(self, session: _WorkerSession, release: m.Release) -> None:
-        session.draining = True
+        if release.stopping:
+            session.draining = True
         for task_id in release.ids:
             task = session.assigned.get(task_id)
             if task is not None and not task.started:
                 self._requeue(session, task, lost=False)
         self._dispatch()
+
+    def _steal_for(self, hungry: _WorkerSession) -> None:
+        """Work stealing: a worker with idle runners and nothing queued for it gets prefetched tasks back.
+
+        Prefetching keeps fast workers busy, but a long task would otherwise
+        hold the tasks queued behind it on its worker while another worker
+        sits idle (Celery's complaint).  The dispatcher asks the worker with
+        the most unstarted tasks to hand back as many as the idle worker can
+        start now; they are requeued without costing an attempt.
+        """
+        idle = hungry.peer.concurrency - len(hungry.assigned)
+        if idle <= 0 or hungry.draining or hungry.conn is None:
+            return
+        names = hungry.names
+        if any(self._queues.get(name) for name in names):
+            return  # plain dispatching will feed it
+        best: list[_Task] = []
+        donor: _WorkerSession | None = None
+        for name in names:
+            for session in self._by_name.get(name, ()):
+                if session is hungry or session.conn is None or len(session.assigned) <= session.peer.concurrency:
+                    continue
+                spare = [t for t in session.assigned.values() if not t.started and not t.reclaiming and t.name in names]
+                if len(spare) > len(best):
+                    best, donor = spare, session
+        if donor is None or not best:
+            return
+        take = best[-idle:]  # the newest: they would have waited longest
+        for task in take:
+            task.reclaiming = True
+        self._send_to(donor, m.Reclaim(ids=tuple(t.id for t in take)))
 
     def _attempt_failed(self, session: _WorkerSession, task: _Task, outcome: m.Outcome) -> None:
         if outcome.status == m.CANCELLED and task.cancel_reason is None:

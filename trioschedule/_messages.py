@@ -42,6 +42,7 @@ __all__ = [
     "Outcome",
     "Outcomes",
     "Rejection",
+    "Reclaim",
     "Release",
     "RemoteError",
     "Results",
@@ -248,9 +249,18 @@ class Results:
 
 @frozen
 class Release:
-    """A draining worker hands back tasks it received but never started."""
+    """A worker hands back tasks it received but never started: because it is stopping, or asked to."""
 
     TYPE: ClassVar[str] = "release"
+    ids: tuple[str, ...]
+    stopping: bool = False
+
+
+@frozen
+class Reclaim:
+    """Dispatcher to worker: hand back these tasks if you have not started them (another worker is idle)."""
+
+    TYPE: ClassVar[str] = "reclaim"
     ids: tuple[str, ...]
 
 
@@ -331,12 +341,12 @@ class Stopping:
 
 MESSAGE_TYPES: tuple[type, ...] = (
     Hello, Challenge, Auth, Welcome, Error, Heartbeat, Message, Goodbye, Cancel,
-    Run, Results, Release, Submit, Accepted, Watch, Outcomes, Broadcast,
+    Run, Results, Release, Reclaim, Submit, Accepted, Watch, Outcomes, Broadcast,
     StatusRequest, StatusReply, Stop, Stopping,
 )  # fmt: skip
 AnyMessage = Union[  # noqa: UP007 - a runtime union object for cattrs
     Hello, Challenge, Auth, Welcome, Error, Heartbeat, Message, Goodbye, Cancel,
-    Run, Results, Release, Submit, Accepted, Watch, Outcomes, Broadcast,
+    Run, Results, Release, Reclaim, Submit, Accepted, Watch, Outcomes, Broadcast,
     StatusRequest, StatusReply, Stop, Stopping,
 ]  # fmt: skip
 TAGS: dict[str, type] = {cls.TYPE: cls for cls in MESSAGE_TYPES}

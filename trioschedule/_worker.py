@@ -57,9 +57,11 @@ class Worker:
     (or raises when cancelled, or when the credentials are refused).
 
     ``concurrency`` tasks run at once; the dispatcher may send ``prefetch``
-    more ahead so the worker never waits for its next task (default: as many
-    as ``concurrency``, at least 4).  ``drain_grace`` is how long :meth:`stop`
-    lets running tasks finish.
+    more ahead so the worker never waits for its next task (default
+    ``max(32, 4 * concurrency)``: small tasks need a deep pipeline to be
+    fast, and the dispatcher takes unstarted tasks back for any worker that
+    goes idle, so they never wait behind a long one).  ``drain_grace`` is how
+    long :meth:`stop` lets running tasks finish.
     """
 
     def __init__(
@@ -88,7 +90,7 @@ class Worker:
         self.token = token
         self.ssl_context = ssl_context
         self.concurrency = concurrency
-        self.prefetch = max(4, concurrency) if prefetch is None else prefetch
+        self.prefetch = max(32, 4 * concurrency) if prefetch is None else prefetch
         self.name = name or f"{type(self).__name__}@{socket.gethostname()}:{os.getpid()}"
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
@@ -281,10 +283,12 @@ class Worker:
                 if kind is m.Run:
                     self._ack(message.ack)
                     if self._stop.is_set():
-                        conn.send(m.Release(ids=tuple(spec.id for spec in message.tasks)))
+                        conn.send(m.Release(ids=tuple(spec.id for spec in message.tasks), stopping=True))
                     else:
                         self._queue.extend(message.tasks)
                         self._work.unpark(count=len(message.tasks))
+                elif kind is m.Reclaim:
+                    self._reclaim(conn, message.ids)
                 elif kind is m.Heartbeat:
                     self._ack(message.ack)
                 elif kind is m.Cancel:
@@ -294,6 +298,17 @@ class Worker:
                 elif kind is m.Goodbye:
                     log.info("the dispatcher said goodbye: %s", message.reason)
                     return
+
+    def _reclaim(self, conn: Connection, ids: tuple[str, ...]) -> None:
+        """Hand back the requested tasks that have not started (another worker sits idle)."""
+        wanted = set(ids)
+        queue = self._queue
+        released = [spec.id for spec in queue if spec.id in wanted]
+        if released:
+            kept = [spec for spec in queue if spec.id not in wanted]
+            queue.clear()
+            queue.extend(kept)  # the same deque: the runners hold it
+            conn.send(m.Release(ids=tuple(released)))
 
     def _ack(self, seq: int) -> None:
         unacked = self._unacked
@@ -442,7 +457,7 @@ class Worker:
         self._queue.clear()
         if self._conn is not None and released:
             try:
-                self._conn.send(m.Release(ids=tuple(released)))
+                self._conn.send(m.Release(ids=tuple(released), stopping=True))
             except ConnectionClosed:
                 pass
         with trio.move_on_after(grace):
