@@ -217,3 +217,20 @@ async def test_frames_that_would_be_too_large_are_split_or_refused_cleanly(autoj
             with pytest.raises(TaskFailed, match="cannot be sent"):
                 await client.call("blow_up", limit)
             assert await client.call("echo", "still fine") == "still fine"
+
+
+async def test_outcomes_are_forgotten_after_their_retention(autojump_clock):
+    async with open_cluster(quick_dispatcher(result_ttl=120, max_results=5), MathWorker()) as cluster:
+        async with cluster.client() as client:
+            old = await client.submit("add", [1, 1])
+            assert await old.result() == 2
+            await trio.sleep(60)
+            assert await client.task(old.id).result() == 2  # within its retention
+            await trio.sleep(121)
+            with pytest.raises(UnknownTaskId):
+                await client.task(old.id).result()
+            handles = [await client.submit("add", [i, 0]) for i in range(7)]
+            assert [await h.result() for h in handles] == list(range(7))
+            with pytest.raises(UnknownTaskId):  # only the newest max_results are kept
+                await client.task(handles[0].id).result()
+            assert await client.task(handles[6].id).result() == 6

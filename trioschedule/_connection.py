@@ -161,6 +161,21 @@ class Connection:
             self._outbox_bytes = 0
             await self._write(data)
 
+    async def write_now(self) -> None:
+        """Write what is queued from this task, if no write is in progress (saves waking the writer).
+
+        Errors are left for the writer and the reader to notice.
+        """
+        if self._writing or not self._outbox or self._closed_reason is not None:
+            return
+        data = b"".join(self._outbox) if len(self._outbox) > 1 else self._outbox[0]
+        self._outbox.clear()
+        self._outbox_bytes = 0
+        try:
+            await self._write(data)
+        except ConnectionClosed:
+            pass
+
     async def flush(self) -> None:
         """Write whatever is queued now (used before closing cleanly)."""
         if self._outbox and self._closed_reason is None:

@@ -72,7 +72,7 @@ class _Task:
     __slots__ = (
         "id", "name", "args", "kwargs", "priority", "retries", "deadline", "state", "attempt",
         "failures", "losses", "session", "started", "outcome", "slot", "watchers", "owner",
-        "cancel_reason", "submitted_at", "finished_at", "seq", "not_before", "batch", "reclaiming",
+        "cancel_reason", "submitted_at", "finished_at", "seq", "not_before", "batch", "reclaiming", "expires",
     )  # fmt: skip
 
     def __init__(self, task_id: str, name: str, args: list[Any], kwargs: dict[str, Any], priority: int,
@@ -94,6 +94,7 @@ class _Task:
         self.slot: OutcomeSlot | None = None  # for handles waiting in this process
         self.batch: _Batch | None = None  # for the map() it belongs to
         self.reclaiming = False  # asked back from its worker for an idle one
+        self.expires = 0.0  # trio clock: when a finished outcome may be forgotten
         self.watchers: list[_ClientState] | None = None
         self.owner = owner
         self.cancel_reason: str | None = None
@@ -690,6 +691,7 @@ class Dispatcher:
                 # must find the result still with the worker.
                 await self.store.flush()
             session.acked = session.last_seq
+            await conn.write_now()  # its next tasks, from this task: no writer wake-up
 
     def _on_results(self, session: _WorkerSession, results: m.Results) -> None:
         if results.seq > session.last_seq:
@@ -820,6 +822,7 @@ class Dispatcher:
                     self._flush()
                     return True
             self._flush()
+            await conn.write_now()
 
     async def _on_submit(self, client: _ClientState, submit: m.Submit) -> None:
         accepted: list[str] = []
@@ -1009,6 +1012,7 @@ class Dispatcher:
         task.state = DONE
         task.outcome = outcome
         task.finished_at = time.time()
+        task.expires = trio.current_time() + self.result_ttl
         self._unfinished -= 1
         counts = self._counts
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
@@ -1115,9 +1119,10 @@ class Dispatcher:
                 await self._timer_wakeup.wait()
 
     def _purge(self, _: Any) -> None:
-        cutoff = time.time() - self.result_ttl
+        """Forget outcomes older than ``result_ttl`` (on the trio clock, so tests can mock it)."""
+        now = trio.current_time()
         finished = self._finished
-        while finished and finished[0].finished_at < cutoff:
+        while finished and finished[0].expires <= now:
             self._forget(finished.popleft())
         self._after(min(60.0, self.result_ttl), self._purge, None)
 
@@ -1182,6 +1187,7 @@ class Dispatcher:
                 task.state = DONE
                 task.outcome = m.converter.structure(row.outcome, m.Outcome)
                 task.finished_at = row.finished_at or now_wall
+                task.expires = now_trio + self.result_ttl - (now_wall - task.finished_at)
                 task.args = task.kwargs = None  # type: ignore[assignment]
                 self._finished.append(task)
                 continue
@@ -1301,6 +1307,9 @@ class Dispatcher:
         )
         if self._journaling:
             await self.store.flush()
+        task = self._tasks.get(handle.id)
+        if task is not None and task.session is not None and task.session.conn is not None:
+            await task.session.conn.write_now()  # on its way now, not after the writer wakes
         return handle
 
     async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:

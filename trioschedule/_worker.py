@@ -388,6 +388,12 @@ class Worker:
             with trio.CancelScope() as scope:
                 while True:
                     while not queue:
+                        # Nothing more to run right now: report at once, from this
+                        # task, instead of waking the reporter and the writer.
+                        if self._results and self._conn is not None:
+                            self._send_report()
+                            await self._conn.write_now()
+                            continue
                         if self._stop.is_set() and not self._running:
                             self._idle.unpark_all()
                         await self._work.park()
