@@ -207,8 +207,9 @@ class Client:
             slot = self._slots[sub.id] = OutcomeSlot()
             acceptances.append(acceptance)
             handles.append(TaskHandle(self, sub.id, sub.name, slot))
-        if self._conn is not None:
-            unsendable = self._send_submissions(self._conn, subs, wait)
+        conn = self._conn
+        if conn is not None:
+            unsendable = self._send_submissions(conn, subs, wait)
             if unsendable:  # refused here, before the dispatcher saw it: say why, resend nothing
                 for sub in subs:
                     self._acceptances.pop(sub.id, None)
@@ -216,6 +217,7 @@ class Client:
                     self._wait_flags.pop(sub.id, None)
                     self._slots.pop(sub.id, None)
                 raise unsendable[0][1]
+            await conn.write_now()  # from this task: no writer wake-up on the way
         first_rejection: m.Rejection | None = None
         for acceptance in acceptances:
             await acceptance.event.wait()

@@ -274,6 +274,7 @@ class Dispatcher:
         self._timer_wakeup = trio.Event()
         self._dirty_sessions: set[_WorkerSession] = set()
         self._dirty_clients: set[_ClientState] = set()
+        self._queued_on: set[Connection] = set()  # connections _flush() queued frames on (their writers were woken too)
         self._finished: deque[_Task] = deque()
         self._room = trio.lowlevel.ParkingLot()
         self._idle = trio.lowlevel.ParkingLot()
@@ -691,7 +692,7 @@ class Dispatcher:
                 # must find the result still with the worker.
                 await self.store.flush()
             session.acked = session.last_seq
-            await conn.write_now()  # its next tasks, from this task: no writer wake-up
+            await self._write_now()  # its next tasks (and outcomes to clients) from this task
 
     def _on_results(self, session: _WorkerSession, results: m.Results) -> None:
         if results.seq > session.last_seq:
@@ -822,7 +823,7 @@ class Dispatcher:
                     self._flush()
                     return True
             self._flush()
-            await conn.write_now()
+            await self._write_now()
 
     async def _on_submit(self, client: _ClientState, submit: m.Submit) -> None:
         accepted: list[str] = []
@@ -1055,6 +1056,7 @@ class Dispatcher:
         while self._dirty_sessions:
             session = self._dirty_sessions.pop()
             if session.buffer and session.conn is not None:
+                self._queued_on.add(session.conn)
                 batch, session.buffer = session.buffer, []
                 _send_split(
                     session.conn, lambda specs, s=session: m.Run(tasks=tuple(specs), ack=s.acked), batch,
@@ -1063,11 +1065,18 @@ class Dispatcher:
         while self._dirty_clients:
             client = self._dirty_clients.pop()
             if client.pending:
+                self._queued_on.add(client.conn)
                 batch, client.pending = client.pending, []
                 _send_split(
                     client.conn, lambda outcomes: m.Outcomes(results=tuple(outcomes)), batch,
                     lambda outcome, exc, c=client: self._unsendable_outcome(c, outcome, exc),
                 )  # fmt: skip
+
+    async def _write_now(self) -> None:
+        """Write what the last :meth:`_flush` queued, from this task (no writer wake-ups on the way)."""
+        queued, self._queued_on = self._queued_on, set()
+        for conn in queued:
+            await conn.write_now()
 
     def _unsendable_task(self, session: _WorkerSession, spec: m.TaskSpec, exc: Exception) -> None:
         task = session.assigned.get(spec.id)
@@ -1307,9 +1316,7 @@ class Dispatcher:
         )
         if self._journaling:
             await self.store.flush()
-        task = self._tasks.get(handle.id)
-        if task is not None and task.session is not None and task.session.conn is not None:
-            await task.session.conn.write_now()  # on its way now, not after the writer wakes
+        await self._write_now()  # on its way now, not after a writer wakes
         return handle
 
     async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
