@@ -11,6 +11,7 @@ a person.  Every process talks to run.py through single lines on stdout:
 
 Roles:
     dispatcher --mode w12    producer inside the dispatcher: Dispatcher.map (W1) and .call (W2)
+                             (--store sqlite:PATH: the same with the SQLite journal)
     dispatcher --mode serve  a plain dispatcher for the client role (prints READY, serves until killed)
     dispatcher --mode w3     broadcast to every worker until all acknowledged, --rounds times
     dispatcher --mode w4     RSS of this process: idle, with --workers connections, then + --tasks queued
@@ -154,6 +155,43 @@ async def wait_workers(disp: Dispatcher, count: int) -> float:
     return time.perf_counter() - t0
 
 
+class GcMeter:
+    """Count the cyclic garbage collector's runs and the time they take (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.seconds = 0.0
+        self.longest = 0.0
+        self._t0 = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            dt = time.perf_counter() - self._t0
+            self.count[info["generation"]] += 1
+            self.seconds += dt
+            self.longest = max(self.longest, dt)
+
+    def stop(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+    def summary(self, wall: float) -> dict:
+        return {"collections": self.count, "seconds": self.seconds,
+                "share_of_wall": self.seconds / wall if wall else 0.0, "longest_ms": self.longest * 1e3}  # fmt: skip
+
+
+def journal_stats(disp: Dispatcher) -> dict | None:
+    """The SQLite journal's counters (None for the in-memory store)."""
+    stats = getattr(disp.store, "statistics", None)
+    if stats is None:
+        return None
+    st = stats()
+    return {"commits": st.commits, "rows_written": st.rows_written, "rows_deleted": st.rows_deleted}
+
+
 async def mode_w12(disp: Dispatcher, args: argparse.Namespace) -> dict:
     await wait_workers(disp, args.workers)
     say("READY")
@@ -161,12 +199,18 @@ async def mode_w12(disp: Dispatcher, args: argparse.Namespace) -> dict:
     if args.pause_before_w1:
         say("PAUSED")
         await trio.to_thread.run_sync(sys.stdin.readline)
+    before_w1 = journal_stats(disp)
     w1 = []
+    gc_meter = GcMeter()
+    cpu = 0.0
     for _ in range(args.runs if args.n else 0):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         res = await disp.map("add", [(i, 1) for i in range(args.n)])
         w1.append(time.perf_counter() - t0)
+        cpu += time.process_time() - c0
         check(res, 0, args.n)
+    gc_meter.stop()
+    after_w1 = journal_stats(disp)
     if args.pause_before_w1:
         say("W1-DONE")
     lat = []
@@ -177,7 +221,19 @@ async def mode_w12(disp: Dispatcher, args: argparse.Namespace) -> dict:
         assert r == i + 1, r
         if i >= LAT_WARMUP:
             lat.append(dt)
-    return {"api": "Dispatcher.map / Dispatcher.call", "w1": throughput_summary(args.n, w1), "w2": latency_summary(lat)}
+    result = {"api": "Dispatcher.map / Dispatcher.call", "store": disp.store.url,
+              "w1": throughput_summary(args.n, w1), "w2": latency_summary(lat)}  # fmt: skip
+    if w1:
+        # Where the dispatcher process's time went during the timed W1 runs (all its threads).
+        result["w1"]["dispatcher_cpu_us_per_task"] = cpu / (len(w1) * args.n) * 1e6
+        result["w1"]["dispatcher_cpu_share"] = cpu / sum(w1)  # 1.0 = one core busy for the whole time
+        result["w1"]["gc"] = gc_meter.summary(sum(w1))
+    if before_w1 is not None and after_w1 is not None:
+        # The journal's own counters over the timed W1 runs: how much group commit grouped.
+        result["w1"]["journal"] = {k: after_w1[k] - before_w1[k] for k in ("commits", "rows_written", "rows_deleted")}
+        result["w1"]["journal"]["per_commit_rows"] = result["w1"]["journal"]["rows_written"] / max(
+            1, result["w1"]["journal"]["commits"])
+    return result
 
 
 async def mode_serve(disp: Dispatcher, args: argparse.Namespace) -> None:
@@ -242,7 +298,7 @@ async def mode_w4(disp: Dispatcher, args: argparse.Namespace, rss_idle: int) -> 
 
 
 async def run_dispatcher(args: argparse.Namespace) -> None:
-    disp = BenchDispatcher(HOST, 0)
+    disp = BenchDispatcher(HOST, 0, store=args.store)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(disp.serve)
         rss_idle = rss_kib() if args.mode == "w4" else 0
@@ -295,6 +351,7 @@ def main() -> None:
     d.add_argument("--tasks", type=int, default=100000)
     d.add_argument("--worker-procs", type=int, default=0, help="reported only")
     d.add_argument("--pause-before-w1", action="store_true")
+    d.add_argument("--store", default=None, help="Dispatcher(store=...): memory: (default) or sqlite:PATH")
     w = sub.add_parser("worker")
     w.add_argument("--port", type=int, required=True)
     w.add_argument("--kind", choices=sorted(KINDS), default="add")

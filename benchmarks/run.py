@@ -1,13 +1,16 @@
 """Benchmark trioschedule against the same-run baseline (../shared/bench/ceiling_trio.py).
 
     python benchmarks/run.py [--n 20000 --lat-n 2000 --runs 3 --quick --json PATH --only w1,w2,w3,w4]
+                             [--no-baseline --no-window64 --no-sqlite --wait-quiet SECONDS --profile DIR]
 
 Workloads (docs/PERFORMANCE.md says more):
   W1  throughput: N tasks add(i, 1) on two worker processes; tasks/s = N / (first submit .. last result),
       median of --runs, after an untimed warm-up.
   W2  latency: --lat-n sequential round trips after 20 untimed ones; p50/p99 in microseconds.
       W1 and W2 are each measured with the producer inside the dispatcher process (Dispatcher.map/call,
-      like the baseline) and through open_client() in a process of its own (Client.map/call, four hops).
+      like the baseline) and through open_client() in a process of its own (Client.map/call, four hops);
+      also in the dispatcher with 64 tasks in flight per worker (--no-window64 skips it) and in the
+      dispatcher with the SQLite journal, store="sqlite:<fresh temp dir>/journal.sqlite3" (--no-sqlite).
   W3  broadcast: one message to --w3-workers connected workers until every one has acknowledged it
       (Worker.on_message -> Worker.send -> Dispatcher.on_message), --w3-rounds times.
   W4  scale: dispatcher RSS growth per connection (--w4-workers idle workers) and per queued task
@@ -161,17 +164,24 @@ def start_workers(children: list[Child], logdir: str, port: int, total: int, pro
 
 # =============================================================== scenarios
 def scenario_w12(opts: argparse.Namespace, logdir: str, *, via_client: bool, prefetch: int | None = None,
-                 label: str = "") -> dict:  # fmt: skip
-    """W1 and W2 with the producer in the dispatcher or in a client process."""
+                 label: str = "", sqlite: bool = False) -> dict:  # fmt: skip
+    """W1 and W2 with the producer in the dispatcher or in a client process.
+
+    ``sqlite``: the dispatcher journals to a fresh SQLite file in a temporary directory of its own
+    (under ``--sqlite-dir``), deleted once the processes have stopped.
+    """
     n = opts.n if "w1" in opts.only else 0
     lat_n = opts.lat_n if "w2" in opts.only else 0
     children: list[Child] = []
     timeout = opts.timeout
     tag = label or ("client" if via_client else "dispatcher")
+    journal_dir = tempfile.mkdtemp(prefix="trioschedule-bench-journal-", dir=opts.sqlite_dir) if sqlite else None
     try:
         mode = "serve" if via_client else "w12"
         argv = procs_argv("dispatcher", "--mode", mode, "--workers", 2, "--n", n, "--lat-n", lat_n, "--runs", opts.runs)
-        profiling = opts.profile and not via_client and not label
+        if journal_dir is not None:
+            argv += ["--store", f"sqlite:{journal_dir}/journal.sqlite3"]
+        profiling = bool(opts.profile) and not via_client and (label or "dispatcher") == opts.profile_run
         if profiling:
             argv.append("--pause-before-w1")
         disp = Child(f"dispatcher-{tag}", argv, logdir, stdin=profiling)
@@ -191,9 +201,36 @@ def scenario_w12(opts: argparse.Namespace, logdir: str, *, via_client: bool, pre
                 result = json.loads(disp.expect("RESULT", timeout, watch=workers))
         result["dispatcher_pid"] = disp.pid
         result["worker_pids"] = [w.pid for w in workers]
+        if journal_dir is not None:
+            result["journal"] = {"dir": journal_dir, "filesystem": filesystem_of(journal_dir),
+                                 "bytes_at_end": dir_bytes(journal_dir)}  # fmt: skip
         return result
     finally:
         stop(children)
+        if journal_dir is not None:
+            shutil.rmtree(journal_dir, ignore_errors=True)
+
+
+def dir_bytes(path: str) -> int:
+    """Total size of the files in ``path`` (the journal, its -wal, -shm and .lock)."""
+    return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+
+
+def filesystem_of(path: str) -> str:
+    """``type (device)`` of the mount that holds ``path``, from /proc/mounts: fsync costs depend on it."""
+    best, found = -1, "?"
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                dev, mnt, fstype = line.split()[:3]
+                mnt = mnt.replace("\\040", " ")
+                inside = real == mnt or real.startswith(mnt.rstrip("/") + "/")
+                if inside and len(mnt) > best:
+                    best, found = len(mnt), f"{fstype} ({dev})"
+    except OSError:
+        pass
+    return found
 
 
 def profile_w1(opts: argparse.Namespace, disp: Child, worker: Child, timeout: float) -> dict:
@@ -388,18 +425,24 @@ def assemble(opts: argparse.Namespace, raw: dict, machine: dict, started: float,
         "params": {k: getattr(opts, k) for k in PARAMS},
         "only": sorted(opts.only),
         "profiled": bool(opts.profile),
+        "profile_run": opts.profile_run if opts.profile else None,
         "loadavg_at_end": list(os.getloadavg()),
         "baseline": base,
     }
     variants = [("dispatcher", raw.get("w12_dispatcher")), ("client", raw.get("w12_client")),
-                ("dispatcher_window64", raw.get("w12_window64"))]  # fmt: skip
+                ("dispatcher_window64", raw.get("w12_window64")),
+                ("dispatcher_sqlite", raw.get("w12_sqlite"))]  # fmt: skip
+    memory = raw.get("w12_dispatcher") or {}  # the SQLite column is also compared with this one
     if "w1" in opts.only:
         out["w1"] = {}
         for key, res in variants:
             if res and res.get("w1"):
                 w1 = dict(res["w1"])
                 w1["api"] = res.get("api")
+                w1["store"] = res.get("store")
                 w1["ratio_vs_baseline"] = ratio(w1["median"], b_w1)
+                if key == "dispatcher_sqlite":
+                    w1["ratio_vs_memory"] = ratio(w1["median"], (memory.get("w1") or {}).get("median"))
                 out["w1"][key] = w1
     if "w2" in opts.only:
         out["w2"] = {}
@@ -407,8 +450,13 @@ def assemble(opts: argparse.Namespace, raw: dict, machine: dict, started: float,
             if res and res.get("w2"):
                 w2 = dict(res["w2"])
                 w2["api"] = res.get("api")
+                w2["store"] = res.get("store")
                 w2["p50_ratio_vs_baseline"] = ratio(w2["p50_us"], b_p50)
+                if key == "dispatcher_sqlite":
+                    w2["p50_ratio_vs_memory"] = ratio(w2["p50_us"], (memory.get("w2") or {}).get("p50_us"))
                 out["w2"][key] = w2
+    if raw.get("w12_sqlite"):
+        out["sqlite_journal"] = raw["w12_sqlite"].get("journal")
     if "w3" in opts.only:
         out["w3"] = raw.get("w3")
     if "w4" in opts.only:
@@ -442,7 +490,8 @@ def table(r: dict) -> str:
     else:
         bw1 = bp50 = bp99 = None
         lines.append(f"baseline unavailable: {base.get('reason')}")
-    cols = [("dispatcher", "in dispatcher"), ("client", "via client"), ("dispatcher_window64", "in disp., window 64")]
+    cols = [("dispatcher", "in dispatcher"), ("client", "via client"), ("dispatcher_window64", "in disp., window 64"),
+            ("dispatcher_sqlite", "in disp., SQLite")]  # fmt: skip
     w1, w2 = r.get("w1") or {}, r.get("w2") or {}
     present = [(k, t) for k, t in cols if k in w1 or k in w2]
     if present:
@@ -453,6 +502,17 @@ def table(r: dict) -> str:
             for k, _ in present:
                 e = w1.get(k)
                 row += f"{(fmt(e['median']) + ' (' + fmt(e['ratio_vs_baseline'], '.2f') + 'x)') if e else '-':>22}"
+            lines.append(row)
+            row = f"{'  dispatcher CPU per task, us':34}{'':>12}"
+            for k, _ in present:
+                e = w1.get(k) or {}
+                cpu, share = e.get("dispatcher_cpu_us_per_task"), e.get("dispatcher_cpu_share")
+                row += f"{(fmt(cpu, '.1f') + ' (' + fmt(share, '.2f') + ' CPU)') if cpu else '-':>22}"
+            lines.append(row)
+            row = f"{'  dispatcher GC, % of W1 time':34}{'':>12}"
+            for k, _ in present:
+                gc = (w1.get(k) or {}).get("gc")
+                row += f"{fmt(100 * gc['share_of_wall'], '.1f') if gc else '-':>22}"
             lines.append(row)
         if w2:
             row = f"{'W2 latency p50, us':34}{fmt(bp50):>12}"
@@ -472,6 +532,21 @@ def table(r: dict) -> str:
                          "as in the baseline; "
                          "the other columns use " + ("Worker defaults)" if p.get("prefetch") is None
                                                      else f"Worker(prefetch={p['prefetch']}))"))  # fmt: skip
+        if "dispatcher_sqlite" in w1 or "dispatcher_sqlite" in w2:
+            j = r.get("sqlite_journal") or {}
+            vs = []
+            if (w1.get("dispatcher_sqlite") or {}).get("ratio_vs_memory"):
+                vs.append(f"W1 {w1['dispatcher_sqlite']['ratio_vs_memory']:.2f}x")
+            if (w2.get("dispatcher_sqlite") or {}).get("p50_ratio_vs_memory"):
+                vs.append(f"W2 p50 {w2['dispatcher_sqlite']['p50_ratio_vs_memory']:.2f}x")
+            journal = (w1.get("dispatcher_sqlite") or {}).get("journal")
+            lines.append(
+                "(SQLite = Dispatcher(store='sqlite:<temp>/journal.sqlite3') on " + j.get("filesystem", "?")
+                + ", same workers as 'in dispatcher'; vs the in-memory 'in dispatcher' of this run: "
+                + (", ".join(vs) or "-")
+                + (f"; W1 journal: {journal['commits']:,} commits, {journal['per_commit_rows']:,.0f} rows per commit"
+                   if journal else "") + ")"
+            )  # fmt: skip
     if r.get("w3"):
         w3 = r["w3"]
         lines.append(
@@ -498,7 +573,8 @@ def table(r: dict) -> str:
         lines.append(f"WARNING: other processes were using CPU during {steps}: "
                      "those figures (and their ratios) are not reliable")  # fmt: skip
     if r.get("profiled"):
-        lines.append("NOTE: the in-dispatcher W1/W2 ran under py-spy (--profile): do not compare those figures")
+        lines.append(f"NOTE: the {r.get('profile_run', 'dispatcher')} W1/W2 column ran under py-spy (--profile): "
+                     "do not compare its figures")  # fmt: skip
     lines.append(f"total {r['seconds']:.0f} s")
     return "\n".join(lines)
 
@@ -521,6 +597,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-window64", action="store_true",
                    help="skip the extra W1/W2 run with 64 tasks in flight per worker (the baseline's window)")
     p.add_argument("--window64-prefetch", type=int, default=63, help=argparse.SUPPRESS)
+    p.add_argument("--no-sqlite", action="store_true",
+                   help="skip the extra W1/W2 run in the dispatcher with the SQLite journal")
+    p.add_argument("--sqlite-dir", default=None, metavar="DIR",
+                   help="where the SQLite run's temporary journal directory goes (default: the system temp dir; "
+                        "its filesystem decides what an fsync costs)")  # fmt: skip
     p.add_argument("--prefetch", type=int, default=None,
                    help="Worker(prefetch=...) for the W1/W2 workers (default: the Worker default)")
     p.add_argument("--json", default=str(DEFAULT_JSON),
@@ -531,6 +612,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", metavar="DIR",
                    help="sample the dispatcher and one worker with py-spy during the in-dispatcher W1 runs; "
                         "raw stacks and a summary go to DIR")  # fmt: skip
+    p.add_argument("--profile-run", choices=["dispatcher", "sqlite", "window64"], default="dispatcher",
+                   help="which in-dispatcher W1 run --profile samples: the plain one (default), the SQLite "
+                        "journal's, or window 64's")  # fmt: skip
     opts = p.parse_args(argv)
     sizes = QUICK if opts.quick else FULL
     for key, value in sizes.items():
@@ -541,6 +625,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     opts.only = {w.strip().lower() for w in opts.only.split(",") if w.strip()}
     if opts.profile and not shutil.which("py-spy"):
         p.error("--profile needs py-spy on PATH (pip install py-spy)")
+    if opts.profile and ((opts.profile_run == "sqlite" and opts.no_sqlite)
+                         or (opts.profile_run == "window64" and opts.no_window64)):  # fmt: skip
+        p.error(f"--profile-run {opts.profile_run} needs that run: drop --no-{opts.profile_run}")
     unknown = opts.only - set(WORKLOADS)
     if unknown:
         p.error(f"unknown workload(s) in --only: {', '.join(sorted(unknown))}")
@@ -583,6 +670,9 @@ def main(argv: list[str] | None = None) -> int:
         if w12:
             step("w12_dispatcher", "W1/W2 producer in the dispatcher", scenario_w12, opts, logdir, via_client=False,
                  prefetch=opts.prefetch)  # fmt: skip
+            if not opts.no_sqlite:  # right after the in-memory run it is compared with
+                step("w12_sqlite", "W1/W2 in the dispatcher, SQLite journal", scenario_w12, opts, logdir,
+                     via_client=False, prefetch=opts.prefetch, label="sqlite", sqlite=True)  # fmt: skip
             step("w12_client", "W1/W2 through open_client", scenario_w12, opts, logdir, via_client=True,
                  prefetch=opts.prefetch)  # fmt: skip
             if not opts.no_window64:
@@ -611,7 +701,8 @@ def main(argv: list[str] | None = None) -> int:
                 text = summarize(raw_path, top=15)
                 (Path(opts.profile) / f"{who}-summary.txt").write_text(text)
                 what = "holding the GIL" if who.endswith("-gil") else "not idle"
-                print(f"\n== py-spy, {who.split('-')[0]}, samples {what}, during W1 ({raw_path})\n{text}")
+                print(f"\n== py-spy, {who.split('-')[0]}, samples {what}, during W1 of the {opts.profile_run} run "
+                      f"({raw_path})\n{text}")  # fmt: skip
     return 0
 
 

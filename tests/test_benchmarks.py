@@ -42,7 +42,7 @@ def test_quick_benchmark_runs_and_reports(tmp_path):
     else:
         assert baseline["reason"]
 
-    for variant in ("dispatcher", "client", "dispatcher_window64"):
+    for variant in ("dispatcher", "client", "dispatcher_window64", "dispatcher_sqlite"):
         w1 = result["w1"][variant]
         assert w1["n"] == result["params"]["n"] and len(w1["rates"]) == result["params"]["runs"]
         assert _positive(w1["median"])
@@ -51,6 +51,19 @@ def test_quick_benchmark_runs_and_reports(tmp_path):
         assert _positive(w2["p50_us"]) and w2["p99_us"] >= w2["p50_us"]
         if baseline["available"]:
             assert _positive(w1["ratio_vs_baseline"]) and _positive(w2["p50_ratio_vs_baseline"])
+        if variant != "client":  # measured inside the dispatcher process
+            assert _positive(w1["dispatcher_cpu_us_per_task"]) and w1["gc"]["share_of_wall"] >= 0
+
+    # The SQLite column: a real journal was used, compared with the in-memory run, and then deleted.
+    assert result["w1"]["dispatcher"]["store"] == "memory:"
+    sqlite_w1, sqlite_w2 = result["w1"]["dispatcher_sqlite"], result["w2"]["dispatcher_sqlite"]
+    assert sqlite_w1["store"].startswith("sqlite:") and sqlite_w1["store"].endswith("journal.sqlite3")
+    assert _positive(sqlite_w1["ratio_vs_memory"]) and _positive(sqlite_w2["p50_ratio_vs_memory"])
+    assert _positive(sqlite_w1["journal"]["commits"]) and _positive(sqlite_w1["journal"]["rows_written"])
+    journal = result["sqlite_journal"]
+    assert _positive(journal["bytes_at_end"]) and journal["filesystem"]
+    assert not Path(journal["dir"]).exists()
+    assert "SQLite" in proc.stdout
 
     w3 = result["w3"]
     assert w3["workers"] == result["params"]["w3_workers"]
@@ -64,6 +77,19 @@ def test_quick_benchmark_runs_and_reports(tmp_path):
     # RSS is measured, not modelled: growth is usually positive, but allocator reuse may make a
     # tiny run show none, so only the arithmetic is checked here.
     assert isinstance(w4["per_connection_kib"], float) and isinstance(w4["per_task_bytes"], float)
+
+
+def test_no_sqlite_skips_the_journal_column(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "--quick", "--only", "w1", "--no-baseline", "--no-window64", "--no-sqlite",
+         "--json", str(out)],
+        cwd=str(REPO), capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert set(result["w1"]) == {"dispatcher", "client"} and "sqlite_journal" not in result
+    assert _positive(result["w1"]["dispatcher"]["median"])
 
 
 def test_only_selects_workloads(tmp_path):
