@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -77,6 +77,10 @@ class Connection:
         self._writing = False
         self._write_turn = trio.lowlevel.ParkingLot()
         self._closed_reason: str | None = None
+        #: Awaited before every write: a durable dispatcher makes it wait for
+        #: its journal, so no task leaves for a worker before its assignment
+        #: is on disk (write-ahead).
+        self.before_write: Callable[[], Awaitable[None]] | None = None
         now = trio.current_time()
         self.last_received = now
         self.last_sent = now
@@ -131,6 +135,13 @@ class Connection:
         while self._writing:
             await self._write_turn.park()
         self._writing = True
+        if self.before_write is not None:
+            try:
+                await self.before_write()
+            except BaseException:
+                self._writing = False
+                self._write_turn.unpark()
+                raise
         try:
             with trio.fail_after(self.send_timeout):
                 await self.stream.send_all(data)

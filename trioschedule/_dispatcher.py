@@ -519,6 +519,8 @@ class Dispatcher:
             await conn.run_heartbeat(self.heartbeat_interval, self.heartbeat_timeout, make_heartbeat)
 
         clean = False
+        if hello.role == WORKER and self._journaling:
+            conn.before_write = self.store.flush
         try:
             await conn.send_now(welcome)
             log.info("%s: %s %r connected (pid %d)", conn.address, peer.role, peer.name, peer.pid)
