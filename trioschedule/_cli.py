@@ -244,7 +244,7 @@ def _supervise(args: argparse.Namespace) -> int:
             if child.poll() is None:
                 child.send_signal(signum)
 
-    children: list[subprocess.Popen[bytes]] = []
+    children: list[subprocess.Popen[Any]] = []
     spawn = functools.partial(subprocess.Popen, env=child_env, preexec_fn=_die_with_parent)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -336,10 +336,10 @@ class Client:
                     nursery.start_soon(_until_closed, conn.run_writer, nursery.cancel_scope)
                     nursery.start_soon(
                         _until_closed,
-                        lambda: conn.run_heartbeat(self.heartbeat_interval, self.heartbeat_timeout),
+                        lambda conn=conn: conn.run_heartbeat(self.heartbeat_interval, self.heartbeat_timeout),
                         nursery.cancel_scope,
                     )
-                    await _until_closed(lambda: self._reader(conn), nursery.cancel_scope)
+                    await _until_closed(lambda conn=conn: self._reader(conn), nursery.cancel_scope)
             finally:
                 self._conn = None
                 self._connected = trio.Event()

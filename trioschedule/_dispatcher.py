@@ -42,7 +42,6 @@ from ._hooks import HookRunner
 from ._peer import Peer
 from ._protocol import (
     ADMIN,
-    CLIENT,
     DISPATCHER,
     WORKER,
     ProtocolConnection,
@@ -411,8 +410,8 @@ class Dispatcher:
                 if task.state != DONE:
                     self._finish(task, m.Outcome(id=task.id, status=m.LOST, attempt=task.attempt, reason=reason))
         self._flush()
-        for state in [*self._clients.values(), *(s for s in self._sessions.values() if s.conn)]:
-            conn = state.conn
+        connections = [c.conn for c in self._clients.values()] + [s.conn for s in self._sessions.values() if s.conn]
+        for conn in connections:
             if conn is not None and not conn.closed:
                 try:
                     conn.send(m.Goodbye(reason="dispatcher stopping"))
@@ -578,15 +577,15 @@ class Dispatcher:
             session.detached_at = None
             session.expiry += 1
             for task_id, attempt in held.items():
-                task = self._tasks.get(task_id)
-                if task is not None and task.session is session:
-                    task.attempt = max(task.attempt, attempt)
-                elif task is not None and task.state in (QUEUED, DELAYED) and attempt >= task.attempt:
-                    task.state, task.session, task.attempt, task.started = RUNNING, session, attempt, True
-                    task.not_before = None
-                    session.assigned[task.id] = task
+                known = self._tasks.get(task_id)
+                if known is not None and known.session is session:
+                    known.attempt = max(known.attempt, attempt)
+                elif known is not None and known.state in (QUEUED, DELAYED) and attempt >= known.attempt:
+                    known.state, known.session, known.attempt, known.started = RUNNING, session, attempt, True
+                    known.not_before = None
+                    session.assigned[known.id] = known
                     self._running += 1
-                    self._journal(task)
+                    self._journal(known)
                 else:
                     session.buffer_cancel.append(task_id)
         assert session is not None
@@ -1021,7 +1020,7 @@ class Dispatcher:
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
         if task.owner is not None:
             task.owner.owned -= 1
-        task.args = task.kwargs = None  # type: ignore[assignment] - not needed any more
+        task.args = task.kwargs = None  # type: ignore[assignment]  # not needed any more
         if task.slot is not None:
             task.slot.set(outcome)
         if task.batch is not None:
@@ -1068,9 +1067,9 @@ class Dispatcher:
             client = self._dirty_clients.pop()
             if client.pending:
                 self._queued_on.add(client.conn)
-                batch, client.pending = client.pending, []
+                outcomes, client.pending = client.pending, []
                 _send_split(
-                    client.conn, lambda outcomes: m.Outcomes(results=tuple(outcomes)), batch,
+                    client.conn, lambda items: m.Outcomes(results=tuple(items)), outcomes,
                     lambda outcome, exc, c=client: self._unsendable_outcome(c, outcome, exc),
                 )  # fmt: skip
 

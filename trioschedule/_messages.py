@@ -62,7 +62,6 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 
-frozen = attrs.frozen(kw_only=True)
 
 # Task statuses, as they appear in Outcome.status.
 OK = "ok"
@@ -75,7 +74,7 @@ STATUSES = (OK, ERROR, CANCELLED, TIMEOUT, LOST, UNKNOWN)
 
 
 # ------------------------------------------------------------------ pieces
-@frozen
+@attrs.frozen(kw_only=True)
 class RemoteError:
     """An exception raised by a task, described (never pickled)."""
 
@@ -84,7 +83,7 @@ class RemoteError:
     traceback: str = ""
 
 
-@frozen
+@attrs.frozen(kw_only=True)
 class TaskSpec:
     """One task run, dispatcher to worker.  ``timeout`` is the time left, in seconds."""
 
@@ -96,7 +95,7 @@ class TaskSpec:
     timeout: float | None = None
 
 
-@frozen
+@attrs.frozen(kw_only=True)
 class Submission:
     """One task submitted by a client.  ``id`` is chosen by the client, so resubmitting is idempotent."""
 
@@ -110,7 +109,7 @@ class Submission:
     priority: int = 0
 
 
-@frozen
+@attrs.frozen(kw_only=True)
 class Outcome:
     """How one task attempt (worker to dispatcher) or one task (dispatcher to client) ended."""
 
@@ -122,7 +121,7 @@ class Outcome:
     reason: str | None = None
 
 
-@frozen
+@attrs.frozen(kw_only=True)
 class Rejection:
     """A submission the dispatcher refused, with a code and a human explanation."""
 
@@ -132,7 +131,7 @@ class Rejection:
 
 
 # ---------------------------------------------------------------- handshake
-@frozen
+@attrs.frozen(kw_only=True)
 class Hello:
     """First frame from every peer: protocol version, role and, for workers, what it offers."""
 
@@ -152,7 +151,7 @@ class Hello:
     no_retry: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
 
 
-@frozen
+@attrs.frozen(kw_only=True)
 class Challenge:
     """The dispatcher's nonce, sent when a shared secret is configured."""
 
@@ -160,7 +159,7 @@ class Challenge:
     nonce: str
 
 
-@frozen
+@attrs.frozen(kw_only=True)
 class Auth:
     """The peer's proof that it knows the secret: HMAC over both nonces."""
 
@@ -168,7 +167,7 @@ class Auth:
     proof: str
 
 
-@frozen
+@attrs.frozen(kw_only=True)
 class Welcome:
     """The dispatcher accepts the peer; ``proof`` proves the dispatcher knows the secret too."""
 
@@ -183,7 +182,7 @@ class Welcome:
     max_frame_size: int = 0  # the dispatcher's limit; peers send no larger frames (0: not said)
 
 
-@frozen
+@attrs.frozen(kw_only=True)
 class Error:
     """A fatal error: the sender closes the connection right after it."""
 
@@ -193,7 +192,7 @@ class Error:
 
 
 # ------------------------------------------------------------- both ways
-@frozen
+@attrs.frozen(kw_only=True)
 class Heartbeat:
     """Sent when a side has been quiet for a heartbeat interval.  ``ack``: see Results."""
 
@@ -201,7 +200,7 @@ class Heartbeat:
     ack: int = 0
 
 
-@frozen
+@attrs.frozen(kw_only=True)
 class Message:
     """A user-defined message: ``data`` is any JSON value."""
 
@@ -209,7 +208,7 @@ class Message:
     data: Any = None
 
 
-@frozen
+@attrs.frozen(kw_only=True)
 class Goodbye:
     """A clean close.  A client may ask for its unfinished tasks to be cancelled."""
 
@@ -218,7 +217,7 @@ class Goodbye:
     cancel_pending: bool = False
 
 
-@frozen
+@attrs.frozen(kw_only=True)
 class Cancel:
     """Cancel a task: client to dispatcher, and dispatcher to the worker running it."""
 
@@ -228,7 +227,7 @@ class Cancel:
 
 
 # ------------------------------------------------------------------ worker
-@frozen
+@attrs.frozen(kw_only=True)
 class Run:
     """Tasks for a worker to run.  ``ack`` acknowledges Results frames up to that ``seq``."""
 
@@ -237,7 +236,7 @@ class Run:
     ack: int = 0
 
 
-@frozen
+@attrs.frozen(kw_only=True)
 class Results:
     """Worker to dispatcher: tasks it started and attempts that ended.  ``seq`` numbers the frame."""
 
@@ -247,7 +246,7 @@ class Results:
     results: tuple[Outcome, ...] = ()
 
 
-@frozen
+@attrs.frozen(kw_only=True)
 class Release:
     """A worker hands back tasks it received but never started: because it is stopping, or asked to."""
 
@@ -256,7 +255,7 @@ class Release:
     stopping: bool = False
 
 
-@frozen
+@attrs.frozen(kw_only=True)
 class Reclaim:
     """Dispatcher to worker: hand back these tasks if you have not started them (another worker is idle)."""
 
@@ -265,7 +264,7 @@ class Reclaim:
 
 
 # ------------------------------------------------------------------ client
-@frozen
+@attrs.frozen(kw_only=True)
 class Submit:
     """Client to dispatcher: new tasks.  ``wait=False`` asks for a refusal instead of waiting when full."""
 
@@ -274,7 +273,7 @@ class Submit:
     wait: bool = True
 
 
-@frozen
+@attrs.frozen(kw_only=True)
 class Accepted:
     """The submissions that are now the dispatcher's responsibility, and those refused."""
 
@@ -283,7 +282,7 @@ class Accepted:
     rejected: tuple[Rejection, ...] = ()
 
 
-@frozen
+@attrs.frozen(kw_only=True)
 class Watch:
     """Ask to be told how these tasks end (reattaching after a reconnect or from another process)."""
 
@@ -291,7 +290,7 @@ class Watch:
     ids: tuple[str, ...]
 
 
-@frozen
+@attrs.frozen(kw_only=True)
 class Outcomes:
     """Dispatcher to client: tasks that ended (or are unknown)."""
 
@@ -299,7 +298,7 @@ class Outcomes:
     results: tuple[Outcome, ...]
 
 
-@frozen
+@attrs.frozen(kw_only=True)
 class Broadcast:
     """Client to dispatcher: deliver ``data`` to every connected worker's ``on_message``."""
 
@@ -308,14 +307,14 @@ class Broadcast:
 
 
 # ------------------------------------------------------------------- admin
-@frozen
+@attrs.frozen(kw_only=True)
 class StatusRequest:
     """Ask the dispatcher for its status (admin role)."""
 
     TYPE: ClassVar[str] = "status"
 
 
-@frozen
+@attrs.frozen(kw_only=True)
 class StatusReply:
     """The dispatcher's status as a JSON object (see docs/PROTOCOL.md for the fields)."""
 
@@ -323,7 +322,7 @@ class StatusReply:
     status: dict[str, Any]
 
 
-@frozen
+@attrs.frozen(kw_only=True)
 class Stop:
     """Ask the dispatcher to drain and exit (admin role)."""
 
@@ -331,7 +330,7 @@ class Stop:
     grace: float | None = None
 
 
-@frozen
+@attrs.frozen(kw_only=True)
 class Stopping:
     """The dispatcher has begun draining."""
 

@@ -157,7 +157,7 @@ class Cluster:
         scope = trio.CancelScope()
         stopped = trio.Event()
 
-        async def serve(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async def serve(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
             try:
                 with scope:
                     await self.dispatcher.serve_listeners([listener], task_status=task_status)
