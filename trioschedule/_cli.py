@@ -353,6 +353,17 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# What went wrong -> (message prefix, exit code); the first matching row wins.
+_FAILURES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str, int], ...] = (
+    (UsageError, "error: ", 2),
+    ((ValueError, OSError), "error: ", 2),
+    (AuthenticationError, "authentication failed: ", 3),
+    ((ConnectionClosed, ProtocolError), "", 3),
+    (Rejected, "rejected: ", 1),
+    (TriosError, "error: ", 2),  # a refused journal, and the like
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m trioschedule``; returns the exit code."""
     parser = build_parser()
@@ -378,23 +389,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(commands[args.command](args))
         except BaseExceptionGroup as group:  # one failure inside a nursery: report it, not the group
             raise (single_error(group) or group) from None
-    except UsageError as exc:
-        print(f"trioschedule: error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as exc:
-        print(f"trioschedule: error: {exc}", file=sys.stderr)
-        return 2
-    except AuthenticationError as exc:
-        print(f"trioschedule: authentication failed: {exc}", file=sys.stderr)
-        return 3
-    except (ConnectionClosed, ProtocolError) as exc:
-        print(f"trioschedule: {exc}", file=sys.stderr)
-        return 3
-    except Rejected as exc:
-        print(f"trioschedule: rejected ({exc.code}): {exc}", file=sys.stderr)
-        return 1
-    except TriosError as exc:  # a refused journal, and the like: say what and exit
-        print(f"trioschedule: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        for kinds, prefix, code in _FAILURES:
+            if isinstance(exc, kinds):
+                if isinstance(exc, Rejected):
+                    prefix = f"rejected ({exc.code}): "
+                print(f"trioschedule: {prefix}{exc}", file=sys.stderr)
+                return code
+        raise
