@@ -21,13 +21,14 @@ import trio
 
 from . import _messages as m
 from ._connection import Connection
-from ._dispatcher import _check_options, _gather, _until_closed
 from ._errors import AuthenticationError, ConnectionClosed, LocalProtocolError, ProtocolError, Rejected
 from ._framing import DEFAULT_MAX_FRAME_SIZE
-from ._handles import OutcomeSlot, TaskHandle
+from ._handles import OutcomeSlot, TaskHandle, values_of
 from ._peerconn import Backoff, open_connection
 from ._protocol import ADMIN, CLIENT
 from ._util import background
+from ._util import check_options as _check_options
+from ._util import until_closed as _until_closed
 
 __all__ = ["Client", "open_client"]
 
@@ -156,7 +157,7 @@ class Client:
             for item in iterable_of_args
         ]
         handles = await self._submit(subs, True)
-        return await _gather([h._slot for h in handles], return_exceptions)  # type: ignore[misc]  # noqa: SLF001
+        return values_of([await handle.outcome() for handle in handles], return_exceptions)
 
     def task(self, task_id: str) -> TaskHandle:
         """A handle to any task by id (from another process, or before a restart).

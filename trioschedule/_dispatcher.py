@@ -35,9 +35,10 @@ from ._errors import (
     Rejected,
     RemoteProtocolError,
     TriosError,
+    UnknownTaskId,
 )
 from ._framing import DEFAULT_MAX_FRAME_SIZE, encode_frame
-from ._handles import OutcomeSlot, TaskHandle
+from ._handles import OutcomeSlot, TaskHandle, values_of
 from ._hooks import HookRunner
 from ._peer import Peer
 from ._protocol import (
@@ -52,6 +53,8 @@ from ._protocol import (
 )
 from ._security import Secrets, warn_if_exposed
 from ._store import Store, StoredTask, open_store
+from ._util import check_options as _check_options
+from ._util import until_closed as _until_closed
 
 __all__ = ["Dispatcher"]
 
@@ -1425,8 +1428,6 @@ class Dispatcher:
     def task(self, task_id: str) -> TaskHandle:
         """A handle to a known task by id (raises :class:`UnknownTaskId` if none)."""
         if task_id not in self._tasks:
-            from ._errors import UnknownTaskId
-
             raise UnknownTaskId(f"no task {task_id!r}")
         return TaskHandle(self, task_id, self._tasks[task_id].name)
 
@@ -1536,40 +1537,7 @@ class _Batch:
     async def results(self, return_exceptions: bool) -> list[Any]:
         if self._left:
             await self._done.wait()
-        from ._handles import to_exception
-
-        values: list[Any] = []
-        first_error: BaseException | None = None
-        for outcome in self._outcomes:
-            assert outcome is not None
-            if outcome.status == m.OK:
-                values.append(outcome.value)
-            else:
-                exc = to_exception(outcome)
-                first_error = first_error or exc
-                values.append(exc)
-        if first_error is not None and not return_exceptions:
-            raise first_error
-        return values
-
-
-async def _gather(slots: list[OutcomeSlot], return_exceptions: bool) -> list[Any]:
-    from ._handles import to_exception
-
-    results: list[Any] = []
-    first_error: BaseException | None = None
-    for slot in slots:
-        outcome = slot.outcome or await slot.wait()
-        if outcome.status == m.OK:
-            results.append(outcome.value)
-        else:
-            exc = to_exception(outcome)
-            if first_error is None:
-                first_error = exc
-            results.append(exc)
-    if first_error is not None and not return_exceptions:
-        raise first_error
-    return results
+        return values_of(self._outcomes, return_exceptions)  # type: ignore[arg-type]
 
 
 def _send_split(conn: Connection, make: Callable[[list[Any]], Any], items: list[Any],
@@ -1591,25 +1559,6 @@ def _send_split(conn: Connection, make: Callable[[list[Any]], Any], items: list[
         middle = len(items) // 2
         _send_split(conn, make, items[:middle], unsendable)
         _send_split(conn, make, items[middle:], unsendable)
-
-
-def _check_options(timeout: float | None, retries: int | None, delay: float | None) -> None:
-    if timeout is not None and not timeout > 0:
-        raise ValueError("timeout must be a positive number of seconds")
-    if retries is not None and retries < 0:
-        raise ValueError("retries must be >= 0")
-    if delay is not None and delay < 0:
-        raise ValueError("delay must be >= 0")
-
-
-async def _until_closed(fn: Callable[[], Any], scope: trio.CancelScope) -> None:
-    """Run one of a connection's helper tasks; when it ends for any reason, end the connection."""
-    try:
-        await fn()
-    except (ConnectionClosed, ProtocolError):
-        pass
-    finally:
-        scope.cancel()
 
 
 def _bound_port(listeners: list[Any], default: int) -> int:

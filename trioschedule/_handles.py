@@ -9,7 +9,7 @@ import trio
 from . import _messages as m
 from ._errors import TaskCancelled, TaskFailed, TaskLost, TaskTimeout, UnknownTaskId
 
-__all__ = ["TaskHandle", "unwrap"]
+__all__ = ["TaskHandle", "unwrap", "values_of"]
 
 
 def unwrap(outcome: m.Outcome) -> Any:
@@ -35,6 +35,22 @@ def to_exception(outcome: m.Outcome) -> BaseException:
     if status == m.UNKNOWN:
         return UnknownTaskId(f"the dispatcher knows no task {task_id!r} (never submitted, or its result expired)")
     return TaskFailed("ProtocolError", f"unknown task status {status!r}", task_id=task_id)
+
+
+def values_of(outcomes: list[m.Outcome], return_exceptions: bool) -> list[Any]:
+    """The values of ``map()``, in order: failures in their place, or the first failure raised."""
+    values: list[Any] = []
+    first_error: BaseException | None = None
+    for outcome in outcomes:
+        if outcome.status == m.OK:
+            values.append(outcome.value)
+        else:
+            exc = to_exception(outcome)
+            first_error = first_error or exc
+            values.append(exc)
+    if first_error is not None and not return_exceptions:
+        raise first_error
+    return values
 
 
 class _Owner(Protocol):

@@ -9,10 +9,12 @@ from typing import Any
 
 import trio
 
+from ._errors import ConnectionClosed, ProtocolError
+
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["background", "single_error"]
+__all__ = ["background", "check_options", "single_error", "until_closed"]
 
 
 def single_error(group: BaseExceptionGroup) -> BaseException | None:  # type: ignore[type-arg]
@@ -59,3 +61,23 @@ async def background(*runs: Callable[..., Awaitable[Any]]) -> AsyncIterator[trio
             raise
     if error is not None:
         raise error
+
+
+def check_options(timeout: float | None, retries: int | None, delay: float | None) -> None:
+    """Refuse submit options that make no sense, before anything is sent or queued."""
+    if timeout is not None and not timeout > 0:
+        raise ValueError("timeout must be a positive number of seconds")
+    if retries is not None and retries < 0:
+        raise ValueError("retries must be >= 0")
+    if delay is not None and delay < 0:
+        raise ValueError("delay must be >= 0")
+
+
+async def until_closed(fn: Callable[[], Any], scope: trio.CancelScope) -> None:
+    """Run one of a connection's tasks; when it ends for any reason, end the connection."""
+    try:
+        await fn()
+    except (ConnectionClosed, ProtocolError):
+        pass
+    finally:
+        scope.cancel()

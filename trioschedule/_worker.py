@@ -22,7 +22,6 @@ import trio
 
 from . import _messages as m
 from ._connection import Connection
-from ._dispatcher import _until_closed
 from ._errors import AuthenticationError, ConnectionClosed, LocalProtocolError, ProtocolError
 from ._framing import DEFAULT_MAX_FRAME_SIZE, encode_frame
 from ._hooks import HookRunner
@@ -30,6 +29,7 @@ from ._peerconn import Backoff, open_connection
 from ._protocol import WORKER
 from ._task import TaskOptions, collect_tasks
 from ._util import single_error
+from ._util import until_closed as _until_closed
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
