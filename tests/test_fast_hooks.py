@@ -1,12 +1,15 @@
 """The hand-written hooks for per-task records agree with cattrs' generated ones.
 
-TaskSpec, Outcome and Submission are encoded and decoded once per task, so
-trioschedule._messages registers faster hooks for them.  They must not change
-a single byte on the wire, and must refuse exactly what the generic hooks refuse.
+TaskSpec, Outcome and Submission are encoded and decoded once per task, and
+Run, Results, Outcomes and Submit once per batch of them, so
+trioschedule._messages registers faster hooks for them and calls each class's
+hook directly instead of through the tagged union.  They must not change a
+single byte on the wire, and must refuse exactly what the generic hooks refuse.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -14,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trioschedule import _messages as m
+from trioschedule._errors import RemoteProtocolError
 
 GENERIC = m._make_converter(fast=False)  # noqa: SLF001
 FAST = m.converter
@@ -40,6 +44,13 @@ submissions = st.builds(
     retries=st.none() | st.integers(0, 5), delay=st.none() | st.floats(0, 1e6), priority=st.integers(-5, 5),
 )  # fmt: skip
 records = st.one_of(specs, outcomes, submissions)
+strings = st.lists(st.text(max_size=6), max_size=3).map(tuple)
+frames = st.one_of(
+    st.builds(m.Run, tasks=st.lists(specs, max_size=3).map(tuple), ack=st.integers(0, 9)),
+    st.builds(m.Results, seq=st.integers(0, 9), started=strings, results=st.lists(outcomes, max_size=3).map(tuple)),
+    st.builds(m.Outcomes, results=st.lists(outcomes, max_size=3).map(tuple)),
+    st.builds(m.Submit, tasks=st.lists(submissions, max_size=3).map(tuple), wait=st.booleans()),
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -50,6 +61,45 @@ def test_same_wire_form_and_same_round_trip(record: Any) -> None:
     assert fast == generic
     assert list(fast) == list(generic)  # the same field order, so the same bytes
     assert FAST.structure(generic, kind) == GENERIC.structure(generic, kind) == record
+
+
+def generic_encode(message: Any) -> bytes:
+    return m._dumps(GENERIC.unstructure(message, m.AnyMessage)).encode()  # noqa: SLF001
+
+
+@settings(max_examples=300, deadline=None)
+@given(frames)
+def test_frames_encode_to_the_same_bytes_and_decode_back(message: Any) -> None:
+    payload = m.encode(message)
+    assert payload == generic_encode(message)
+    assert m.decode(payload) == GENERIC.structure(json.loads(payload), m.AnyMessage) == message
+
+
+BAD_FRAMES = [
+    {"type": "run", "tasks": {}},
+    {"type": "run", "tasks": [{"id": "a"}]},
+    {"type": "run", "ack": "1"},
+    {"type": "run", "extra": 1},
+    {"type": "results"},
+    {"type": "results", "seq": 1, "started": "a"},
+    {"type": "results", "seq": 1, "started": [1]},
+    {"type": "results", "seq": 1, "results": [{"id": "a"}]},
+    {"type": "results", "seq": True},
+    {"type": "outcomes"},
+    {"type": "outcomes", "results": {"id": "a", "status": "ok"}},
+    {"type": "submit"},
+    {"type": "submit", "tasks": [], "wait": 1},
+    {"type": "submit", "tasks": [{"id": "a"}]},
+]
+
+
+@pytest.mark.parametrize("obj", BAD_FRAMES, ids=lambda obj: json.dumps(obj))
+def test_frames_refuse_what_the_generic_converter_refuses(obj: dict[str, Any]) -> None:
+    with pytest.raises(Exception):
+        GENERIC.structure(obj, m.AnyMessage)
+    with pytest.raises(RemoteProtocolError) as info:
+        m.decode(json.dumps(obj).encode())
+    assert info.value.code == "bad-message"
 
 
 BAD = [

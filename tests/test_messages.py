@@ -412,3 +412,37 @@ def test_whatever_decodes_can_be_encoded_again(value: Any, number: str) -> None:
     message = decodes_or_refuses(text.encode())
     if message is not None:
         assert m.decode(m.encode(message)) == message
+
+
+# ------------------------------------------------------------- depth check
+def _depth(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    return 0
+
+
+tricky_text = st.text(alphabet='[]{}"\\ab\u00e9', max_size=6)  # brackets, quotes and escapes inside strings
+
+
+@st.composite
+def nested_values(draw: st.DrawFn) -> Any:
+    value: Any = draw(st.recursive(st.none() | st.integers() | tricky_text, lambda inner: st.lists(inner, max_size=2)
+                                   | st.dictionaries(tricky_text, inner, max_size=2), max_leaves=6))  # fmt: skip
+    for _ in range(draw(st.integers(90, 105))):
+        value = draw(st.sampled_from([lambda v: [v], lambda v: {"k[": v}, lambda v: [1, "]", v]]))(value)
+    return value
+
+
+@SETTINGS
+@given(nested_values())
+def test_the_depth_check_agrees_with_a_walk(value: Any) -> None:
+    payload = json.dumps(value).encode()
+    assert m._too_deep(payload) == (_depth(value) > m.MAX_DEPTH)  # noqa: SLF001
+    message = b'{"type":"message","data":' + payload + b"}"  # one level more
+    if _depth(value) + 1 > m.MAX_DEPTH:
+        with pytest.raises(RemoteProtocolError):
+            m.decode(message)
+    else:
+        assert m.decode(message) == m.Message(data=value)

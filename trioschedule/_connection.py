@@ -101,29 +101,44 @@ class Connection:
         return ConnectionClosed(self._closed_reason)
 
     # ------------------------------------------------------------- sending
-    def send(self, message: Any) -> None:
+    def send(self, message: Any, *, wake: bool = True) -> None:
         """Queue ``message`` for the writer task.  Never blocks.
 
         A peer that stops reading is disconnected once ``max_outbox`` bytes are
         waiting for it, instead of letting memory grow without limit.
+        ``wake=False`` leaves the writer task asleep: for a caller that calls
+        :meth:`write_now` next (waking a task that finds nothing to do costs
+        more than encoding the frame).
         """
         if self._closed_reason is not None:
             raise ConnectionClosed(self._closed_reason)
-        self._queue(self.protocol.send(message))
+        self._queue(self.protocol.send(message), wake)
+
+    def send_payload(self, kind: type, payload: bytes, *, wake: bool = True) -> None:
+        """Like :meth:`send`, for a message of type ``kind`` whose payload is already encoded."""
+        if self._closed_reason is not None:
+            raise ConnectionClosed(self._closed_reason)
+        self._queue(self.protocol.send_payload(kind, payload), wake)
 
     def send_encoded(self, message: Any, frame: bytes) -> None:
         """Like :meth:`send`, with the frame already encoded (one broadcast, many peers)."""
         if self._closed_reason is not None:
             raise ConnectionClosed(self._closed_reason)
         self.protocol.check_send(message)
-        self._queue(frame)
+        self._queue(frame, True)
 
-    def _queue(self, frame: bytes) -> None:
+    def _queue(self, frame: bytes, wake: bool) -> None:
         self._outbox.append(frame)
         self._outbox_bytes += len(frame)
         if self._outbox_bytes > self.max_outbox:
             raise self._mark_closed(f"peer is not reading: more than {self.max_outbox} bytes are waiting to be sent")
-        self._wakeup.set()
+        if wake:
+            self._wakeup.set()
+
+    def wake_writer(self) -> None:
+        """Let the writer task write what is queued (after ``send(..., wake=False)`` without a write_now)."""
+        if self._outbox:
+            self._wakeup.set()
 
     async def send_now(self, message: Any) -> None:
         """Send ``message`` directly (the handshake, before the writer runs)."""
@@ -139,14 +154,22 @@ class Connection:
             try:
                 await self.before_write()
             except BaseException:
+                # Nothing was written: put the data back, oldest first, for the writer task.
+                self._outbox.insert(0, data)
+                self._outbox_bytes += len(data)
+                self._wakeup.set()
                 self._writing = False
                 self._write_turn.unpark()
                 raise
         try:
-            with trio.fail_after(self.send_timeout):
+            # A bare CancelScope, not fail_after(): this runs for every frame,
+            # and the context manager wrapper costs more than the send.
+            with trio.CancelScope(deadline=trio.current_time() + self.send_timeout) as scope:
                 await self.stream.send_all(data)
-        except trio.TooSlowError:
-            raise self._mark_closed(f"peer did not read for {self.send_timeout:g} s") from None
+            if scope.cancelled_caught:
+                raise self._mark_closed(f"peer did not read for {self.send_timeout:g} s")
+        except ConnectionClosed:
+            raise
         except _STREAM_ERRORS as exc:
             raise self._mark_closed(f"connection broke while sending: {describe_error(exc)}") from None
         except BaseException:
@@ -175,9 +198,14 @@ class Connection:
     async def write_now(self) -> None:
         """Write what is queued from this task, if no write is in progress (saves waking the writer).
 
-        Errors are left for the writer and the reader to notice.
+        Never waits for another write: if one is in progress, the writer task
+        is woken to write this after it.  Errors are left for the writer and
+        the reader to notice.
         """
-        if self._writing or not self._outbox or self._closed_reason is not None:
+        if not self._outbox or self._closed_reason is not None:
+            return
+        if self._writing:
+            self._wakeup.set()
             return
         data = b"".join(self._outbox) if len(self._outbox) > 1 else self._outbox[0]
         self._outbox.clear()

@@ -153,7 +153,12 @@ class _TaskQueue:
         return (0, 0)
 
     def __bool__(self) -> bool:
-        return any(any(t.state == QUEUED for t in level) for level in self._levels.values())
+        for level in self._levels.values():
+            while level and level[0].state != QUEUED:
+                level.popleft()  # left the queue some other way: pop() would skip it too
+            if level:
+                return True
+        return False
 
 
 class _WorkerSession:
@@ -169,7 +174,7 @@ class _WorkerSession:
         self.names = names
         self.window = window
         self.assigned: dict[str, _Task] = {}
-        self.buffer: list[m.TaskSpec] = []
+        self.buffer: list[dict[str, Any]] = []  # TaskSpecs in wire form (m.spec_payload), for the next Run
         self.buffer_cancel: list[str] = []  # held by the worker, wanted by nobody: cancel once connected
         self.last_seq = 0  # the newest Results frame processed
         self.acked = 0  # the newest Results frame whose effects are journaled: what we acknowledge
@@ -276,7 +281,7 @@ class Dispatcher:
         self._timer_wakeup = trio.Event()
         self._dirty_sessions: set[_WorkerSession] = set()
         self._dirty_clients: set[_ClientState] = set()
-        self._queued_on: set[Connection] = set()  # connections _flush() queued frames on (their writers were woken too)
+        self._queued_on: set[Connection] = set()  # connections _flush() queued frames on, for _write_now()
         self._finished: deque[_Task] = deque()
         self._room = trio.lowlevel.ParkingLot()
         self._idle = trio.lowlevel.ParkingLot()
@@ -689,7 +694,7 @@ class Dispatcher:
                 elif kind is m.Goodbye:
                     self._flush()
                     return True
-            self._flush()
+            self._flush(wake=self._journaling)  # in memory, written below without waking the writers
             if self._journaling:
                 # Acknowledge results only once their outcome is durable: a
                 # worker drops what we acknowledged, so a crash in between
@@ -707,6 +712,7 @@ class Dispatcher:
             if task is not None:
                 task.started = True
         peer = session.peer
+        now, wall = trio.current_time(), time.time()
         for outcome in results.results:
             task = assigned.get(outcome.id)
             if task is None or task.attempt != outcome.attempt:
@@ -716,7 +722,7 @@ class Dispatcher:
             task.session = None
             if outcome.status == m.OK:
                 peer.done += 1
-                self._finish(task, outcome)
+                self._finish(task, outcome, now, wall)
             else:
                 peer.failed += 1
                 self._attempt_failed(session, task, outcome)
@@ -826,7 +832,7 @@ class Dispatcher:
                         self._cancel_owned(client, "the client that submitted it left")
                     self._flush()
                     return True
-            self._flush()
+            self._flush(wake=False)
             await self._write_now()
 
     async def _on_submit(self, client: _ClientState, submit: m.Submit) -> None:
@@ -991,23 +997,26 @@ class Dispatcher:
 
     def _assign(self, task: _Task, session: _WorkerSession, now: float) -> None:
         task.state = RUNNING
-        task.attempt += 1
+        attempt = task.attempt = task.attempt + 1
         task.session = session
         task.started = False
         session.assigned[task.id] = task
         self._running += 1
+        deadline = task.deadline
         session.buffer.append(
-            m.TaskSpec(
-                id=task.id, name=task.name, args=task.args, kwargs=task.kwargs, attempt=task.attempt,
-                timeout=None if task.deadline is None else max(0.0, task.deadline - now),
-            )  # fmt: skip
+            m.spec_payload(task.id, task.name, task.args, task.kwargs, attempt,
+                           None if deadline is None else max(0.0, deadline - now))  # fmt: skip
         )
         self._dirty_sessions.add(session)
         if self._journaling:
             self._journal(task)
 
-    def _finish(self, task: _Task, outcome: m.Outcome) -> None:
-        """Record the one outcome of ``task`` and tell everyone who waits for it."""
+    def _finish(self, task: _Task, outcome: m.Outcome, now: float | None = None, wall: float | None = None) -> None:
+        """Record the one outcome of ``task`` and tell everyone who waits for it.
+
+        ``now`` (trio clock) and ``wall`` (``time.time()``) may be passed in
+        by a caller that finishes many tasks at once.
+        """
         if task.state == DONE:
             return
         if task.state == RUNNING and task.session is not None:
@@ -1016,8 +1025,8 @@ class Dispatcher:
             task.session = None
         task.state = DONE
         task.outcome = outcome
-        task.finished_at = time.time()
-        task.expires = trio.current_time() + self.result_ttl
+        task.finished_at = time.time() if wall is None else wall
+        task.expires = (trio.current_time() if now is None else now) + self.result_ttl
         self._unfinished -= 1
         counts = self._counts
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
@@ -1027,7 +1036,7 @@ class Dispatcher:
         if task.slot is not None:
             task.slot.set(outcome)
         if task.batch is not None:
-            task.batch.set(outcome)
+            task.batch.one_done()
             task.batch = None
         if task.watchers:
             for client in task.watchers:
@@ -1055,16 +1064,21 @@ class Dispatcher:
         if not self._running:
             self._idle.unpark_all()
 
-    def _flush(self) -> None:
-        """Send what the last state changes produced: task batches to workers, outcomes to clients."""
+    def _flush(self, wake: bool = True) -> None:
+        """Send what the last state changes produced: task batches to workers, outcomes to clients.
+
+        ``wake=False`` leaves the connections' writer tasks asleep; the caller
+        must then ``await self._write_now()`` (which wakes them if it is
+        interrupted).
+        """
         while self._dirty_sessions:
             session = self._dirty_sessions.pop()
             if session.buffer and session.conn is not None:
                 self._queued_on.add(session.conn)
                 batch, session.buffer = session.buffer, []
                 _send_split(
-                    session.conn, lambda specs, s=session: m.Run(tasks=tuple(specs), ack=s.acked), batch,
-                    lambda spec, exc, s=session: self._unsendable_task(s, spec, exc),
+                    lambda specs, c=session.conn, s=session: c.send_payload(m.Run, m.encode_run(specs, s.acked), wake=wake),
+                    batch, lambda spec, exc, s=session: self._unsendable_task(s, spec, exc),
                 )  # fmt: skip
         while self._dirty_clients:
             client = self._dirty_clients.pop()
@@ -1072,26 +1086,30 @@ class Dispatcher:
                 self._queued_on.add(client.conn)
                 outcomes, client.pending = client.pending, []
                 _send_split(
-                    client.conn, lambda items: m.Outcomes(results=tuple(items)), outcomes,
+                    lambda items, c=client.conn: c.send(m.Outcomes(results=tuple(items)), wake=wake), outcomes,
                     lambda outcome, exc, c=client: self._unsendable_outcome(c, outcome, exc),
                 )  # fmt: skip
 
     async def _write_now(self) -> None:
-        """Write what the last :meth:`_flush` queued, from this task (no writer wake-ups on the way)."""
-        queued, self._queued_on = self._queued_on, set()
-        for conn in queued:
-            await conn.write_now()
+        """Write what :meth:`_flush` queued, from this task (no writer wake-ups on the way)."""
+        queued = self._queued_on
+        try:
+            while queued:
+                await queued.pop().write_now()
+        finally:
+            while queued:  # interrupted: the writer tasks take over
+                queued.pop().wake_writer()
 
-    def _unsendable_task(self, session: _WorkerSession, spec: m.TaskSpec, exc: Exception) -> None:
-        task = session.assigned.get(spec.id)
-        if task is not None and task.attempt == spec.attempt:
+    def _unsendable_task(self, session: _WorkerSession, spec: dict[str, Any], exc: Exception) -> None:
+        task = session.assigned.get(spec["id"])
+        if task is not None and task.attempt == spec.get("attempt", 1):
             error = m.RemoteError(type="EncodingError", message=f"the task cannot be sent to a worker: {exc}")
             self._finish(task, m.Outcome(id=task.id, status=m.ERROR, attempt=task.attempt, error=error))
 
     def _unsendable_outcome(self, client: _ClientState, outcome: m.Outcome, exc: Exception) -> None:
         error = m.RemoteError(type="EncodingError", message=f"the task's outcome cannot be sent: {exc}")
         replacement = m.Outcome(id=outcome.id, status=m.ERROR, attempt=outcome.attempt, error=error)
-        _send_split(client.conn, lambda outcomes: m.Outcomes(results=tuple(outcomes)), [replacement],
+        _send_split(lambda outcomes: client.conn.send(m.Outcomes(results=tuple(outcomes))), [replacement],
                     lambda *_: None)  # fmt: skip
 
     def _send_to(self, session: _WorkerSession, message: Any) -> None:
@@ -1257,6 +1275,11 @@ class Dispatcher:
         task_id: str | None = None,
     ) -> TaskHandle:
         """Queue a task now or raise :class:`QueueFull`/:class:`Rejected`; see :meth:`submit`."""
+        return self._submit_now(name, args, kwargs, timeout, retries, delay, priority, task_id, wake=True)
+
+    def _submit_now(self, name: str, args: Iterable[Any], kwargs: dict[str, Any] | None, timeout: float | None,
+                    retries: int | None, delay: float | None, priority: int, task_id: str | None, *,
+                    wake: bool) -> TaskHandle:  # fmt: skip
         problem = self._refusal(name)
         if problem is not None:
             raise Rejected(problem[1], code=problem[0])
@@ -1266,7 +1289,7 @@ class Dispatcher:
         self._place(task, delay)
         self._journal(task)  # durable soon (group commit); submit() waits for it
         self._dispatch()
-        self._flush()
+        self._flush(wake)
         return TaskHandle(self, task.id, name)
 
     def _submit_one(self, name: str, args: Iterable[Any], kwargs: dict[str, Any] | None, timeout: float | None,
@@ -1315,10 +1338,9 @@ class Dispatcher:
         Returns once the task is journaled.
         """
         await self._wait_room(1)
-        handle = self.submit_nowait(
-            name, args, kwargs, timeout=timeout, retries=retries, delay=delay, priority=priority, task_id=task_id
-        )
-        if self._journaling:
+        journaling = self._journaling
+        handle = self._submit_now(name, args, kwargs, timeout, retries, delay, priority, task_id, wake=journaling)
+        if journaling:
             await self.store.flush()
         await self._write_now()  # on its way now, not after a writer wakes
         return handle
@@ -1349,17 +1371,21 @@ class Dispatcher:
         chunk: list[_Task] = []
 
         async def place_chunk() -> None:
+            batch.add(chunk)  # before any checkpoint: one may be cancelled by id from now on
             await self._persist(chunk)  # journaled before any of them can run
             for task in chunk:
-                self._place(task, None)
+                if task.state != DONE:
+                    self._place(task, None)
             self._dispatch()
-            self._flush()
+            self._flush(wake=self._journaling)
             chunk.clear()
+            await self._write_now()
 
         _check_options(timeout, retries, None)
         problem = self._refusal(name)
         if problem is not None:
             raise Rejected(problem[1], code=problem[0])
+        new_task, new_id = self._new_task, self._new_id
         for item in iterable_of_args:
             if self._unfinished >= self.max_queued:
                 await place_chunk()
@@ -1367,10 +1393,7 @@ class Dispatcher:
                 if self._draining:
                     raise Rejected("the dispatcher is shutting down and accepts no new tasks", code="draining")
             args = item if type(item) is tuple or type(item) is list else (item,)
-            task = self._new_task(self._new_id(), name, args, None, priority, retries, timeout, None, None)
-            task.batch = batch
-            batch.expect(task.id)
-            chunk.append(task)
+            chunk.append(new_task(new_id(), name, args, None, priority, retries, timeout, None, None))
             if len(chunk) >= MAP_CHUNK:
                 await place_chunk()
         await place_chunk()
@@ -1511,45 +1534,47 @@ class Dispatcher:
 
 
 class _Batch:
-    """The outcomes of one ``map()``: one object for the whole batch, not one per task."""
+    """The tasks of one ``map()``, in order: one object for the whole batch, not one per task.
 
-    __slots__ = ("_index", "_outcomes", "_left", "_done")
+    Each task keeps its own outcome (``_Task.outcome``), so finishing one only
+    counts down; the batch holds its tasks until ``map()`` returns, even after
+    ``max_results`` made the dispatcher forget them.
+    """
+
+    __slots__ = ("tasks", "_left", "_done")
 
     def __init__(self) -> None:
-        self._index: dict[str, int] = {}
-        self._outcomes: list[m.Outcome | None] = []
+        self.tasks: list[_Task] = []
         self._left = 0
         self._done = trio.Event()
 
-    def expect(self, task_id: str) -> None:
-        self._index[task_id] = len(self._outcomes)
-        self._outcomes.append(None)
-        self._left += 1
+    def add(self, tasks: list[_Task]) -> None:
+        for task in tasks:
+            task.batch = self
+        self.tasks += tasks
+        self._left += len(tasks)
 
-    def set(self, outcome: m.Outcome) -> None:  # called by Dispatcher._finish
-        index = self._index.pop(outcome.id, None)
-        if index is not None:
-            self._outcomes[index] = outcome
-            self._left -= 1
-            if not self._left:
-                self._done.set()
+    def one_done(self) -> None:  # called by Dispatcher._finish
+        self._left -= 1
+        if not self._left:
+            self._done.set()
 
     async def results(self, return_exceptions: bool) -> list[Any]:
         if self._left:
             await self._done.wait()
-        return values_of(self._outcomes, return_exceptions)  # type: ignore[arg-type]
+        return values_of([task.outcome for task in self.tasks], return_exceptions)  # type: ignore[misc]
 
 
-def _send_split(conn: Connection, make: Callable[[list[Any]], Any], items: list[Any],
+def _send_split(send: Callable[[list[Any]], None], items: list[Any],
                 unsendable: Callable[[Any, Exception], None]) -> None:  # fmt: skip
-    """Send ``make(items)``; if that frame cannot be encoded (too large, or a bad value), halve it.
+    """``send(items)`` as one frame; if it cannot be encoded (too large, or a bad value), halve it.
 
     An item that cannot be sent even alone goes to ``unsendable`` so that its
     task ends with an error instead of vanishing.  A closed connection is
     left to its reader, which notices and recovers.
     """
     try:
-        conn.send(make(items))
+        send(items)
     except ConnectionClosed:
         pass
     except LocalProtocolError as exc:
@@ -1557,8 +1582,8 @@ def _send_split(conn: Connection, make: Callable[[list[Any]], Any], items: list[
             unsendable(items[0], exc)
             return
         middle = len(items) // 2
-        _send_split(conn, make, items[:middle], unsendable)
-        _send_split(conn, make, items[middle:], unsendable)
+        _send_split(send, items[:middle], unsendable)
+        _send_split(send, items[middle:], unsendable)
 
 
 def _bound_port(listeners: list[Any], default: int) -> int:

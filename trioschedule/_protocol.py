@@ -193,15 +193,19 @@ class ProtocolConnection:
     # -------------------------------------------------------------- sending
     def send(self, message: Any) -> bytes:
         """Check that ``message`` may be sent now, and return its frame."""
-        self._sent(message)
+        self._sent(type(message))
         return encode_frame(m.encode(message), self.max_send_size)
+
+    def send_payload(self, kind: type, payload: bytes) -> bytes:
+        """Like :meth:`send`, for a message of type ``kind`` already encoded (:func:`m.encode_run`)."""
+        self._sent(kind)
+        return encode_frame(payload, self.max_send_size)
 
     def check_send(self, message: Any) -> None:
         """Check (and record) that ``message`` may be sent now, for a frame encoded elsewhere."""
-        self._sent(message)
+        self._sent(type(message))
 
-    def _sent(self, message: Any) -> None:
-        kind = type(message)
+    def _sent(self, kind: type) -> None:
         if kind is m.Error:
             self.state = CLOSED
             return

@@ -42,9 +42,9 @@ log = logging.getLogger("trioschedule.worker")
 class _Running:
     __slots__ = ("spec", "scope", "cancel_reason")
 
-    def __init__(self, spec: m.TaskSpec) -> None:
+    def __init__(self, spec: m.TaskSpec, scope: trio.CancelScope) -> None:
         self.spec = spec
-        self.scope: trio.CancelScope | None = None
+        self.scope = scope  # the runner's, or the task's own if it has a deadline
         self.cancel_reason: str | None = None
 
 
@@ -106,7 +106,8 @@ class Worker:
         }
         self._queue: deque[m.TaskSpec] = deque()
         self._running: dict[str, _Running] = {}
-        self._started: list[str] = []
+        # Started since the last report and still running (a result says it started).
+        self._started: dict[str, None] = {}
         self._results: list[m.Outcome] = []
         self._unacked: deque[m.Results] = deque()
         self._seq = 0
@@ -267,8 +268,7 @@ class Worker:
         self._queue.clear()
         for running in self._running.values():
             running.cancel_reason = "the dispatcher started a new session"
-            if running.scope is not None:
-                running.scope.cancel()
+            running.scope.cancel()
         self._started.clear()
         self._results.clear()
         self._unacked.clear()
@@ -318,8 +318,7 @@ class Worker:
         running = self._running.get(task_id)
         if running is not None:
             running.cancel_reason = reason
-            if running.scope is not None:
-                running.scope.cancel()
+            running.scope.cancel()
             return
         for spec in self._queue:
             if spec.id == task_id:
@@ -339,15 +338,15 @@ class Worker:
             self._report = trio.Event()
             self._send_report()
 
-    def _send_report(self) -> None:
+    def _send_report(self, wake: bool = True) -> None:
         conn = self._conn
         if conn is None or not (self._started or self._results):
             return
         started, results = tuple(self._started), self._results
-        self._started, self._results = [], []
-        self._send_results(conn, started, results)
+        self._started, self._results = {}, []
+        self._send_results(conn, started, results, wake)
 
-    def _send_results(self, conn: Connection, started: tuple[str, ...], results: list[m.Outcome]) -> None:
+    def _send_results(self, conn: Connection, started: tuple[str, ...], results: list[m.Outcome], wake: bool = True) -> None:
         """One Results frame, kept until acknowledged (so a broken connection loses nothing).
 
         A frame that cannot be encoded is halved; a result that cannot be
@@ -355,12 +354,12 @@ class Worker:
         """
         frame = m.Results(seq=self._seq + 1, started=started, results=tuple(results))
         try:
-            conn.send(frame)
+            conn.send(frame, wake=wake)
         except LocalProtocolError:
             if len(results) > 1:
                 middle = len(results) // 2
-                self._send_results(conn, started, results[:middle])
-                self._send_results(conn, (), results[middle:])
+                self._send_results(conn, started, results[:middle], wake)
+                self._send_results(conn, (), results[middle:], wake)
                 return
             encodable = [_encodable(outcome, self.max_frame_size) for outcome in results]
             frame = m.Results(seq=self._seq + 1, started=started, results=tuple(encodable))
@@ -390,27 +389,29 @@ class Worker:
                         # Nothing more to run right now: report at once, from this
                         # task, instead of waking the reporter and the writer.
                         if self._results and self._conn is not None:
-                            self._send_report()
-                            await self._conn.write_now()
+                            conn = self._conn
+                            self._send_report(wake=False)
+                            try:
+                                await conn.write_now()
+                            finally:
+                                conn.wake_writer()  # if interrupted; a no-op once written
                             continue
                         if self._stop.is_set() and not self._running:
                             self._idle.unpark_all()
                         await self._work.park()
-                    current = _Running(queue.popleft())
-                    current.scope = scope
+                    current = _Running(queue.popleft(), scope)
                     await self._run(current)
                     current = None
             if current is not None:  # the scope caught the cancellation of ``current``
                 spec = current.spec
                 self._running.pop(spec.id, None)
+                self._started.pop(spec.id, None)
                 reason = current.cancel_reason or "cancelled"
                 self._outcome(m.Outcome(id=spec.id, status=m.CANCELLED, attempt=spec.attempt, reason=reason))
                 self._wake_if_idle()
 
     async def _run(self, running: _Running) -> None:
         spec = running.spec
-        self._started.append(spec.id)  # the dispatcher must know it started: only started tasks count a loss
-        self._report.set()
         entry = self.tasks.get(spec.name)
         if entry is None:
             offered = ", ".join(sorted(self.tasks)) or "nothing"
@@ -419,6 +420,8 @@ class Worker:
             return
         fn, options = entry
         self._running[spec.id] = running
+        self._started[spec.id] = None  # the dispatcher must know it started: only started tasks count a loss
+        self._report.set()
         if spec.timeout is None:
             outcome = await self._call(spec, fn, options)
         else:
@@ -432,6 +435,7 @@ class Worker:
                     reason = f"the task ran past its deadline ({spec.timeout:g} s left when it started)"
                     outcome = m.Outcome(id=spec.id, status=m.TIMEOUT, attempt=spec.attempt, reason=reason)
         del self._running[spec.id]
+        self._started.pop(spec.id, None)  # the outcome says it started
         self._outcome(outcome)
         self._wake_if_idle()
 
@@ -447,7 +451,7 @@ class Worker:
             self.failed += 1
             return m.Outcome(id=spec.id, status=m.ERROR, attempt=spec.attempt, error=describe_exception(exc))
         self.done += 1
-        return m.Outcome(id=spec.id, status=m.OK, attempt=spec.attempt, value=value)
+        return m.new_outcome(spec.id, m.OK, spec.attempt, value, None, None)
 
     def _wake_if_idle(self) -> None:
         if not self._running and not self._queue:
@@ -470,8 +474,7 @@ class Worker:
                 await self._idle.park()
         for running in self._running.values():
             running.cancel_reason = "the worker stopped before the task finished"
-            if running.scope is not None:
-                running.scope.cancel()
+            running.scope.cancel()
         with trio.move_on_after(1):
             while self._running:
                 await self._idle.park()
