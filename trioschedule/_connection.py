@@ -3,7 +3,15 @@
 One reader (whoever calls :meth:`Connection.receive_batch`), one writer task
 (:meth:`Connection.run_writer`) that coalesces every frame queued since its
 last write into a single ``send_all``, and a liveness task
-(:meth:`Connection.run_heartbeat`).  Every way a stream can fail, from a
+(:meth:`Connection.run_heartbeat`).
+
+Over plain TCP (a ``trio.SocketStream``) the connection reads and writes the
+socket itself: a ``send`` that the kernel takes at once needs no cancel scope
+and no trip through the scheduler, and a read that finds data waiting costs
+one checkpoint instead of trio's two plus its context managers.  That is
+most of what a frame costs (measured: a send and a receive through the
+stream API take about 17 us of CPU here, through the socket 2.6 us plus one
+checkpoint).  TLS and in-memory streams go through the stream API.  Every way a stream can fail, from a
 reset socket to a TLS error, becomes one :class:`ConnectionClosed` with a
 reason; a send cancelled half way marks the connection broken, so nobody can
 write a desynchronised stream afterwards.
@@ -12,6 +20,7 @@ write a desynchronised stream afterwards.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,6 +44,14 @@ def describe_error(exc: BaseException) -> str:
     """A readable reason for a stream failure: trio wraps the real cause (an SSL error...) in ``__cause__``."""
     cause = exc.__cause__
     return str(cause or "") or str(exc) or type(cause or exc).__name__
+
+
+def plain_socket(stream: trio.abc.Stream) -> socket.socket | None:
+    """The non-blocking stdlib socket under a plain ``trio.SocketStream``, else None (TLS, memory streams...)."""
+    if type(stream) is not trio.SocketStream:
+        return None
+    sock = getattr(stream.socket, "_sock", None)  # trio's socket wrapper keeps the stdlib socket here
+    return sock if isinstance(sock, socket.socket) and not sock.getblocking() else None
 
 
 def describe_address(stream: trio.abc.Stream) -> str:
@@ -65,6 +82,7 @@ class Connection:
         address: str | None = None,
     ) -> None:
         self.stream = stream
+        self._socket = plain_socket(stream)
         self.protocol = protocol
         self.send_timeout = send_timeout
         self.max_outbox = max_outbox
@@ -162,12 +180,7 @@ class Connection:
                 self._write_turn.unpark()
                 raise
         try:
-            # A bare CancelScope, not fail_after(): this runs for every frame,
-            # and the context manager wrapper costs more than the send.
-            with trio.CancelScope(deadline=trio.current_time() + self.send_timeout) as scope:
-                await self.stream.send_all(data)
-            if scope.cancelled_caught:
-                raise self._mark_closed(f"peer did not read for {self.send_timeout:g} s")
+            await self._send_all(data)
         except ConnectionClosed:
             raise
         except _STREAM_ERRORS as exc:
@@ -180,6 +193,48 @@ class Connection:
             self._writing = False
             self._write_turn.unpark()
         self.last_sent = trio.current_time()
+
+    async def _send_all(self, data: bytes) -> None:
+        sock = self._socket
+        if sock is not None:
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return  # the usual case: no cancel scope, no checkpoint
+            data = memoryview(data)[sent:]  # type: ignore[assignment]
+        # A bare CancelScope, not fail_after(): the context manager wrapper costs more than a send.
+        with trio.CancelScope(deadline=trio.current_time() + self.send_timeout) as scope:
+            if sock is None:
+                await self.stream.send_all(data)
+            else:
+                while data:
+                    await trio.lowlevel.wait_writable(sock)
+                    try:
+                        data = data[sock.send(data) :]
+                    except BlockingIOError:
+                        pass
+        if scope.cancelled_caught:
+            raise self._mark_closed(f"peer did not read for {self.send_timeout:g} s")
+
+    async def _receive_some(self) -> bytes:
+        sock = self._socket
+        if sock is None:
+            return await self.stream.receive_some(RECEIVE_SIZE)
+        try:
+            data = sock.recv(RECEIVE_SIZE)
+        except BlockingIOError:
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    return sock.recv(RECEIVE_SIZE)
+                except BlockingIOError:
+                    pass
+        # Data was waiting: still give the other tasks their turn (shielded:
+        # the bytes are read, a cancellation now would lose them).
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
 
     async def run_writer(self) -> None:
         """Write queued frames until the connection closes; raises ConnectionClosed."""
@@ -258,7 +313,7 @@ class Connection:
             if self._closed_reason is not None:
                 raise ConnectionClosed(self._closed_reason)
             try:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
+                data = await self._receive_some()
             except _STREAM_ERRORS as exc:
                 raise self._mark_closed(f"connection broke while receiving: {describe_error(exc)}") from None
             if not data:
