@@ -11,6 +11,7 @@ no await between reading a task's state and changing it.
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import math
 import os
@@ -78,7 +79,7 @@ class _Task:
     )  # fmt: skip
 
     def __init__(self, task_id: str, name: str, args: list[Any], kwargs: dict[str, Any], priority: int,
-                 retries: int | None, deadline: float | None, owner: Any, seq: int) -> None:  # fmt: skip
+                 retries: int | None, deadline: float | None, owner: Any, seq: int, submitted_at: float) -> None:  # fmt: skip
         self.id = task_id
         self.name = name
         self.args = args
@@ -100,7 +101,7 @@ class _Task:
         self.watchers: list[_ClientState] | None = None
         self.owner = owner
         self.cancel_reason: str | None = None
-        self.submitted_at = time.time()
+        self.submitted_at = submitted_at  # wall clock
         self.finished_at = 0.0
         self.seq = seq
         self.not_before: float | None = None  # wall clock, while delayed (journaled)
@@ -130,6 +131,31 @@ class _TaskQueue:
             level.appendleft(task)
         else:
             level.append(task)
+
+    def extend(self, tasks: list[_Task], priority: int) -> None:
+        """Queue ``tasks``, all of ``priority``, in order (a ``map()`` chunk)."""
+        level = self._levels.get(priority)
+        if level is None:
+            level = self._levels[priority] = deque()
+            self._order.append(priority)
+            self._order.sort(reverse=True)
+        level.extend(tasks)
+
+    def take(self, count: int) -> list[_Task]:
+        """Up to ``count`` next tasks still queued, in order."""
+        taken: list[_Task] = []
+        while count and self._order:
+            priority = self._order[0]
+            level = self._levels[priority]
+            while count and level:
+                task = level.popleft()
+                if task.state == QUEUED:
+                    taken.append(task)
+                    count -= 1
+            if not level:
+                del self._levels[priority]
+                self._order.pop(0)
+        return taken
 
     def pop(self) -> _Task | None:
         """The next task still queued, or None."""
@@ -284,6 +310,7 @@ class Dispatcher:
         self._queued_on: set[Connection] = set()  # connections _flush() queued frames on, for _write_now()
         self._finished: deque[_Task] = deque()
         self._room = trio.lowlevel.ParkingLot()
+        self._room_waiters = 0
         self._idle = trio.lowlevel.ParkingLot()
         self._seq = 0
         self._unfinished = 0
@@ -852,8 +879,7 @@ class Dispatcher:
                 if submit.wait:
                     self._dispatch()
                     self._flush()
-                    while self._unfinished >= self.max_queued and not self._draining:
-                        await self._room.park()
+                    await self._wait_room(1)
                     problem = self._refusal(sub.name)
                 else:
                     problem = ("queue-full", f"the dispatcher's queue is full ({self.max_queued} unfinished tasks)")
@@ -922,13 +948,43 @@ class Dispatcher:
                   timeout: float | None, delay: float | None, owner: Any) -> _Task:  # fmt: skip
         deadline = trio.current_time() + timeout if timeout is not None else None
         self._seq += 1
-        task = _Task(task_id, name, args, kwargs or _NO_KWARGS, priority, retries, deadline, owner, self._seq)
+        task = _Task(task_id, name, args, kwargs or _NO_KWARGS, priority, retries, deadline, owner, self._seq, time.time())
         if delay:
             task.state = DELAYED
             task.not_before = time.time() + delay
         self._tasks[task_id] = task
         self._unfinished += 1
         return task
+
+    def _new_tasks(self, name: str, args_list: list[Any], priority: int, retries: int | None,
+                   timeout: float | None) -> list[_Task]:  # fmt: skip
+        """The tasks of one ``map()`` chunk: the same options, ids from the counter (see :meth:`_new_id`)."""
+        count = len(args_list)
+        deadline = trio.current_time() + timeout if timeout is not None else None
+        prefix, first = self._id_prefix, self._id_counter + 1
+        seq = self._seq + 1
+        self._id_counter += count
+        self._seq += count
+        wall = time.time()
+        chunk = [
+            _Task(f"{prefix}-{first + i:x}", name, args, _NO_KWARGS, priority, retries, deadline, None, seq + i, wall)
+            for i, args in enumerate(args_list)
+        ]
+        self._tasks.update([(task.id, task) for task in chunk])
+        self._unfinished += count
+        return chunk
+
+    def _place_chunk(self, name: str, chunk: list[_Task], priority: int) -> None:
+        """Queue a ``map()`` chunk (tasks cancelled meanwhile stay finished)."""
+        live = [task for task in chunk if task.state == QUEUED]
+        if live and live[0].deadline is not None:
+            for task in live:
+                self._at(task.deadline, self._deadline_passed, task)  # type: ignore[arg-type]
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = self._queues[name] = _TaskQueue()
+        queue.extend(live, priority)
+        self._ready_names.add(name)
 
     def _enqueue(self, task: _Task, *, front: bool = False) -> None:
         task.state = QUEUED
@@ -981,35 +1037,38 @@ class Dispatcher:
             if candidates:
                 heapq.heapify(candidates)
                 now = trio.current_time()
-                assign = self._assign
                 while candidates:
-                    task = queue.pop()
-                    if task is None:
+                    _, i, session = heapq.heappop(candidates)
+                    room = session.window - len(session.assigned)
+                    if candidates:
+                        # Up to where it would be more loaded than the next least loaded one.
+                        room = min(room, max(1, math.ceil((candidates[0][0] - len(session.assigned) / session.window) * session.window)))
+                    tasks = queue.take(room)
+                    if not tasks:
                         break
-                    _, i, session = candidates[0]
-                    assign(task, session, now)
+                    self._assign_all(tasks, session, now)
                     if len(session.assigned) < session.window:
-                        heapq.heapreplace(candidates, (len(session.assigned) / session.window, i, session))
-                    else:
-                        heapq.heappop(candidates)
+                        heapq.heappush(candidates, (len(session.assigned) / session.window, i, session))
             if not queue:
                 ready.discard(name)
 
-    def _assign(self, task: _Task, session: _WorkerSession, now: float) -> None:
-        task.state = RUNNING
-        attempt = task.attempt = task.attempt + 1
-        task.session = session
-        task.started = False
-        session.assigned[task.id] = task
-        self._running += 1
-        deadline = task.deadline
-        session.buffer.append(
-            m.spec_payload(task.id, task.name, task.args, task.kwargs, attempt,
-                           None if deadline is None else max(0.0, deadline - now))  # fmt: skip
-        )
+    def _assign_all(self, tasks: list[_Task], session: _WorkerSession, now: float) -> None:
+        """Hand ``tasks`` to ``session``: they go out in its next Run frame (see :meth:`_flush`)."""
+        assigned, buffer, journaling = session.assigned, session.buffer, self._journaling
+        spec_payload = m.spec_payload
+        for task in tasks:
+            task.state = RUNNING
+            attempt = task.attempt = task.attempt + 1
+            task.session = session
+            task.started = False
+            assigned[task.id] = task
+            deadline = task.deadline
+            buffer.append(spec_payload(task.id, task.name, task.args, task.kwargs, attempt,
+                                       None if deadline is None else max(0.0, deadline - now)))  # fmt: skip
+            if journaling:
+                self._journal(task)
+        self._running += len(tasks)
         self._dirty_sessions.add(session)
-        if self._journaling:
-            self._journal(task)
 
     def _finish(self, task: _Task, outcome: m.Outcome, now: float | None = None, wall: float | None = None) -> None:
         """Record the one outcome of ``task`` and tell everyone who waits for it.
@@ -1047,7 +1106,7 @@ class Dispatcher:
         finished.append(task)
         if len(finished) > self.max_results:
             self._forget(finished.popleft())
-        if self._room:  # someone waits for room in the queue
+        if self._room_waiters:  # someone waits for room in the queue
             self._room.unpark()
         if self._journaling:
             self._journal(task)
@@ -1210,9 +1269,9 @@ class Dispatcher:
                     continue
             deadline = None if row.deadline is None else now_trio + (row.deadline - now_wall)
             self._seq += 1
-            task = _Task(row.id, row.name, row.args, row.kwargs, row.priority, row.retries, deadline, None, self._seq)
+            task = _Task(row.id, row.name, row.args, row.kwargs, row.priority, row.retries, deadline, None, self._seq,
+                         row.submitted_at)  # fmt: skip
             task.attempt, task.failures, task.losses = row.attempt, row.failures, row.losses
-            task.submitted_at = row.submitted_at
             self._tasks[task.id] = task
             if row.state == DONE:
                 task.state = DONE
@@ -1367,36 +1426,32 @@ class Dispatcher:
         puts its exception in its place; otherwise, once all have ended, the
         first failure in order is raised.
         """
-        batch = _Batch()
-        chunk: list[_Task] = []
-
-        async def place_chunk() -> None:
-            batch.add(chunk)  # before any checkpoint: one may be cancelled by id from now on
-            await self._persist(chunk)  # journaled before any of them can run
-            for task in chunk:
-                if task.state != DONE:
-                    self._place(task, None)
-            self._dispatch()
-            self._flush(wake=self._journaling)
-            chunk.clear()
-            await self._write_now()
-
         _check_options(timeout, retries, None)
         problem = self._refusal(name)
         if problem is not None:
             raise Rejected(problem[1], code=problem[0])
-        new_task, new_id = self._new_task, self._new_id
-        for item in iterable_of_args:
-            if self._unfinished >= self.max_queued:
-                await place_chunk()
+        batch = _Batch()
+        items = iter(iterable_of_args)
+        while True:
+            room = self.max_queued - self._unfinished
+            if room <= 0:
                 await self._wait_room(1)
                 if self._draining:
                     raise Rejected("the dispatcher is shutting down and accepts no new tasks", code="draining")
-            args = item if type(item) is tuple or type(item) is list else (item,)
-            chunk.append(new_task(new_id(), name, args, None, priority, retries, timeout, None, None))
-            if len(chunk) >= MAP_CHUNK:
-                await place_chunk()
-        await place_chunk()
+                continue
+            args_list = [
+                item if type(item) is tuple or type(item) is list else (item,)
+                for item in itertools.islice(items, min(room, MAP_CHUNK))
+            ]
+            if not args_list:
+                break
+            chunk = self._new_tasks(name, args_list, priority, retries, timeout)
+            batch.add(chunk)  # before any checkpoint: one may be cancelled by id from now on
+            await self._persist(chunk)  # journaled before any of them can run
+            self._place_chunk(name, chunk, priority)
+            self._dispatch()
+            self._flush(wake=self._journaling)
+            await self._write_now()
         return await batch.results(return_exceptions)
 
     async def broadcast(self, message: Any) -> int:
@@ -1530,7 +1585,11 @@ class Dispatcher:
 
     async def _wait_room(self, count: int) -> None:
         while self._unfinished + count > self.max_queued and not self._draining:
-            await self._room.park()
+            self._room_waiters += 1  # an int for _finish to check: cheaper than the ParkingLot's __bool__
+            try:
+                await self._room.park()
+            finally:
+                self._room_waiters -= 1
 
 
 class _Batch:

@@ -57,7 +57,7 @@ class Worker:
 
     ``concurrency`` tasks run at once; the dispatcher may send ``prefetch``
     more ahead so the worker never waits for its next task (default
-    ``max(32, 4 * concurrency)``: small tasks need a deep pipeline to be
+    ``max(128, 4 * concurrency)``: small tasks need a deep pipeline to be
     fast, and the dispatcher takes unstarted tasks back for any worker that
     goes idle, so they never wait behind a long one).  ``drain_grace`` is how
     long :meth:`stop` lets running tasks finish.
@@ -89,7 +89,7 @@ class Worker:
         self.token = token
         self.ssl_context = ssl_context
         self.concurrency = concurrency
-        self.prefetch = max(32, 4 * concurrency) if prefetch is None else prefetch
+        self.prefetch = max(128, 4 * concurrency) if prefetch is None else prefetch
         self.name = name or f"{type(self).__name__}@{socket.gethostname()}:{os.getpid()}"
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
