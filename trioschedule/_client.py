@@ -38,11 +38,28 @@ SUBMIT_CHUNK = 1000  # submissions per frame in map(): one frame, one journal tr
 
 
 class _Acceptance:
-    __slots__ = ("event", "rejection")
+    """The dispatcher's answers to one submit call: one object (and one event) for all its tasks."""
 
-    def __init__(self) -> None:
+    __slots__ = ("event", "left", "rejection")
+
+    def __init__(self, count: int) -> None:
         self.event = trio.Event()
-        self.rejection: m.Rejection | None = None
+        self.left = count
+        self.rejection: m.Rejection | None = None  # the first refusal
+
+    def answer(self, rejection: m.Rejection | None = None) -> None:
+        """One task accepted (``rejection`` None) or refused."""
+        if rejection is not None and self.rejection is None:
+            self.rejection = rejection
+        self.left -= 1
+        if not self.left:
+            self.event.set()
+
+    def fail(self, rejection: m.Rejection) -> None:
+        """No answers will come (the client gave up on its dispatcher)."""
+        if self.rejection is None:
+            self.rejection = rejection
+        self.event.set()
 
 
 class Client:
@@ -95,6 +112,9 @@ class Client:
         self._closing = False
         self._fatal: BaseException | None = None
         self.dispatcher_name = ""
+        # Task ids: random per client, then a counter (uuid4() per task costs more than the task).
+        self._id_prefix = uuid.uuid4().hex
+        self._id_counter = 0
 
     # ============================================================ public API
     async def submit(
@@ -120,11 +140,11 @@ class Client:
         """
         _check_options(timeout, retries, delay)
         sub = m.Submission(
-            id=task_id or uuid.uuid4().hex, name=name, args=list(args), kwargs=dict(kwargs or {}),
+            id=task_id or self._new_id(), name=name, args=list(args), kwargs=dict(kwargs or {}),
             timeout=timeout, retries=retries, delay=delay, priority=priority,
         )  # fmt: skip
-        [handle] = await self._submit([sub], wait)
-        return handle
+        [slot] = await self._submit([sub], wait)
+        return TaskHandle(self, sub.id, name, slot)
 
     async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Submit ``name(*args, **kwargs)`` and wait for its value (raises if the task failed)."""
@@ -149,15 +169,15 @@ class Client:
         raised once every task has ended.
         """
         _check_options(timeout, retries, None)
+        new, prefix, first = m.new_submission, self._id_prefix, self._id_counter + 1
         subs = [
-            m.Submission(
-                id=uuid.uuid4().hex, name=name, args=list(item) if isinstance(item, (tuple, list)) else [item],
-                timeout=timeout, retries=retries, priority=priority,
-            )  # fmt: skip
-            for item in iterable_of_args
+            new(f"{prefix}-{first + i:x}", name, list(item) if type(item) is tuple or type(item) is list else [item], {},
+                timeout, retries, None, priority)  # fmt: skip
+            for i, item in enumerate(iterable_of_args)
         ]
-        handles = await self._submit(subs, True)
-        return values_of([await handle.outcome() for handle in handles], return_exceptions)
+        self._id_counter += len(subs)
+        slots = await self._submit(subs, True)
+        return values_of([slot.outcome or await slot.wait() for slot in slots], return_exceptions)
 
     def task(self, task_id: str) -> TaskHandle:
         """A handle to any task by id (from another process, or before a restart).
@@ -194,23 +214,30 @@ class Client:
         return self._conn is not None and not self._conn.closed
 
     # ============================================================= internals
-    async def _submit(self, subs: list[m.Submission], wait: bool) -> list[TaskHandle]:
+    def _new_id(self) -> str:
+        self._id_counter += 1
+        return f"{self._id_prefix}-{self._id_counter:x}"
+
+    async def _submit(self, subs: list[m.Submission], wait: bool) -> list[OutcomeSlot]:
+        """Send ``subs``; once all are accepted, their outcome slots, in order (raises if any was refused)."""
         if self._fatal is not None:
             raise self._fatal
-        handles = []
-        acceptances = []
+        acceptances, slots = self._acceptances, self._slots
         for sub in subs:
-            if sub.id in self._acceptances or sub.id in self._slots:
+            if sub.id in acceptances or sub.id in slots:
                 raise Rejected(f"task id {sub.id!r} is already in use by this client", code="duplicate")
-            acceptance = self._acceptances[sub.id] = _Acceptance()
-            self._unaccepted[sub.id] = sub
-            self._wait_flags[sub.id] = wait
-            slot = self._slots[sub.id] = OutcomeSlot()
-            acceptances.append(acceptance)
-            handles.append(TaskHandle(self, sub.id, sub.name, slot))
+        acceptance = _Acceptance(len(subs))
+        unaccepted, wait_flags = self._unaccepted, self._wait_flags
+        new_slots = []
+        for sub in subs:
+            acceptances[sub.id] = acceptance
+            unaccepted[sub.id] = sub
+            wait_flags[sub.id] = wait
+            slot = slots[sub.id] = OutcomeSlot()
+            new_slots.append(slot)
         conn = self._conn
         if conn is not None:
-            unsendable = self._send_submissions(conn, subs, wait)
+            unsendable = self._send_submissions(conn, subs, wait, wake=False)
             if unsendable:  # refused here, before the dispatcher saw it: say why, resend nothing
                 for sub in subs:
                     self._acceptances.pop(sub.id, None)
@@ -219,11 +246,9 @@ class Client:
                     self._slots.pop(sub.id, None)
                 raise unsendable[0][1]
             await conn.write_now()  # from this task: no writer wake-up on the way
-        first_rejection: m.Rejection | None = None
-        for acceptance in acceptances:
+        if subs:
             await acceptance.event.wait()
-            if acceptance.rejection is not None and first_rejection is None:
-                first_rejection = acceptance.rejection
+        first_rejection = acceptance.rejection
         if first_rejection is not None:
             for sub in subs:
                 self._slots.pop(sub.id, None)
@@ -232,9 +257,10 @@ class Client:
             if first_rejection.code == "queue-full":
                 raise QueueFull(first_rejection.message)
             raise Rejected(first_rejection.message, code=first_rejection.code)
-        return handles
+        return new_slots
 
-    def _send_submissions(self, conn: Connection, subs: list[m.Submission], wait: bool) -> list[tuple[m.Submission, Exception]]:
+    def _send_submissions(self, conn: Connection, subs: list[m.Submission], wait: bool,
+                          wake: bool = True) -> list[tuple[m.Submission, Exception]]:  # fmt: skip
         """Send in frames of up to SUBMIT_CHUNK, halving a frame that comes out too large.
 
         Returns the submissions that cannot be sent at all (arguments that are
@@ -243,22 +269,22 @@ class Client:
         unsendable: list[tuple[m.Submission, Exception]] = []
         try:
             for start in range(0, len(subs), SUBMIT_CHUNK):
-                self._send_chunk(conn, subs[start : start + SUBMIT_CHUNK], wait, unsendable)
+                self._send_chunk(conn, subs[start : start + SUBMIT_CHUNK], wait, unsendable, wake)
         except ConnectionClosed:
             pass  # sent again after reconnecting
         return unsendable
 
     def _send_chunk(self, conn: Connection, chunk: list[m.Submission], wait: bool,
-                    unsendable: list[tuple[m.Submission, Exception]]) -> None:  # fmt: skip
+                    unsendable: list[tuple[m.Submission, Exception]], wake: bool) -> None:  # fmt: skip
         try:
-            conn.send(m.Submit(tasks=tuple(chunk), wait=wait))
+            conn.send(m.Submit(tasks=tuple(chunk), wait=wait), wake=wake)
         except LocalProtocolError as exc:
             if len(chunk) == 1:
                 unsendable.append((chunk[0], exc))
                 return
             middle = len(chunk) // 2
-            self._send_chunk(conn, chunk[:middle], wait, unsendable)
-            self._send_chunk(conn, chunk[middle:], wait, unsendable)
+            self._send_chunk(conn, chunk[:middle], wait, unsendable, wake)
+            self._send_chunk(conn, chunk[middle:], wait, unsendable, wake)
 
     def _send_quietly(self, message: Any) -> None:
         if self._conn is not None:
@@ -363,8 +389,7 @@ class Client:
                     self._unaccepted.pop(sub.id, None)
                     acceptance = self._acceptances.pop(sub.id, None)
                     if acceptance is not None:
-                        acceptance.rejection = m.Rejection(id=sub.id, code="too-large", message=str(exc))
-                        acceptance.event.set()
+                        acceptance.answer(m.Rejection(id=sub.id, code="too-large", message=str(exc)))
         watched = [task_id for task_id, slot in self._slots.items() if slot.outcome is None and task_id not in self._unaccepted]
         for start in range(0, len(watched), SUBMIT_CHUNK):
             conn.send(m.Watch(ids=tuple(watched[start : start + SUBMIT_CHUNK])))
@@ -372,8 +397,7 @@ class Client:
     def _fail(self, exc: BaseException) -> None:
         self._fatal = exc
         for acceptance in self._acceptances.values():
-            acceptance.rejection = m.Rejection(id="", code="connection", message=str(exc))
-            acceptance.event.set()
+            acceptance.fail(m.Rejection(id="", code="connection", message=str(exc)))
         for task_id, slot in self._slots.items():
             slot.set(m.Outcome(id=task_id, status=m.LOST, reason=f"the client lost its dispatcher: {exc}"))
         self._connected.set()
@@ -401,14 +425,13 @@ class Client:
                         self._wait_flags.pop(task_id, None)
                         acceptance = self._acceptances.pop(task_id, None)
                         if acceptance is not None:
-                            acceptance.event.set()
+                            acceptance.answer()
                     for rejection in message.rejected:
                         self._unaccepted.pop(rejection.id, None)
                         self._wait_flags.pop(rejection.id, None)
                         acceptance = self._acceptances.pop(rejection.id, None)
                         if acceptance is not None:
-                            acceptance.rejection = rejection
-                            acceptance.event.set()
+                            acceptance.answer(rejection)
                 elif kind in (m.StatusReply, m.Stopping):
                     if self._replies:
                         _, slot = self._replies.popleft()

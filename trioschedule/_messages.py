@@ -491,6 +491,9 @@ def spec_payload(
 #: ``TaskSpec(...)``/``Outcome(...)`` with every field, positionally, for hot paths (no checks).
 new_spec: Callable[[str, str, list[Any], dict[str, Any], int, float | None], TaskSpec] = _new_frozen(TaskSpec)
 new_outcome: Callable[[str, str, int, Any, RemoteError | None, str | None], Outcome] = _new_frozen(Outcome)
+new_submission: Callable[
+    [str, str, list[Any], dict[str, Any], float | None, int | None, float | None, int], Submission
+] = _new_frozen(Submission)
 
 
 def _register_per_task_hooks(converter: cattrs.Converter) -> None:
@@ -685,22 +688,33 @@ MAX_DEPTH = 100  # arrays/objects; deeper values are refused, so whatever decode
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKETS_AND_QUOTES = bytes(b for b in range(256) if b not in b'[]{}"')  # translate() deletes the rest
 _OBJECTS_AS_ARRAYS = bytes.maketrans(b"{}", b"[]")  # balanced either way, so the depth is the same
+_QUOTED = re.compile(rb'"[^"]*"')
 
 
 def _too_deep(payload: bytes) -> bool:
     """True if the JSON in ``payload`` (already known to parse) nests arrays/objects more than MAX_DEPTH deep.
 
-    Runs at C speed, with no Python step per character or per value: drop
-    escaped backslashes and quotes, keep what lies outside strings, keep only
-    the brackets (braces become brackets), then strip innermost pairs, one
-    level per pass.  Valid JSON has balanced brackets outside strings, so the
-    skeleton is empty after ``k`` passes exactly when the depth is at most ``k``.
+    Runs at C speed, with no Python step per character or per value:
+
+    1. drop escaped backslashes, then escaped quotes (left to right, as JSON
+       pairs them), so every quote left opens or closes a string;
+    2. keep only brackets and quotes, braces turned into brackets;
+    3. drop every ``""`` pair: either an empty string, or the end of one
+       string and the start of the next with nothing but deleted characters
+       between them, which merges two strings into one; either way quotes
+       still pair up in order, and what was inside a string stays inside;
+    4. drop what is left inside quotes (strings that contain brackets: rare);
+    5. strip innermost ``[]`` pairs, one nesting level per pass.  Valid JSON
+       has balanced brackets outside strings, so the skeleton is empty after
+       ``k`` passes exactly when the depth is at most ``k``.
     """
     if b"\\" in payload:
         payload = payload.replace(b"\\\\", b"").replace(b'\\"', b"")
-    skeleton = b"".join(payload.split(b'"')[::2]).translate(_OBJECTS_AS_ARRAYS, _NOT_BRACKETS)
+    skeleton = payload.translate(_OBJECTS_AS_ARRAYS, _BRACKETS_AND_QUOTES).replace(b'""', b"")
+    if b'"' in skeleton:
+        skeleton = _QUOTED.sub(b"", skeleton)
     for _ in range(MAX_DEPTH):
         if not skeleton:
             return False
