@@ -99,7 +99,8 @@ class FrameDecoder:
         if available < HEADER_SIZE:
             return None
         size = _unpack_header(buffer, position)[0]
-        self._check_length(size)
+        if size < HEADER_SIZE or size > self.max_frame_size:
+            self._check_length(size)  # raises
         if available < size:
             return None
         payload = bytes(buffer[position + HEADER_SIZE : position + size])

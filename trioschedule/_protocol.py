@@ -188,7 +188,8 @@ class ProtocolConnection:
                     code="bad-role",
                 )
             self.peer_role = message.role
-        self.state = self._resolve(table[kind])
+        state = table[kind]
+        self.state = state if state != READY else self._resolve(state)
 
     # -------------------------------------------------------------- sending
     def send(self, message: Any) -> bytes:
@@ -215,7 +216,8 @@ class ProtocolConnection:
                 f"cannot send {kind.TYPE!r} as {self.our_role} in state {self.state!r}",
                 code="unexpected-message",
             )
-        self.state = self._resolve(table[kind])
+        state = table[kind]
+        self.state = state if state != READY else self._resolve(state)
 
     def error_frame(self, code: str, message: str) -> bytes:
         """The frame that tells the peer why we are closing (always allowed)."""
