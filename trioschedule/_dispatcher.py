@@ -886,13 +886,14 @@ class Dispatcher:
             if problem is not None:
                 rejected.append(m.Rejection(id=sub.id, code=problem[0], message=problem[1]))
                 continue
-            try:
-                _check_options(sub.timeout, sub.retries, sub.delay)
-            except ValueError as exc:
-                rejected.append(m.Rejection(id=sub.id, code="bad-request", message=str(exc)))
-                continue
+            if sub.timeout is not None or sub.retries is not None or sub.delay is not None:
+                try:
+                    _check_options(sub.timeout, sub.retries, sub.delay)
+                except ValueError as exc:
+                    rejected.append(m.Rejection(id=sub.id, code="bad-request", message=str(exc)))
+                    continue
             task = self._new_task(sub.id, sub.name, sub.args, sub.kwargs, sub.priority, sub.retries, sub.timeout, sub.delay, client)
-            self._watch(task, client)
+            task.watchers = [client]  # new: nobody else watches it yet
             client.owned += 1
             new.append((task, sub.delay))
             accepted.append(sub.id)

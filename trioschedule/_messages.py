@@ -566,12 +566,21 @@ def _register_per_task_hooks(converter: cattrs.Converter) -> None:
         return d
 
     def structure_submission(d: Any, _: Any = None) -> Submission:
+        if type(d) is dict and submission_keys.issuperset(d):  # the common shape, as for specs
+            task_id, name = d.get("id"), d.get("name")
+            args, priority = d.get("args", empty), d.get("priority", 0)
+            if (
+                type(task_id) is str and type(name) is str and (type(args) is list or args is empty)
+                and type(priority) is int and "kwargs" not in d and "timeout" not in d and "retries" not in d
+                and "delay" not in d
+            ):  # fmt: skip
+                return new_submission(task_id, name, [] if args is empty else args, {}, None, None, None, priority)
         _check_keys(d, submission_keys, ("id", "name"), "submission")
         args, kwargs = arguments(d)
-        return Submission(
-            id=_str(d["id"], "id"), name=_str(d["name"], "name"), args=args, kwargs=kwargs,
-            timeout=_optional_number(d.get("timeout"), "timeout"), retries=_optional_int(d.get("retries"), "retries"),
-            delay=_optional_number(d.get("delay"), "delay"), priority=_int(d.get("priority", 0), "priority"),
+        return new_submission(
+            _str(d["id"], "id"), _str(d["name"], "name"), args, kwargs,
+            _optional_number(d.get("timeout"), "timeout"), _optional_int(d.get("retries"), "retries"),
+            _optional_number(d.get("delay"), "delay"), _int(d.get("priority", 0), "priority"),
         )  # fmt: skip
 
     def unstructure_submission(s: Submission) -> dict[str, Any]:
