@@ -10,7 +10,6 @@ import pytest
 import trio
 
 from trioschedule import (
-    Dispatcher,
     QueueFull,
     Rejected,
     TaskCancelled,

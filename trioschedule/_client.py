@@ -15,6 +15,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import trio
@@ -361,12 +362,9 @@ class Client:
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_until_closed, conn.run_writer, nursery.cancel_scope)
-                    nursery.start_soon(
-                        _until_closed,
-                        lambda conn=conn: conn.run_heartbeat(self.heartbeat_interval, self.heartbeat_timeout),
-                        nursery.cancel_scope,
-                    )
-                    await _until_closed(lambda conn=conn: self._reader(conn), nursery.cancel_scope)
+                    heartbeat = partial(conn.run_heartbeat, self.heartbeat_interval, self.heartbeat_timeout)
+                    nursery.start_soon(_until_closed, heartbeat, nursery.cancel_scope)
+                    await _until_closed(partial(self._reader, conn), nursery.cancel_scope)
             finally:
                 self._conn = None
                 self._connected = trio.Event()

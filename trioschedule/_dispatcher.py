@@ -21,6 +21,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import trio
@@ -1136,19 +1137,15 @@ class Dispatcher:
             if session.buffer and session.conn is not None:
                 self._queued_on.add(session.conn)
                 batch, session.buffer = session.buffer, []
-                _send_split(
-                    lambda specs, c=session.conn, s=session: c.send_payload(m.Run, m.encode_run(specs, s.acked), wake=wake),
-                    batch, lambda spec, exc, s=session: self._unsendable_task(s, spec, exc),
-                )  # fmt: skip
+                _send_split(partial(_send_run, session.conn, session.acked, wake), batch,
+                            partial(self._unsendable_task, session))  # fmt: skip
         while self._dirty_clients:
             client = self._dirty_clients.pop()
             if client.pending:
                 self._queued_on.add(client.conn)
                 outcomes, client.pending = client.pending, []
-                _send_split(
-                    lambda items, c=client.conn: c.send(m.Outcomes(results=tuple(items)), wake=wake), outcomes,
-                    lambda outcome, exc, c=client: self._unsendable_outcome(c, outcome, exc),
-                )  # fmt: skip
+                _send_split(partial(_send_outcomes, client.conn, wake), outcomes,
+                            partial(self._unsendable_outcome, client))  # fmt: skip
 
     async def _write_now(self) -> None:
         """Write what :meth:`_flush` queued, from this task (no writer wake-ups on the way)."""
@@ -1169,8 +1166,7 @@ class Dispatcher:
     def _unsendable_outcome(self, client: _ClientState, outcome: m.Outcome, exc: Exception) -> None:
         error = m.RemoteError(type="EncodingError", message=f"the task's outcome cannot be sent: {exc}")
         replacement = m.Outcome(id=outcome.id, status=m.ERROR, attempt=outcome.attempt, error=error)
-        _send_split(lambda outcomes: client.conn.send(m.Outcomes(results=tuple(outcomes))), [replacement],
-                    lambda *_: None)  # fmt: skip
+        _send_split(partial(_send_outcomes, client.conn, True), [replacement], lambda *_: None)
 
     def _send_to(self, session: _WorkerSession, message: Any) -> None:
         conn = session.conn
@@ -1623,6 +1619,14 @@ class _Batch:
         if self._left:
             await self._done.wait()
         return values_of([task.outcome for task in self.tasks], return_exceptions)  # type: ignore[misc]
+
+
+def _send_run(conn: Connection, ack: int, wake: bool, specs: list[dict[str, Any]]) -> None:
+    conn.send_payload(m.Run, m.encode_run(specs, ack), wake=wake)
+
+
+def _send_outcomes(conn: Connection, wake: bool, outcomes: list[m.Outcome]) -> None:
+    conn.send(m.Outcomes(results=tuple(outcomes)), wake=wake)
 
 
 def _send_split(send: Callable[[list[Any]], None], items: list[Any],

@@ -64,7 +64,7 @@ class FrameDecoder:
         """Bytes received but not yet returned as frames."""
         return len(self._buffer) - self._position
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Add bytes read from the peer (any amount, split anywhere)."""
         if self._error is not None:
             raise self._error

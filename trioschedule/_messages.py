@@ -339,7 +339,7 @@ class Stopping:
     grace: float
 
 
-MESSAGE_TYPES: tuple[type, ...] = (
+MESSAGE_TYPES: tuple[Any, ...] = (
     Hello, Challenge, Auth, Welcome, Error, Heartbeat, Message, Goodbye, Cancel,
     Run, Results, Release, Reclaim, Submit, Accepted, Watch, Outcomes, Broadcast,
     StatusRequest, StatusReply, Stop, Stopping,
@@ -366,6 +366,10 @@ def _strict_float(value: Any, _: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     raise TypeError(f"expected a number, got {type(value).__name__}")
+
+
+def _tag(cls: Any) -> str:
+    return cls.TYPE  # type: ignore[no-any-return]
 
 
 def _make_converter(*, fast: bool = True) -> cattrs.Converter:
@@ -395,7 +399,7 @@ def _make_converter(*, fast: bool = True) -> cattrs.Converter:
     converter.register_structure_hook_factory(lambda t: typing.get_origin(t) is tuple, tuple_hook)
     if fast:
         _register_per_task_hooks(converter)
-    configure_tagged_union(AnyMessage, converter, tag_name="type", tag_generator=lambda cls: cls.TYPE)
+    configure_tagged_union(AnyMessage, converter, tag_name="type", tag_generator=_tag)
     return converter
 
 
@@ -522,13 +526,14 @@ def _register_per_task_hooks(converter: cattrs.Converter) -> None:
         # careful path, which says exactly what is wrong.
         if type(d) is dict and spec_keys.issuperset(d):
             task_id, name = d.get("id"), d.get("name")
-            args, kwargs = d.get("args", empty), d.get("kwargs", empty)
+            args: Any = d.get("args", empty)
+            kwargs = d.get("kwargs", empty)
             attempt, timeout = d.get("attempt", 1), d.get("timeout")
             if (
                 type(task_id) is str and type(name) is str and (type(args) is list or args is empty)
                 and kwargs is empty and type(attempt) is int and timeout is None
             ):  # fmt: skip
-                return new_spec(task_id, name, [] if args is empty else args, {}, attempt, None)
+                return new_spec(task_id, name, args if type(args) is list else [], {}, attempt, None)
         _check_keys(d, spec_keys, ("id", "name"), "task")
         args, kwargs = arguments(d)
         return new_spec(
@@ -568,13 +573,14 @@ def _register_per_task_hooks(converter: cattrs.Converter) -> None:
     def structure_submission(d: Any, _: Any = None) -> Submission:
         if type(d) is dict and submission_keys.issuperset(d):  # the common shape, as for specs
             task_id, name = d.get("id"), d.get("name")
-            args, priority = d.get("args", empty), d.get("priority", 0)
+            args: Any = d.get("args", empty)
+            priority = d.get("priority", 0)
             if (
                 type(task_id) is str and type(name) is str and (type(args) is list or args is empty)
                 and type(priority) is int and "kwargs" not in d and "timeout" not in d and "retries" not in d
                 and "delay" not in d
             ):  # fmt: skip
-                return new_submission(task_id, name, [] if args is empty else args, {}, None, None, None, priority)
+                return new_submission(task_id, name, args if type(args) is list else [], {}, None, None, None, priority)
         _check_keys(d, submission_keys, ("id", "name"), "submission")
         args, kwargs = arguments(d)
         return new_submission(

@@ -71,6 +71,11 @@ def _stay(state: str, types: tuple[type, ...]) -> dict[type, str]:
     return {t: state for t in types}
 
 
+def _per_peer_role(tables: dict[str, dict[type, str]]) -> dict[tuple[str, str], dict[type, str]]:
+    """The same handshake tables for every peer role."""
+    return {(role, state): table for role in PEER_ROLES for state, table in tables.items()}
+
+
 # (our role, state) -> {message type that may arrive: the state it leads to}.
 # An Error frame may arrive in any state but CLOSED and always closes.
 RECEIVE: dict[tuple[str, str], dict[type, str]] = {
@@ -81,16 +86,12 @@ RECEIVE: dict[tuple[str, str], dict[type, str]] = {
     (DISPATCHER, f"{READY}:{WORKER}"): _stay(f"{READY}:{WORKER}", _WORKER_TO_DISPATCHER),
     (DISPATCHER, f"{READY}:{CLIENT}"): _stay(f"{READY}:{CLIENT}", _CLIENT_TO_DISPATCHER),
     (DISPATCHER, f"{READY}:{ADMIN}"): _stay(f"{READY}:{ADMIN}", _ADMIN_TO_DISPATCHER),
-    **{
-        (role, state): table
-        for role in PEER_ROLES
-        for state, table in {
-            START: {},
-            AWAIT_WELCOME: {m.Challenge: CHALLENGED, m.Welcome: READY},
-            CHALLENGED: {},
-            AUTH_SENT: {m.Welcome: READY},
-        }.items()
-    },
+    **_per_peer_role({
+        START: {},
+        AWAIT_WELCOME: {m.Challenge: CHALLENGED, m.Welcome: READY},
+        CHALLENGED: {},
+        AUTH_SENT: {m.Welcome: READY},
+    }),
     (WORKER, READY): _stay(READY, _DISPATCHER_TO_WORKER),
     (CLIENT, READY): _stay(READY, _DISPATCHER_TO_CLIENT),
     (ADMIN, READY): _stay(READY, _DISPATCHER_TO_CLIENT),
@@ -106,16 +107,12 @@ SEND: dict[tuple[str, str], dict[type, str]] = {
     (DISPATCHER, f"{READY}:{WORKER}"): _stay(f"{READY}:{WORKER}", _DISPATCHER_TO_WORKER),
     (DISPATCHER, f"{READY}:{CLIENT}"): _stay(f"{READY}:{CLIENT}", _DISPATCHER_TO_CLIENT),
     (DISPATCHER, f"{READY}:{ADMIN}"): _stay(f"{READY}:{ADMIN}", _DISPATCHER_TO_CLIENT),
-    **{
-        (role, state): table
-        for role in PEER_ROLES
-        for state, table in {
-            START: {m.Hello: AWAIT_WELCOME},
-            AWAIT_WELCOME: {},
-            CHALLENGED: {m.Auth: AUTH_SENT},
-            AUTH_SENT: {},
-        }.items()
-    },
+    **_per_peer_role({
+        START: {m.Hello: AWAIT_WELCOME},
+        AWAIT_WELCOME: {},
+        CHALLENGED: {m.Auth: AUTH_SENT},
+        AUTH_SENT: {},
+    }),
     (WORKER, READY): _stay(READY, _WORKER_TO_DISPATCHER),
     (CLIENT, READY): _stay(READY, _CLIENT_TO_DISPATCHER),
     (ADMIN, READY): _stay(READY, _ADMIN_TO_DISPATCHER),
@@ -145,7 +142,7 @@ class ProtocolConnection:
         self._decoder = FrameDecoder(min(max_frame_size, HANDSHAKE_FRAME_SIZE))
 
     # ------------------------------------------------------------ receiving
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes read from the peer; raises :class:`RemoteProtocolError` on a bad length."""
         self._decoder.receive_data(data)
 
@@ -206,7 +203,7 @@ class ProtocolConnection:
         """Check (and record) that ``message`` may be sent now, for a frame encoded elsewhere."""
         self._sent(type(message))
 
-    def _sent(self, kind: type) -> None:
+    def _sent(self, kind: Any) -> None:
         if kind is m.Error:
             self.state = CLOSED
             return
