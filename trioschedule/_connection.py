@@ -162,11 +162,23 @@ class Connection:
         """Send ``message`` directly (the handshake, before the writer runs)."""
         await self._write(self.protocol.send(message))
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, data: bytes | None = None) -> None:
+        """Write ``data``, or (None) everything queued once it is our turn.
+
+        Whoever waits for the turn takes the outbox only once it has it: data
+        taken earlier would overtake what an interrupted write puts back.
+        """
         if self._closed_reason is not None:
             raise ConnectionClosed(self._closed_reason)
         while self._writing:
             await self._write_turn.park()
+        if data is None:
+            if not self._outbox:  # written meanwhile (by write_now())
+                self._write_turn.unpark()
+                return
+            data = b"".join(self._outbox) if len(self._outbox) > 1 else self._outbox[0]
+            self._outbox.clear()
+            self._outbox_bytes = 0
         self._writing = True
         if self.before_write is not None:
             try:
@@ -218,10 +230,13 @@ class Connection:
         if scope.cancelled_caught:
             raise self._mark_closed(f"peer did not read for {self.send_timeout:g} s")
 
-    async def _receive_some(self) -> bytes:
+    async def _receive_some(self) -> bytes | bytearray:
         sock = self._socket
         if sock is None:
             return await self.stream.receive_some(RECEIVE_SIZE)
+        # Like trio: a cancelled reader stops here, even if data keeps arriving
+        # (the checkpoint after the read is shielded, so it cannot notice).
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
             data = sock.recv(RECEIVE_SIZE)
         except BlockingIOError:
@@ -243,12 +258,8 @@ class Connection:
             if self._closed_reason is not None:
                 raise ConnectionClosed(self._closed_reason)
             self._wakeup = trio.Event()
-            if not self._outbox:
-                continue
-            data = b"".join(self._outbox) if len(self._outbox) > 1 else self._outbox[0]
-            self._outbox.clear()
-            self._outbox_bytes = 0
-            await self._write(data)
+            if self._outbox:
+                await self._write()
 
     async def write_now(self) -> None:
         """Write what is queued from this task, if no write is in progress (saves waking the writer).
@@ -273,10 +284,7 @@ class Connection:
     async def flush(self) -> None:
         """Write whatever is queued now (used before closing cleanly)."""
         if self._outbox and self._closed_reason is None:
-            data = b"".join(self._outbox)
-            self._outbox.clear()
-            self._outbox_bytes = 0
-            await self._write(data)
+            await self._write()
 
     async def run_heartbeat(self, interval: float, timeout: float, make: Callable[[], Any] = m.Heartbeat) -> None:
         """Send a heartbeat when quiet for ``interval``; close if the peer is silent for ``timeout``."""
