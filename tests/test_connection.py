@@ -15,7 +15,7 @@ import trustme
 
 from trioschedule import ConnectionClosed
 from trioschedule import _messages as m
-from trioschedule._connection import Connection, plain_socket
+from trioschedule._connection import Connection, describe_address, plain_socket
 from trioschedule._framing import DEFAULT_MAX_FRAME_SIZE
 from trioschedule._protocol import CLIENT, DISPATCHER, ProtocolConnection
 
@@ -464,3 +464,19 @@ async def test_frames_the_writer_task_took_meanwhile_still_go_after_an_interrupt
                 assert await _receive(client, 3) == [1, 2, 3]
                 assert not server.closed
                 nursery.cancel_scope.cancel()
+
+
+async def test_describe_address_names_tcp_peers_and_survives_unix_sockets() -> None:
+    """An AF_UNIX peer has no (host, port): the label falls back instead of raising."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    with trio.fail_after(5):
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        server = await listener.accept()
+    assert describe_address(client) == f"127.0.0.1:{port}"
+    assert describe_address(server).startswith("127.0.0.1:")
+    a, b = trio.socket.socketpair()
+    assert describe_address(trio.SocketStream(a)) == "SocketStream"
+    for stream in (client, server, trio.SocketStream(a), trio.SocketStream(b)):
+        await stream.aclose()
+    await listener.aclose()

@@ -62,10 +62,13 @@ def describe_address(stream: trio.abc.Stream) -> str:
     sock = getattr(inner, "socket", None)
     if sock is not None:
         try:
-            host, port = sock.getpeername()[:2]
-            return f"{host}:{port}"
+            peer = sock.getpeername()
         except OSError:
-            pass
+            peer = None
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            return f"{peer[0]}:{peer[1]}"
+        if peer:  # a Unix socket's path
+            return str(peer)
     return type(inner).__name__
 
 
