@@ -6,6 +6,7 @@ what every worker process did.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 
@@ -39,6 +40,10 @@ class AppWorker(Worker):
     @task
     async def pid(self):
         return os.getpid()
+
+    @task
+    async def frozen(self):
+        return gc.get_freeze_count()
 
     async def on_message(self, message):
         _record("message", message=message)

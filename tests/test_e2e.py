@@ -60,6 +60,7 @@ async def test_cli_cluster_end_to_end(tmp_path):
 
         async with open_client("127.0.0.1", port) as client:
             assert await client.map("add", [(i, 1) for i in range(500)]) == [i + 1 for i in range(500)]
+            assert await client.call("frozen") > 0, "the worker command froze its start-up objects (gc.freeze)"
             with pytest.raises(TaskFailed, match="from a client"):
                 await client.call("fail", "from a client")
             await client.broadcast({"hello": "workers"})
@@ -68,7 +69,7 @@ async def test_cli_cluster_end_to_end(tmp_path):
             acks = await wait_for(lambda: len(_records(tmp_path, "dispatcher-message")) == 2 or None)
             assert acks
         status = await _status(procs, port)
-        assert status["tasks"]["done"] == 502 and status["tasks"]["failed"] == 2
+        assert status["tasks"]["done"] == 503 and status["tasks"]["failed"] == 2
         assert all(w["done"] > 0 for w in status["workers"]), "both workers got work"
 
         table = await procs.run("status", f"127.0.0.1:{port}")
