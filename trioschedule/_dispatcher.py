@@ -158,19 +158,6 @@ class _TaskQueue:
                 self._order.pop(0)
         return taken
 
-    def pop(self) -> _Task | None:
-        """The next task still queued, or None."""
-        while self._order:
-            priority = self._order[0]
-            level = self._levels[priority]
-            while level:
-                task = level.popleft()
-                if task.state == QUEUED:
-                    return task
-            del self._levels[priority]
-            self._order.pop(0)
-        return None
-
     def head_key(self) -> tuple[int, int]:
         """(-priority, submission order) of the next task: orders names against each other."""
         for priority in self._order:
@@ -182,7 +169,7 @@ class _TaskQueue:
     def __bool__(self) -> bool:
         for level in self._levels.values():
             while level and level[0].state != QUEUED:
-                level.popleft()  # left the queue some other way: pop() would skip it too
+                level.popleft()  # left the queue some other way: take() would skip it too
             if level:
                 return True
         return False
