@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 
+import attrs
 import pytest
 import trio
 
@@ -89,25 +90,33 @@ async def test_update_inserts_and_latest_state_wins(tmp_path):
     store.forget(["dropped"])
     store.forget(["back"])
     store.update(new_task("back"))
-    assert store.statistics().pending == 3
+    assert store.statistics().pending == 9  # operations, journaled in call order
     await store.flush()
     stats = store.statistics()
-    assert (stats.commits, stats.rows_written, stats.rows_deleted, stats.pending) == (1, 2, 0, 0)
+    assert (stats.commits, stats.rows_written, stats.rows_deleted, stats.pending) == (1, 7, 2, 0)
     await store.close()
     rows = {r.id: r for r in await reopen(path)}
     assert set(rows) == {"t", "back"}
     assert rows["t"].attempt == 5
 
 
-async def test_add_is_durable_when_it_returns(tmp_path):
+async def test_add_is_durable_when_it_returns(tmp_path, monkeypatch):
+    monkeypatch.setattr(_sqlite, "_GENERATION_SECONDS", 3600.0)  # no checkpoint while we look
     path = tmp_path / "j.sqlite"
     store = SQLiteStore(path, commit_interval=60)
     await store.open()
     store.update(new_task("buffered"))
     await store.add([new_task("x"), new_task("y")])
-    # Another connection sees the rows (and the update that was buffered before) while the store is open.
+    # Another connection sees the rows (and the update that was buffered before) while the store is open:
+    # committed to the change log, not yet checkpointed into the tasks table.
     conn = sqlite3.connect(path)
-    ids = sorted(row[0] for row in conn.execute("SELECT id FROM tasks"))
+    ids = sorted(
+        row[0]
+        for row in conn.execute(
+            "SELECT row.value->>0 FROM changes, json_each(changes.ops) AS segment, json_each(segment.value->0) AS row"
+        )
+    )  # the rows of each segment of each commit
+    assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
     conn.close()
     assert ids == ["buffered", "x", "y"]
     await store.close()
@@ -138,7 +147,16 @@ async def test_flush_and_close_with_nothing_buffered(tmp_path):
 
 
 # ================================================================ group commit
-async def test_group_commit_20000_tasks_in_batches_of_1000(tmp_path):
+async def test_group_commit_20000_tasks_in_batches_of_1000(tmp_path, monkeypatch):
+    # Each commit takes at least 50 ms (a slow disk), so that how much piles up while the
+    # writer is busy does not depend on how fast this machine encodes and commits.
+    original = SQLiteStore._write
+
+    def slow(self, batch):
+        time.sleep(0.05)
+        return original(self, batch)
+
+    monkeypatch.setattr(SQLiteStore, "_write", slow)
     path = tmp_path / "j.sqlite"
     store = SQLiteStore(path)
     await store.open()
@@ -252,7 +270,8 @@ async def test_a_newer_format_is_refused_and_left_alone(tmp_path):
         await reopen(path)
     message = str(info.value)
     assert info.value.code == "newer-version"
-    assert "version 99" in message and "newer trioschedule" in message and "up to 1" in message
+    assert "version 99" in message and "newer trioschedule" in message
+    assert f"up to {len(_sqlite.MIGRATIONS)}" in message
     assert pragma(path, "user_version") == 99
 
 
@@ -300,7 +319,7 @@ async def test_another_programs_database_is_refused_untouched(tmp_path):
 async def test_a_new_file_gets_the_current_version(tmp_path):
     path = tmp_path / "j.sqlite"
     await reopen(path)
-    assert pragma(path, "user_version") == len(_sqlite.MIGRATIONS) == 1
+    assert pragma(path, "user_version") == len(_sqlite.MIGRATIONS) == 2
     assert pragma(path, "application_id") == _sqlite.APPLICATION_ID
     assert pragma(path, "journal_mode") == "wal"
 
@@ -311,34 +330,38 @@ async def test_an_older_journal_is_migrated_forward(tmp_path, monkeypatch):
     await store.open()
     await store.add([new_task("old")])
     await store.close()
-    assert pragma(path, "user_version") == 1
+    current = len(_sqlite.MIGRATIONS)
+    assert pragma(path, "user_version") == current
 
     def backfill(conn: sqlite3.Connection) -> None:
-        conn.execute("UPDATE tasks SET note = 'v1 task'")
+        conn.execute("UPDATE tasks SET note = 'old task'")
 
-    v2 = Migration(version=2, description="add a note", steps=("ALTER TABLE tasks ADD COLUMN note TEXT", backfill))
-    monkeypatch.setattr(_sqlite, "MIGRATIONS", (*_sqlite.MIGRATIONS, v2))
+    newer = Migration(
+        version=current + 1, description="add a note", steps=("ALTER TABLE tasks ADD COLUMN note TEXT", backfill)
+    )
+    monkeypatch.setattr(_sqlite, "MIGRATIONS", (*_sqlite.MIGRATIONS, newer))
     rows = await reopen(path)
     assert [r.id for r in rows] == ["old"]
-    assert pragma(path, "user_version") == 2
+    assert pragma(path, "user_version") == current + 1
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT note FROM tasks").fetchall() == [("v1 task",)]
+    assert conn.execute("SELECT note FROM tasks").fetchall() == [("old task",)]
     conn.close()
 
-    # This build (one migration) refuses what the "newer" build wrote.
+    # This build refuses what the "newer" build wrote.
     monkeypatch.undo()
-    with pytest.raises(StoreError, match="version 2"):
+    with pytest.raises(StoreError, match=f"version {current + 1}"):
         await reopen(path)
 
 
 async def test_a_failing_migration_changes_nothing(tmp_path, monkeypatch):
     path = tmp_path / "j.sqlite"
     await reopen(path)
-    broken = Migration(version=2, description="broken", steps=("ALTER TABLE tasks ADD COLUMN x", "NOT SQL"))
+    current = len(_sqlite.MIGRATIONS)
+    broken = Migration(version=current + 1, description="broken", steps=("ALTER TABLE tasks ADD COLUMN x", "NOT SQL"))
     monkeypatch.setattr(_sqlite, "MIGRATIONS", (*_sqlite.MIGRATIONS, broken))
     with pytest.raises(StoreError, match="cannot open the journal"):
         await reopen(path)
-    assert pragma(path, "user_version") == 1
+    assert pragma(path, "user_version") == current
     monkeypatch.undo()
     assert await reopen(path) == []
 
@@ -484,3 +507,199 @@ async def test_acknowledged_adds_survive_a_sigkill(tmp_path):
         batches[batch] = batches.get(batch, 0) + 1
     assert set(acknowledged) <= set(batches)
     assert all(count == 100 for count in batches.values())  # every transaction all or nothing
+
+
+# ================================================================ the change log and checkpoints
+def _state(task: StoredTask) -> tuple:
+    return (task.name, task.args, task.kwargs, task.priority, task.retries, task.deadline, task.not_before,
+            task.state, task.attempt, task.failures, task.losses, task.session, task.outcome, task.submitted_at,
+            task.finished_at)  # fmt: skip
+
+
+def _snapshot(path, to) -> None:
+    """A copy of the journal as a crash would leave it: its last commit (SQLite's backup reads one commit)."""
+    source, target = sqlite3.connect(path), sqlite3.connect(to)
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
+
+
+@pytest.mark.parametrize("seed", range(24))
+async def test_narrow_updates_checkpoints_and_recovery_match_a_model(tmp_path, monkeypatch, seed):
+    """Random operations against the store and against a dict: reopened (cleanly, or from a copy taken
+    mid-way, which recovery must replay from the change log) the journal holds what the dict holds.
+
+    Tiny generations make checkpoints close and apply slices all the time.
+    """
+    import random
+
+    monkeypatch.setattr(_sqlite, "_GENERATION_OPS", 7 if seed % 4 else 10**9)  # or only the one at close
+    monkeypatch.setattr(_sqlite, "_SLICE", 3)
+    rng = random.Random(seed)
+    path = tmp_path / "j.sqlite"
+    store = SQLiteStore(path, commit_interval=rng.choice([0.0, 0.001, 60]))
+    await store.open()
+    model: dict[str, StoredTask] = {}
+    ever: list[str] = []
+    snapshots = []
+    for step in range(400):
+        action = rng.random()
+        if action < 0.15:  # accept new tasks (sometimes an id that was forgotten before)
+            ids = [f"t{len(ever) + i}" for i in range(rng.randint(1, 4))]
+            if rng.random() < 0.2:
+                ids += [i for i in rng.sample(ever, min(2, len(ever))) if i not in model]
+            ever.extend(i for i in ids if i not in ever)
+            if rng.random() < 0.5:
+                new = [(i, "f", [rng.randint(0, 9), "ü"], {"k": 1} if rng.random() < 0.3 else {}, rng.randint(0, 2),
+                        rng.choice([None, 3]), rng.choice([None, 2e9]), None, 1000.0 + step) for i in ids]  # fmt: skip
+                await store.add_new(new)
+                for t in new:
+                    model[t[0]] = StoredTask(id=t[0], name=t[1], args=t[2], kwargs=t[3], priority=t[4], retries=t[5],
+                                             deadline=t[6], not_before=t[7], submitted_at=t[8])  # fmt: skip
+            else:
+                tasks = [new_task(i, args=[step], not_before=1.5e9 if rng.random() < 0.3 else None) for i in ids]
+                await store.add(tasks)
+                model.update((t.id, attrs.evolve(t)) for t in tasks)
+        elif action < 0.45 and model:  # a worker takes one
+            task_id = rng.choice(list(model))
+            attempt, failures, losses = rng.randint(1, 3), rng.randint(0, 2), rng.randint(0, 2)
+            session = rng.choice(["s1", "s2", "s3"])
+            store.update_running(task_id, attempt, failures, losses, session)
+            model[task_id] = attrs.evolve(model[task_id], state="running", attempt=attempt, failures=failures,
+                                          losses=losses, session=session, not_before=None)  # fmt: skip
+        elif action < 0.7 and model:  # one ends
+            task_id = rng.choice(list(model))
+            attempt = rng.randint(1, 3)
+            outcome = {"id": task_id, "status": "ok", "attempt": attempt, "value": [step, 0.1, "é"]}
+            finished_at = rng.choice([2000.0, 2000.5, 2000.0 + step])
+            store.update_done(task_id, attempt, 0, 1, outcome, finished_at)
+            model[task_id] = attrs.evolve(model[task_id], state="done", args=[], kwargs={}, not_before=None,
+                                          attempt=attempt, failures=0, losses=1, session=None, outcome=outcome,
+                                          finished_at=finished_at)  # fmt: skip
+        elif action < 0.8:  # a whole new state (a requeue, say), sometimes of a task the store never saw
+            task_id = rng.choice(list(model) or ["fresh"]) if rng.random() < 0.8 else f"u{step}"
+            ever.append(task_id)
+            task = new_task(task_id, args=[step], state="queued", attempt=rng.randint(0, 3), failures=1)
+            store.update(task)
+            model[task_id] = attrs.evolve(task)
+        elif action < 0.93:  # outcomes expire (and an id nobody knows)
+            ids = rng.sample(list(model), min(len(model), rng.randint(1, 3))) + ["never"]
+            store.forget(ids)
+            for task_id in ids:
+                model.pop(task_id, None)
+        else:
+            await store.flush()
+            if rng.random() < 0.3:
+                copy = tmp_path / f"crash-{step}.sqlite"
+                _snapshot(path, copy)
+                snapshots.append((copy, {k: _state(v) for k, v in model.items()}))
+    await store.close()
+    assert {r.id: _state(r) for r in await reopen(path)} == {k: _state(v) for k, v in model.items()}
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*) FROM changes").fetchone()[0] == 0  # close checkpointed everything
+    conn.close()
+    assert snapshots
+    for copy, expected in snapshots:
+        assert {r.id: _state(r) for r in await reopen(copy)} == expected
+
+
+async def test_tasks_that_come_and_go_between_checkpoints_never_reach_the_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(_sqlite, "_GENERATION_SECONDS", 3600.0)
+    path = tmp_path / "j.sqlite"
+    store = SQLiteStore(path, commit_interval=60)  # only add() and flush() commit
+    await store.open()
+    await store.add_new([(f"t{i}", "add", [i, 1], {}, 0, None, None, None, 1000.0) for i in range(100)])
+    for i in range(100):
+        store.update_running(f"t{i}", 1, 0, 0, "session")
+    await store.flush()
+    for i in range(100):
+        store.update_done(f"t{i}", 1, 0, 0, {"id": f"t{i}", "status": "ok", "attempt": 1, "value": i + 1}, 2000.0)
+    store.forget([f"t{i}" for i in range(90)])
+    await store.flush()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM changes").fetchone()[0] == 3  # one row per commit
+    await store.close()  # the checkpoint at close writes the net result: the 10 outcomes kept
+    assert conn.execute("SELECT id, state FROM tasks ORDER BY seq").fetchall() == [
+        (f"t{i}", "done") for i in range(90, 100)
+    ]
+    assert conn.execute("SELECT count(*) FROM changes").fetchone()[0] == 0
+    conn.close()
+    rows = await reopen(path)
+    assert rows[0].outcome == {"id": "t90", "status": "ok", "attempt": 1, "value": 91} and rows[0].args == []
+
+
+async def test_recovery_replays_the_change_log_in_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(_sqlite, "_GENERATION_SECONDS", 3600.0)
+    path = tmp_path / "j.sqlite"
+    store = SQLiteStore(path)
+    await store.open()
+    await store.add_new(
+        [("a", "add", [1], {}, 0, None, None, None, 1000.0), ("b", "add", [2], {}, 0, None, None, None, 1000.0)]
+    )
+    store.update_running("a", 1, 0, 0, "s1")
+    store.forget(["b"])
+    await store.add_new([("b", "add", [3], {}, 5, None, None, None, 1001.0)])  # the same id again, after its forget
+    store.update_done("a", 1, 0, 0, {"id": "a", "status": "ok", "attempt": 1, "value": 2}, 2000.0)
+    await store.flush()
+    _snapshot(path, tmp_path / "crash.sqlite")  # as a SIGKILL would leave it: all of it in the change log
+    await store.close()
+    for journal in (tmp_path / "crash.sqlite", path):
+        rows = {r.id: r for r in await reopen(journal)}
+        assert rows["a"].state == "done" and rows["a"].outcome["value"] == 2
+        assert rows["b"].state == "queued" and rows["b"].args == [3] and rows["b"].priority == 5
+
+
+async def test_a_version_1_journal_is_migrated_with_its_tasks(tmp_path):
+    """Version 1 kept one column per field; version 2 one JSON array per task, and the change log."""
+    path = tmp_path / "v1.sqlite"
+    conn = sqlite3.connect(path)
+    for step in _sqlite.MIGRATIONS[0].steps:
+        conn.execute(step)
+    conn.execute(f"PRAGMA application_id = {_sqlite.APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    columns = ("id, name, args, kwargs, priority, retries, deadline, not_before, state, attempt, failures, losses, "
+               "session, outcome, submitted_at, finished_at")  # fmt: skip
+    conn.executemany(f"INSERT INTO tasks ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+        ("q", "mail", '["ünï", {"n": [1, 2.5, null]}]', '{"to": "ops"}', 7, 3, 1764281234.5678902, 1.5e9, "queued",
+         0, 1, 0, None, None, 1234.5678901234567, None),
+        ("r", "add", "[1, 2]", "{}", 0, None, None, None, "running", 2, 0, 1, "s1", None, 1000.0, None),
+        ("d", "add", "[]", "{}", 0, None, None, None, "done", 1, 0, 0, None,
+         '{"id": "d", "status": "ok", "attempt": 1, "value": 0.1}', 1000.0, 2000.25),
+    ])  # fmt: skip
+    conn.commit()
+    conn.close()
+    rows = await reopen(path)
+    assert pragma(path, "user_version") == len(_sqlite.MIGRATIONS)
+    assert [r.id for r in rows] == ["q", "r", "d"]
+    assert rows[0] == StoredTask(  # every float exactly as it was
+        id="q", name="mail", args=["ünï", {"n": [1, 2.5, None]}], kwargs={"to": "ops"}, priority=7, retries=3,
+        deadline=1764281234.5678902, not_before=1.5e9, failures=1, submitted_at=1234.5678901234567,
+    )  # fmt: skip
+    assert (rows[1].state, rows[1].attempt, rows[1].losses, rows[1].session) == ("running", 2, 1, "s1")
+    assert rows[2].outcome == {"id": "d", "status": "ok", "attempt": 1, "value": 0.1} and rows[2].finished_at == 2000.25
+    # and the migrated journal works like any other
+    store = SQLiteStore(path)
+    await store.open()
+    store.update_done("q", 1, 1, 0, {"id": "q", "status": "ok", "attempt": 1}, 3000.0)
+    await store.close()
+    assert {r.id: r.state for r in await reopen(path)} == {"q": "done", "r": "running", "d": "done"}
+
+
+async def test_a_change_log_that_does_not_decode_is_refused_as_corrupt(tmp_path, monkeypatch):
+    monkeypatch.setattr(_sqlite, "_GENERATION_SECONDS", 3600.0)
+    path = tmp_path / "j.sqlite"
+    store = SQLiteStore(path)
+    await store.open()
+    await store.add([new_task("a")])
+    _snapshot(path, tmp_path / "crash.sqlite")
+    await store.close()
+    conn = sqlite3.connect(tmp_path / "crash.sqlite")
+    conn.execute("UPDATE changes SET ops = '[[[[\"a\", 1]], [], [], []]]'")  # a row of 2 fields
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError) as info:
+        await reopen(tmp_path / "crash.sqlite")
+    assert info.value.code == "corrupt" and "change log" in str(info.value)

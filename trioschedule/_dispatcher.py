@@ -1201,6 +1201,9 @@ class Dispatcher:
         self._after(min(60.0, self.result_ttl), self._purge, None)
 
     # ========================================================= persistence
+    _narrow = False  # the store takes update_running/update_done (set with _store_open)
+    _unstructure_outcome = staticmethod(m.converter.get_unstructure_hook(m.Outcome))
+
     @property
     def _store_open(self) -> bool:
         return self._journaling
@@ -1209,17 +1212,40 @@ class Dispatcher:
     def _store_open(self, value: bool) -> None:
         # One attribute read on the hot path instead of two.
         self._journaling = value and self.store.durable
+        # Running and done are journaled as narrow updates if the store has them (docs/STORE.md).
+        self._narrow = self._journaling and type(self.store).narrow_updates()
 
     async def _persist(self, tasks: list[_Task]) -> None:
+        """Journal newly accepted tasks; return once they are durable."""
         if self._journaling and tasks:
-            await self.store.add([self._stored(t) for t in tasks])
+            now_trio, now_wall = trio.current_time(), time.time()
+            if all(t.attempt == 0 and t.state != DONE for t in tasks):  # as accepted: only what is not a default
+                await self.store.add_new([
+                    (t.id, t.name, t.args, t.kwargs, t.priority, t.retries,
+                     None if t.deadline is None else now_wall + (t.deadline - now_trio), t.not_before, t.submitted_at)
+                    for t in tasks
+                ])  # fmt: skip
+            else:
+                await self.store.add([self._stored(t, now_trio, now_wall) for t in tasks])
 
     def _journal(self, task: _Task) -> None:
         if self._journaling:
+            if self._narrow:
+                state = task.state
+                if state == RUNNING and task.session is not None:
+                    self.store.update_running(task.id, task.attempt, task.failures, task.losses, task.session.id)
+                    return
+                if state == DONE and task.outcome is not None:
+                    self.store.update_done(
+                        task.id, task.attempt, task.failures, task.losses, self._unstructure_outcome(task.outcome),
+                        task.finished_at,
+                    )  # fmt: skip
+                    return
             self.store.update(self._stored(task))
 
-    def _stored(self, task: _Task) -> StoredTask:
-        now_trio, now_wall = trio.current_time(), time.time()
+    def _stored(self, task: _Task, now_trio: float | None = None, now_wall: float | None = None) -> StoredTask:
+        if now_trio is None or now_wall is None:
+            now_trio, now_wall = trio.current_time(), time.time()
         return StoredTask(
             id=task.id, name=task.name, args=task.args or [], kwargs=task.kwargs or {}, priority=task.priority,
             retries=task.retries, deadline=None if task.deadline is None else now_wall + (task.deadline - now_trio),
@@ -1239,6 +1265,11 @@ class Dispatcher:
         carries on and nothing runs twice; otherwise it is requeued with a
         loss counted.  Outcomes within ``result_ttl`` are kept for reattaching.
         """
+        if self._journaling:
+            # Tasks submitted before the journal opened: whole, so that the
+            # narrow updates that follow (see _journal) find them there.
+            for task in list(self._tasks.values()):
+                self.store.update(self._stored(task))
         if not stored:
             return
         now_trio, now_wall = trio.current_time(), time.time()

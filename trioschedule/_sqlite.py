@@ -2,20 +2,29 @@
 
 Why a thread of its own: SQLite calls block on the disk, and the event loop
 must never wait for a disk.  So every SQLite call happens on one long-lived
-writer thread that owns the connection; the Trio side only touches an
-in-memory buffer under a lock and parks until the writer says "committed".
+writer thread that owns the connection; the Trio side only appends to an
+in-memory list of operations and parks until the writer says "committed".
 
 Why group commit: a commit costs an fsync, and a dispatcher changes task
 states tens of thousands of times a second.  Everything that arrives while
 the writer is busy (any number of :meth:`SQLiteStore.add` batches, buffered
-updates and deletes) goes into the *next* transaction, and within a batch only
-the latest state of each task is written.  The contract every store keeps, and
-how this one keeps it, is in docs/STORE.md.
+updates and deletes) goes into the *next* transaction.
+
+Why a change log: a task is added, started, finished and (once its outcome
+expires) forgotten, and each of those written as a change to a row of a
+table costs SQLite far more than encoding it.  So a commit appends what it
+journals as *one* row of ``changes`` (compact JSON); the ``tasks`` table is
+brought up to date later by checkpoints, which apply each task's net change
+since the last one: a task added, run, finished and forgotten between two
+checkpoints never touches ``tasks`` at all.  Recovery applies whatever
+``changes`` still holds, in order, on top of ``tasks``.  The contract every
+store keeps, and how this one keeps it, is in docs/STORE.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -23,14 +32,14 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, Union
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import attrs
 import trio
 
 from ._errors import TriosError
-from ._store import Store, StoredTask
+from ._store import NewTask, Store, StoredTask
 
 __all__ = ["MIGRATIONS", "Migration", "SQLiteStore", "StoreError", "StoreStatistics"]
 
@@ -42,7 +51,35 @@ APPLICATION_ID = 0x7472696F
 
 _STATES = frozenset(("queued", "running", "done"))
 _HEADER = b"SQLite format 3\x00"
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def _json_encoder() -> Callable[[Any], str]:
+    """``json.dumps`` (compact, UTF-8, no NaN) without its per-call set-up: a C encoder made once.
+
+    Each thread gets its own (the circular-reference markers are per encoder).
+    """
+    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+    if make is None:  # pragma: no cover - CPython always has it
+        return json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+    def default(obj: Any) -> Any:
+        raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+    markers: dict[int, Any] = {}  # the circular-reference check's; an error leaves it dirty
+    encode = make(markers, default, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+    join = "".join
+
+    def dumps(obj: Any) -> str:
+        try:
+            return join(encode(obj, 0))
+        except BaseException:
+            markers.clear()
+            raise
+
+    return dumps
+
+
+_quote: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]  # a str as JSON
 
 
 class StoreError(TriosError):
@@ -63,12 +100,15 @@ class StoreError(TriosError):
 class StoreStatistics:
     """What :meth:`SQLiteStore.statistics` reports (counted since the last ``open()``).
 
-    ``commits`` counts the writer's transactions (the schema set-up at open
-    is not counted); ``rows_written``/``rows_deleted`` the rows they upserted
-    and deleted; ``rows_skipped`` buffered updates that could not be encoded
-    as JSON (each one is logged); ``pending`` the operations buffered and not
-    yet handed to the writer; ``failed`` whether a write failed, which stops
-    the store (see :class:`StoreError`).
+    ``commits`` counts the writer's transactions that journaled changes (the
+    schema set-up at open and checkpoints are not counted);
+    ``rows_written``/``rows_deleted`` the task operations they journaled
+    (added, updated) and the tasks they forgot; ``rows_skipped`` buffered
+    updates that could not be encoded as JSON (each one is logged);
+    ``pending`` the operations buffered and not yet handed to the writer;
+    ``failed`` whether a write failed, which stops the store (see
+    :class:`StoreError`); ``checkpoints`` how many checkpoints brought the
+    ``tasks`` table up to date (see docs/STORE.md).
     """
 
     commits: int
@@ -77,6 +117,7 @@ class StoreStatistics:
     rows_skipped: int
     pending: int
     failed: bool
+    checkpoints: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -125,51 +166,373 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX tasks_finished ON tasks (finished_at) WHERE state = 'done'",
         ),
     ),
+    Migration(
+        version=2,
+        description="one JSON array per task, and the change log that commits append to",
+        steps=(
+            """
+            CREATE TABLE tasks_v2 (
+                seq INTEGER PRIMARY KEY,        -- insertion order: recovery requeues in it
+                id TEXT NOT NULL UNIQUE,
+                state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done')),
+                finished_at REAL,               -- wall clock, once done
+                task TEXT NOT NULL              -- the task's row: a JSON array (see _sqlite.py)
+            )
+            """,
+            lambda conn: _copy_v1_tasks(conn, "tasks", "tasks_v2"),
+            "DROP TABLE tasks",
+            "ALTER TABLE tasks_v2 RENAME TO tasks",
+            "CREATE INDEX tasks_finished ON tasks (finished_at) WHERE state = 'done'",
+            """
+            CREATE TABLE changes (
+                seq INTEGER PRIMARY KEY,        -- commit order: recovery applies them in it
+                ops TEXT NOT NULL               -- what one commit journaled: JSON segments (see _sqlite.py)
+            )
+            """,
+        ),
+    ),
 )
 
-_COLUMNS = (
-    "id, name, args, kwargs, priority, retries, deadline, not_before, state, attempt, failures, losses, "
-    "session, outcome, submitted_at, finished_at"
+
+def _copy_v1_tasks(conn: sqlite3.Connection, source: str, target: str) -> None:
+    """Version 1 kept a column per field; version 2 keeps the task as one JSON array (encoded here, exactly)."""
+    dumps = _json_encoder()
+    rows = conn.execute(
+        f"SELECT seq, id, name, args, kwargs, priority, retries, deadline, not_before, state, attempt, failures, "
+        f"losses, session, outcome, submitted_at, finished_at FROM {source} ORDER BY seq"
+    )
+    while batch := rows.fetchmany(1000):
+        copied = [
+            (seq, task_id, state, finished_at, dumps((
+                task_id, name, json.loads(args), json.loads(kwargs), priority, retries, deadline, not_before,
+                submitted_at, state, attempt, failures, losses, session,
+                None if outcome is None else json.loads(outcome), finished_at,
+            )))
+            for (seq, task_id, name, args, kwargs, priority, retries, deadline, not_before, state, attempt,
+                 failures, losses, session, outcome, submitted_at, finished_at) in batch
+        ]  # fmt: skip
+        conn.executemany(f"INSERT INTO {target} (seq, id, state, finished_at, task) VALUES (?, ?, ?, ?, ?)", copied)
+
+
+# ------------------------------------------------------------- operations
+# A task in ``tasks`` is one JSON array, its *row*:
+#   [id, name, args, kwargs, priority, retries, deadline, not_before, submitted_at,
+#    state, attempt, failures, losses, session, outcome, finished_at]
+# (args, kwargs and outcome as JSON values).  The ``id``, ``state`` and
+# ``finished_at`` columns repeat the row's, for the unique index, the recovery
+# order and the retention sweep.  A task as accepted is the first 9 fields
+# (a NewTask) followed by _NEW_ROW_END.
+#
+# A row of ``changes`` is a JSON array of *segments*, applied in order; a
+# segment names each task at most once, so the order within it does not
+# matter.  A segment is [rows, running, done, forgotten]:
+#   rows       [row, ...]                 whole tasks (an upsert); a 9-field row is a new task
+#   running    [[session, attempt, failures, losses, [id, ...]], ...]                 update_running()
+#   done       [[finished_at, failures, losses, [id, attempt, outcome, ...]], ...]    update_done()
+#   forgotten  [id, ...]                                                              forget()
+_NEW_ROW_END = ',"queued",0,0,0,null,null,null]'
+_NEW_ROW_DEFAULTS = ("queued", 0, 0, 0, None, None, None)
+
+# Writing to ``tasks`` (checkpoints, recovery): one statement per kind for a
+# whole JSON array of operations, at most one per task and kind, so that
+# thousands of tasks are a few calls into SQLite (the writer thread takes the
+# GIL back a few times, not once per task).  ``->>`` gives an SQL value (NULL
+# for a JSON null), ``->`` the JSON text exactly as written, which
+# json_replace() inserts as JSON: no number is converted on its way to
+# ``task``.  Rows first, forgets last: a task may have a row and then a narrow
+# update in one checkpoint, never a row and a forget.  The running and done
+# statements read the operations in memory, encoded: (_RUN, id, session,
+# attempt, failures, losses) and (_FINISH, id, attempt, outcome,
+# finished_at, failures, losses).
+_APPLY_ROWS = (
+    "INSERT INTO tasks (id, state, finished_at, task) SELECT value->>0, value->>9, value->>15, value "
+    "FROM json_each(?1) WHERE true "  # "WHERE true" keeps ON CONFLICT from reading as a join constraint
+    "ON CONFLICT (id) DO UPDATE SET state = excluded.state, finished_at = excluded.finished_at, task = excluded.task"
 )
-_UPSERT = (
-    f"INSERT INTO tasks ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (id) DO UPDATE SET name = excluded.name, args = excluded.args, kwargs = excluded.kwargs, "
-    "priority = excluded.priority, retries = excluded.retries, deadline = excluded.deadline, "
-    "not_before = excluded.not_before, state = excluded.state, attempt = excluded.attempt, "
-    "failures = excluded.failures, losses = excluded.losses, session = excluded.session, "
-    "outcome = excluded.outcome, submitted_at = excluded.submitted_at, finished_at = excluded.finished_at"
+_APPLY_RUNNING = (
+    "UPDATE tasks SET state = 'running', task = json_replace(task, '$[7]', NULL, '$[9]', 'running', "
+    "'$[10]', j.value->3, '$[11]', j.value->4, '$[12]', j.value->5, '$[13]', j.value->2) "
+    "FROM json_each(?1) AS j WHERE tasks.id = j.value->>1"
+)
+_APPLY_DONE = (
+    "UPDATE tasks SET state = 'done', finished_at = j.value->>4, task = json_replace(task, '$[2]', json('[]'), "
+    "'$[3]', json('{}'), '$[7]', NULL, '$[9]', 'done', '$[10]', j.value->2, '$[11]', j.value->5, "
+    "'$[12]', j.value->6, '$[13]', NULL, '$[14]', j.value->3, '$[15]', j.value->4) "
+    "FROM json_each(?1) AS j WHERE tasks.id = j.value->>1"
+)
+_APPLY_FORGETS = "DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?1))"
+# A task that came and finished in one checkpoint: its row with the done
+# fields already in, one write: [row, attempt, outcome, finished_at, failures, losses].
+_APPLY_ROWS_DONE = (
+    "INSERT INTO tasks (id, state, finished_at, task) SELECT value->0->>0, 'done', value->>3, "
+    "json_replace(value->0, '$[2]', json('[]'), '$[3]', json('{}'), '$[7]', NULL, '$[9]', 'done', "
+    "'$[10]', value->1, '$[11]', value->4, '$[12]', value->5, '$[13]', NULL, '$[14]', value->2, '$[15]', value->3) "
+    "FROM json_each(?1) WHERE true "
+    "ON CONFLICT (id) DO UPDATE SET state = excluded.state, finished_at = excluded.finished_at, task = excluded.task"
 )
 # Unfinished tasks in submission order, then finished ones oldest first (the
 # dispatcher expires outcomes from the front of that list).
-_LOAD = f"SELECT {_COLUMNS} FROM tasks ORDER BY state = 'done', finished_at, seq"
+_LOAD = "SELECT task FROM tasks ORDER BY state = 'done', finished_at, seq"
 _PURGE = "DELETE FROM tasks WHERE state = 'done' AND finished_at < ?"
+_LOG = "INSERT INTO changes (ops) VALUES (?)"
 _PURGE_EVERY = 60.0  # seconds between the writer's retention sweeps
+_WAL_AUTOCHECKPOINT = 4000  # pages
 
-# A buffered operation: an encoded row (from add), a StoredTask to encode
-# (from update), or None (a delete, from forget).
-_Op = Union[tuple[Any, ...], StoredTask, None]
+# Checkpoints.  The writer folds every committed operation into the current
+# *generation*: each task's net change since the generation began.  A
+# generation is closed once it is this old or has seen this many operations,
+# and then applied to ``tasks`` a slice at a time, each slice in the
+# transaction of a commit (or on its own when the writer is idle); once all
+# of it is applied, the ``changes`` rows it covers are deleted in the same
+# transaction.  The longer a generation, the more tasks come and go within
+# it without ever being written to ``tasks``; the shorter, the less memory
+# it holds and the less a recovery replays.
+_GENERATION_SECONDS = 5.0
+_GENERATION_OPS = 1_000_000
+_GENERATION_TASKS = 100_000  # tasks it holds: a big backlog closes generations sooner (memory)
+_SLICE = 2_000  # entries applied per transaction, at least (more under load: see _write)
+
+# Operations in memory: tuples whose first element says what they are.  The
+# Trio side appends them to one list, in call order; the writer takes them
+# from its front.
+#   (_NEW, id, text)       a task as accepted (add_new()), new to the journal: text is its NewTask's JSON
+#   (_ADDED, id, text)     a task from add(), new to the journal: text is its row's JSON
+#   (_ROW, id, text)       a row's JSON, for a task the journal may hold already
+#   (_VALUES, id, values)  a row as a tuple of JSON values (update(), recovery)
+#   (_RUN, id, session, attempt, failures, losses)
+#   (_FINISH, id, attempt, outcome, finished_at, failures, losses)
+#   (_FORGET, id)
+_NEW, _RUN, _FINISH, _FORGET, _ADDED, _ROW, _VALUES = 0, 1, 2, 3, 4, 5, 6
+_CHAIN = 7  # in a generation: (_CHAIN, id, done operation, running operation that came after it)
+_Op = tuple[Any, ...]
+_GONE: Any = ("gone",)  # a generation's "latest operation" of a forgotten task
 
 
-def _encode(task: StoredTask) -> tuple[Any, ...]:
+def _values(task: StoredTask) -> _Op:
+    """``task`` as a (_VALUES, id, values) operation (its JSON values not yet encoded)."""
     if task.state not in _STATES:
         raise ValueError(f"task {task.id!r}: state {task.state!r} is not one of {sorted(_STATES)}")
-    return (
-        task.id, task.name, _dumps(task.args) if task.args else "[]", _dumps(task.kwargs) if task.kwargs else "{}",
-        task.priority, task.retries, task.deadline, task.not_before, task.state, task.attempt, task.failures,
-        task.losses, task.session, None if task.outcome is None else _dumps(task.outcome), task.submitted_at,
-        task.finished_at,
-    )  # fmt: skip
+    return (_VALUES, task.id, (
+        task.id, task.name, task.args or [], task.kwargs or {}, task.priority, task.retries, task.deadline,
+        task.not_before, task.submitted_at, task.state, task.attempt, task.failures, task.losses, task.session,
+        task.outcome, task.finished_at,
+    ))  # fmt: skip
 
 
-def _decode(row: tuple[Any, ...]) -> StoredTask:
-    (task_id, name, args, kwargs, priority, retries, deadline, not_before, state, attempt, failures, losses,
-     session, outcome, submitted_at, finished_at) = row  # fmt: skip
+def _row_text(op: _Op) -> str:
+    """The row JSON of a row operation that holds one (_NEW, _ADDED, _ROW)."""
+    return op[2][:-1] + _NEW_ROW_END if op[0] == _NEW else op[2]
+
+
+def _new_rows(tasks: list[NewTask], dumps: Callable[[Any], str]) -> list[_Op]:
+    """``tasks`` as (_NEW, id, JSON of the NewTask) operations; raises TypeError/ValueError if one cannot be.
+
+    The tasks of one submission mostly differ only in id and arguments: the
+    JSON of the fields after those is reused while they stay the same (a
+    float's repr costs more than the rest of a small task).
+    """
+    quote = _quote
+    ops: list[_Op] = []
+    last: tuple[Any, ...] = ()
+    head = tail = ""
+    for task_id, name, args, kwargs, priority, retries, deadline, not_before, submitted_at in tasks:
+        if not (
+            last and name is last[0] and (kwargs is last[1] or not kwargs and not last[1]) and priority == last[2]
+            and retries == last[3] and deadline == last[4] and not_before == last[5] and submitted_at == last[6]
+            and type(priority) is int and type(submitted_at) is float  # not True == 1, nor 1 == 1.0
+        ):  # fmt: skip
+            last = (name, kwargs, priority, retries, deadline, not_before, submitted_at)
+            head = "," + quote(name) + ","
+            tail = "," + dumps(last[1:])[1:]  # ',kwargs,priority,...]'
+        ops.append((_NEW, task_id, f"[{quote(task_id)}{head}{dumps(args)}{tail}"))
+    return ops
+
+
+def _decode(text: str) -> StoredTask:
+    (task_id, name, args, kwargs, priority, retries, deadline, not_before, submitted_at, state, attempt, failures,
+     losses, session, outcome, finished_at) = json.loads(text)  # fmt: skip
+    if state not in _STATES:
+        raise ValueError(f"task {task_id!r} has the state {state!r}")
     return StoredTask(
-        id=task_id, name=name, args=json.loads(args), kwargs=json.loads(kwargs), priority=priority,
-        retries=retries, deadline=deadline, not_before=not_before, state=state, attempt=attempt,
-        failures=failures, losses=losses, session=session, outcome=None if outcome is None else json.loads(outcome),
-        submitted_at=submitted_at, finished_at=finished_at,
+        id=task_id, name=name, args=args or [], kwargs=kwargs or {}, priority=priority, retries=retries,
+        deadline=deadline, not_before=not_before, state=state, attempt=attempt, failures=failures, losses=losses,
+        session=session, outcome=outcome, submitted_at=submitted_at, finished_at=finished_at,
     )  # fmt: skip
+
+
+def _segments_text(batch: list[_Op], encode: Callable[[Any], str]) -> str:
+    """``batch`` (operations in call order) as a row of ``changes``: JSON segments (see above).
+
+    Builds no object per operation (the garbage collector's work grows with
+    every one): a group is found by its first field, and its items go into
+    one flat list.
+    """
+    segments: list[str] = []
+    seen: set[str] = set()
+    rows: list[Any] = []  # row JSON texts, and row value tuples
+    running: dict[str, list[Any]] = {}  # session -> [session, attempt, failures, losses, [id, ...]]
+    done: dict[float, list[Any]] = {}  # finished_at -> [finished_at, failures, losses, [id, attempt, outcome, ...]]
+    other: list[list[Any]] = []  # groups unlike the first of their session or finished_at
+    forgotten: list[str] = []
+    for op in batch:
+        task_id = op[1]
+        if task_id in seen:  # a task's second operation: it goes in the next segment
+            segments.append(_segment_text(rows, running, done, other, forgotten, encode))
+            seen, rows, running, done, other, forgotten = set(), [], {}, {}, [], []
+        seen.add(task_id)
+        kind = op[0]
+        if kind == _RUN:
+            group = running.get(op[2])
+            if group is None:
+                running[op[2]] = [op[2], op[3], op[4], op[5], [task_id]]
+            elif group[1] == op[3] and group[2] == op[4] and group[3] == op[5]:
+                group[4].append(task_id)
+            else:
+                other.append([_RUN, op[2], op[3], op[4], op[5], [task_id]])
+        elif kind == _FINISH:
+            group = done.get(op[4])
+            if group is None:
+                done[op[4]] = [op[4], op[5], op[6], [task_id, op[2], op[3]]]
+            elif group[1] == op[5] and group[2] == op[6]:
+                items = group[3]
+                items.append(task_id)
+                items.append(op[2])
+                items.append(op[3])
+            else:
+                other.append([_FINISH, op[4], op[5], op[6], [task_id, op[2], op[3]]])
+        elif kind == _FORGET:
+            forgotten.append(task_id)
+        else:
+            rows.append(op[2])  # a text, or (_VALUES) a tuple of values
+    segments.append(_segment_text(rows, running, done, other, forgotten, encode))
+    return "[" + ",".join(segments) + "]"
+
+
+def _segment_text(rows: list[Any], running: dict[str, list[Any]], done: dict[float, list[Any]],
+                  other: list[list[Any]], forgotten: list[str], encode: Callable[[Any], str]) -> str:  # fmt: skip
+    groups_running = list(running.values())
+    groups_done = list(done.values())
+    for group in other:
+        (groups_running if group[0] == _RUN else groups_done).append(group[1:])
+    texts = [row if type(row) is str else encode(row) for row in rows]
+    return (
+        "[[" + ",".join(texts) + "],"
+        + encode(groups_running) + "," + encode(groups_done) + "," + encode(forgotten) + "]"
+    )  # fmt: skip
+
+
+def _recovered(text: str) -> list[_Op]:
+    """A row of ``changes`` as operations in memory (raises ValueError/TypeError/IndexError if malformed)."""
+    ops: list[_Op] = []
+    for rows, running, done, forgotten in json.loads(text):
+        for row in rows:
+            if type(row[0]) is not str or len(row) not in (9, 16):
+                raise ValueError(f"a task row has {len(row)} fields")
+            ops.append((_VALUES, row[0], (*row, *_NEW_ROW_DEFAULTS) if len(row) == 9 else tuple(row)))
+        for session, attempt, failures, losses, ids in running:
+            ops.extend((_RUN, task_id, session, attempt, failures, losses) for task_id in ids)
+        for finished_at, failures, losses, items in done:
+            if len(items) % 3:
+                raise ValueError("a group of finished tasks is not id, attempt, outcome triples")
+            ops.extend((_FINISH, items[i], items[i + 1], items[i + 2], finished_at, failures, losses)
+                       for i in range(0, len(items), 3))  # fmt: skip
+        ops.extend((_FORGET, task_id) for task_id in forgotten)
+    for op in ops:
+        if type(op[1]) is not str:
+            raise ValueError(f"an operation names the task {op[1]!r}")
+    return ops
+
+
+class _Generation:
+    """Each task's net change since the generation began: its latest operation, and its latest row."""
+
+    __slots__ = ("last", "latest", "ops", "rows", "started")
+
+    def __init__(self) -> None:
+        self.latest: dict[str, Any] = {}  # task id -> its latest operation (_GONE: forgotten)
+        self.rows: dict[str, _Op] = {}  # task id -> its latest row operation
+        self.ops = 0  # operations folded in
+        self.started = 0.0  # time.monotonic() of the first
+        self.last = 0  # the last ``changes`` row folded in
+
+    def fold(self, ops: list[_Op]) -> None:
+        """Fold operations in, in order."""
+        latest, rows = self.latest, self.rows
+        gone = _GONE
+        for op in ops:
+            kind, task_id = op[0], op[1]
+            if kind == _RUN or kind == _FINISH:
+                previous = latest.get(task_id)
+                if previous is gone:
+                    pass  # after a forget, a narrow update changes nothing
+                elif kind == _FINISH or previous is None or (previous[0] != _FINISH and previous[0] != _CHAIN):
+                    latest[task_id] = op  # done sets every field that running sets, and more
+                else:
+                    # Running again after it ended (not something a dispatcher does): the
+                    # fields that running leaves alone keep what done gave them.
+                    latest[task_id] = (_CHAIN, task_id, previous if previous[0] == _FINISH else previous[2], op)
+            elif kind == _FORGET:
+                row = rows.pop(task_id, None)
+                if row is not None and (row[0] == _NEW or row[0] == _ADDED):
+                    del latest[task_id]  # new in this generation and gone again: nothing to write
+                else:
+                    latest[task_id] = gone
+            else:
+                if (kind == _NEW or kind == _ADDED) and task_id in latest:
+                    op = (_ROW, task_id, _row_text(op))  # not new to this generation: it may be in tasks
+                rows[task_id] = latest[task_id] = op
+        self.ops += len(ops)
+
+    def apply(self, conn: sqlite3.Connection, task_ids: Iterable[str], encode: Callable[[Any], str]) -> None:
+        """Write these tasks' net changes to ``tasks``: one statement per kind, rows first."""
+        latest, rows = self.latest, self.rows
+        texts: list[str] = []  # rows, encoded
+        values: list[Any] = []  # rows to encode
+        finished: list[str] = []  # rows with their done fields (see _APPLY_ROWS_DONE), encoded
+        running: list[_Op] = []
+        done: list[_Op] = []
+        forgotten: list[str] = []
+        for task_id in task_ids:
+            op = latest[task_id]
+            if op is _GONE:
+                forgotten.append(task_id)
+                continue
+            kind = op[0]
+            if kind == _CHAIN:
+                done.append(op[2])
+                running.append(op[3])  # after the done ones (see below)
+                op = rows.get(task_id)
+                if op is None:
+                    continue
+                kind = op[0]
+            elif kind == _RUN or kind == _FINISH:
+                update = op
+                op = rows.get(task_id)  # the row it updates, if that came in this generation
+                if op is None:
+                    (running if kind == _RUN else done).append(update)
+                    continue
+                if kind == _FINISH and op[0] != _VALUES:  # the usual: in one write
+                    finished.append(f"[{_row_text(op)},{encode(update[2:])[1:]}")
+                    continue
+                (running if kind == _RUN else done).append(update)
+                kind = op[0]
+            if kind == _VALUES:
+                values.append(op[2])
+            else:
+                texts.append(_row_text(op))
+        # Each of these was encoded once already, when it was committed: this cannot fail.
+        if values:
+            texts.append(encode(values)[1:-1])
+        if texts:
+            conn.execute(_APPLY_ROWS, ("[" + ",".join(texts) + "]",))
+        if finished:
+            conn.execute(_APPLY_ROWS_DONE, ("[" + ",".join(finished) + "]",))
+        if done:
+            conn.execute(_APPLY_DONE, (encode(done),))
+        if running:  # after done: a _CHAIN is done, then running again
+            conn.execute(_APPLY_RUNNING, (encode(running),))
+        if forgotten:
+            conn.execute(_APPLY_FORGETS, (encode(forgotten),))
 
 
 def _is_corruption(exc: sqlite3.Error) -> bool:
@@ -298,21 +661,27 @@ class SQLiteStore(Store):
         self.synchronous = synchronous.upper()
         self.commit_interval = commit_interval
         self._state = "new"  # new -> opening -> open -> closing -> closed (-> opening again)
-        self._cond = threading.Condition(threading.Lock())
+        # The hot paths take the plain lock (``with self._mutex``); waiting and
+        # notifying go through the condition built on it.
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
+        self._trio_encode = _json_encoder()  # the Trio side's (the writer has its own: see _reset)
         self._reset()
 
     def _reset(self) -> None:
-        # Shared with the writer thread: only under self._cond.
-        self._pending: dict[str, _Op] = {}
+        # Shared with the writer thread.  The Trio side appends to ``_ops``
+        # (one list.append, atomic) and the writer takes a prefix of it under
+        # ``_mutex``; everything else here only under ``_mutex``.
+        self._ops: list[_Op] = []
         self._pending_since = 0.0
         self._urgent = False  # someone awaits the next commit: do not wait for company
         self._closing = False
         self._batch = 1  # the number of the batch being collected
         self._committed = 0  # the last batch number committed (read without the lock: one int)
         self._failure: BaseException | None = None
-        self._commits = self._rows_written = self._rows_deleted = self._rows_skipped = 0
+        self._commits = self._rows_written = self._rows_deleted = self._rows_skipped = self._checkpoints = 0
         # The Trio side's.
-        self._lot = trio.lowlevel.ParkingLot()
+        self._lots: dict[int, trio.lowlevel.ParkingLot] = {}  # batch number -> who waits for its commit
         self._opened = trio.Event()
         self._exited = trio.Event()
         self._open_outcome: list[StoredTask] | BaseException = []
@@ -320,6 +689,12 @@ class SQLiteStore(Store):
         self._conn: sqlite3.Connection | None = None
         self._lock = _LockFile(self.path + ".lock", self.path)
         self._next_purge = 0.0
+        self._encode = _json_encoder()
+        self._unfolded: tuple[list[_Op], int] | None = None  # a committed batch not folded yet
+        self._generation = _Generation()  # folding in what is committed
+        self._closed: _Generation | None = None  # the one before, being applied to ``tasks`` (never changed again)
+        self._closed_rest: Iterator[str] = iter(())  # the task ids of it not applied yet
+        self._closed_left = 0  # how many that is
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path!r} {self._state}>"
@@ -355,23 +730,34 @@ class SQLiteStore(Store):
     async def add(self, tasks: list[StoredTask]) -> None:
         """Journal new tasks; return once they are committed (the same transaction as whatever else is buffered).
 
-        Raises TypeError/ValueError (nothing buffered) if a task cannot be
-        encoded as JSON, :class:`StoreError` if the journal is broken.  If
-        cancelled while waiting, the tasks stay buffered and are committed
-        anyway.
+        Only for tasks the journal does not hold: new ones, or ones
+        :meth:`forget` dropped before.  Raises TypeError/ValueError (nothing
+        buffered) if a task cannot be encoded as JSON, :class:`StoreError`
+        if the journal is broken.  If cancelled while waiting, the tasks stay
+        buffered and are committed anyway.
         """
         self._check_open("add")
-        rows = [_encode(task) for task in tasks]  # here, so that a bad task fails its own caller
-        if not rows:
+        dumps = self._trio_encode
+        ops = []
+        for task in tasks:  # encoded here, so that a bad task fails its own caller
+            op = _values(task)
+            ops.append((_ADDED, op[1], dumps(op[2])))
+        await self._add(ops)
+
+    async def add_new(self, tasks: list[NewTask]) -> None:
+        """:meth:`add` for :data:`~trioschedule._store.NewTask` tuples, encoded as they are."""
+        self._check_open("add")
+        await self._add(_new_rows(tasks, self._trio_encode))
+
+    async def _add(self, ops: list[_Op]) -> None:
+        if not ops:
             await trio.lowlevel.checkpoint()
             return
-        with self._cond:
+        with self._mutex:
             self._raise_if_failed()
-            pending = self._pending
-            if not pending:
+            if not self._ops:
                 self._pending_since = time.monotonic()
-            for row in rows:
-                pending[row[0]] = row
+            self._ops.extend(ops)
             self._urgent = True
             ticket = self._batch
             self._cond.notify()
@@ -380,41 +766,62 @@ class SQLiteStore(Store):
     def update(self, task: StoredTask) -> None:
         """Buffer ``task``'s new state (an upsert); the writer commits it within ``commit_interval``.
 
-        Only the latest state of each task per transaction is written.  The
-        store keeps a reference to ``task`` until then: do not mutate it.
+        The store keeps a reference to ``task`` until then: do not mutate it.
         """
         if self._state != "open":
             self._check_open("update")
-        if task.state not in _STATES:
-            raise ValueError(f"task {task.id!r}: state {task.state!r} is not one of {sorted(_STATES)}")
-        with self._cond:
-            pending = self._pending
-            if not pending:
-                if self._failure is not None:
-                    return  # the store has stopped; add(), flush() and close() report it
-                self._pending_since = time.monotonic()
-                self._cond.notify()
-            pending[task.id] = task
+        op = _values(task)  # raises ValueError for a bad state; the writer encodes it
+        ops = self._ops
+        ops.append(op)
+        if len(ops) == 1:
+            self._wake_writer()
+
+    def update_running(self, task_id: str, attempt: int, failures: int, losses: int, session: str) -> None:
+        """Buffer "``task_id`` runs on ``session``" (see :meth:`Store.update_running`)."""
+        if self._state != "open":
+            self._check_open("update")
+        ops = self._ops
+        ops.append((_RUN, task_id, session, attempt, failures, losses))
+        if len(ops) == 1:
+            self._wake_writer()
+
+    def update_done(
+        self, task_id: str, attempt: int, failures: int, losses: int, outcome: dict[str, Any], finished_at: float
+    ) -> None:
+        """Buffer "``task_id`` ended with ``outcome``" (see :meth:`Store.update_done`).
+
+        The store keeps a reference to ``outcome`` until it is committed: do not mutate it.
+        """
+        if self._state != "open":
+            self._check_open("update")
+        ops = self._ops
+        ops.append((_FINISH, task_id, attempt, outcome, finished_at, failures, losses))
+        if len(ops) == 1:
+            self._wake_writer()
 
     def forget(self, task_ids: list[str]) -> None:
         """Buffer the deletion of these tasks' rows (unknown ids are ignored)."""
-        self._check_open("forget")
-        with self._cond:
-            if self._failure is not None or not task_ids:
-                return
-            pending = self._pending
-            if not pending:
-                self._pending_since = time.monotonic()
-                self._cond.notify()
-            for task_id in task_ids:
-                pending[task_id] = None
+        if self._state != "open":
+            self._check_open("forget")
+        ops = self._ops
+        was_empty = not ops
+        for task_id in task_ids:
+            ops.append((_FORGET, task_id))
+        if was_empty and ops:
+            self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        """The first operation of a batch was buffered: the writer commits within ``commit_interval``."""
+        with self._mutex:
+            self._pending_since = time.monotonic()
+            self._cond.notify()
 
     async def flush(self) -> None:
         """Return once everything buffered before this call is committed."""
         self._check_open("flush")
-        with self._cond:
+        with self._mutex:
             self._raise_if_failed()
-            if self._pending:
+            if self._ops:
                 ticket = self._batch
                 self._urgent = True
                 self._cond.notify()
@@ -447,8 +854,9 @@ class SQLiteStore(Store):
                 rows_written=self._rows_written,
                 rows_deleted=self._rows_deleted,
                 rows_skipped=self._rows_skipped,
-                pending=len(self._pending),
+                pending=len(self._ops),
                 failed=self._failure is not None,
+                checkpoints=self._checkpoints,
             )
 
     def _check_open(self, what: str) -> None:
@@ -483,15 +891,28 @@ class SQLiteStore(Store):
                 raise self._failed_error()
             if self._exited.is_set():
                 raise StoreError(f"the journal {self.path} was closed before the write was committed")
-            await self._lot.park()
+            lot = self._lots.get(ticket)
+            if lot is None:
+                lot = self._lots[ticket] = trio.lowlevel.ParkingLot()
+            await lot.park()
 
     def _wake(self) -> None:
-        self._lot.unpark_all()
+        """In the Trio thread, after a commit (or a failure): wake whoever waits for what is committed now."""
+        lots = self._lots
+        if self._failure is not None:
+            ready = list(lots)
+        else:
+            committed = self._committed
+            ready = [ticket for ticket in lots if ticket <= committed]
+        for ticket in ready:
+            lots.pop(ticket).unpark_all()
 
     def _thread_exited(self) -> None:
         self._opened.set()
         self._exited.set()
-        self._lot.unpark_all()
+        for lot in self._lots.values():
+            lot.unpark_all()
+        self._lots.clear()
 
     def _call_soon(self, fn: Callable[[], None]) -> None:
         """From the writer thread: run ``fn`` in the Trio thread."""
@@ -585,13 +1006,39 @@ class SQLiteStore(Store):
                 code="unsupported",
             )
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        # SQLite copies the WAL into the database every this many pages, inside some commit;
+        # 16 MB instead of 4: fewer of those pauses, and a page the change log reuses is copied once.
+        conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_AUTOCHECKPOINT}")
         if version < latest:
             self._migrate(conn, version)
-        if self.retention is not None:
+        # Recovery: what the change log holds after the last checkpoint, applied
+        # in commit order on top of ``tasks``, then the retention sweep; in one
+        # transaction, so that a journal refused half-way is left as it was.
+        pending = conn.execute("SELECT count(*) FROM changes").fetchone()[0]
+        if pending or self.retention is not None:
             with _transaction(conn):
-                conn.execute(_PURGE, (time.time() - self.retention,))
+                if pending:
+                    self._replay(conn)
+                    conn.execute("DELETE FROM changes")
+                    log.info("%s: applied %d commit(s) from the change log", self.path, pending)
+                if self.retention is not None:
+                    conn.execute(_PURGE, (time.time() - self.retention,))
+        if self.retention is not None:
             self._next_purge = time.monotonic() + _PURGE_EVERY
-        return [_decode(row) for row in conn.execute(_LOAD)]
+        try:
+            return [_decode(row[0]) for row in conn.execute(_LOAD)]
+        except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
+            raise self._corrupt(f"a task does not decode ({exc})") from exc
+
+    def _replay(self, conn: sqlite3.Connection) -> None:
+        """Apply the change log on top of ``tasks``: the commits since the last finished checkpoint, in order."""
+        generation = _Generation()
+        try:
+            for (text,) in conn.execute("SELECT ops FROM changes ORDER BY seq"):
+                generation.fold(_recovered(text))
+        except (ValueError, TypeError, IndexError) as exc:  # JSONDecodeError is a ValueError
+            raise self._corrupt(f"its change log does not decode ({exc})") from exc
+        generation.apply(conn, generation.latest, self._encode)
 
     def _migrate(self, conn: sqlite3.Connection, version: int) -> None:
         with _transaction(conn):
@@ -609,15 +1056,16 @@ class SQLiteStore(Store):
 
     def _write_loop(self) -> None:
         cond = self._cond
+        ops = self._ops
         while True:
             with cond:
                 while True:
                     if self._failure is not None:
-                        self._pending.clear()  # stopped: nothing more is written
+                        del ops[:]  # stopped: nothing more is written
                         if self._closing:
                             return
                         cond.wait()
-                    elif self._pending:
+                    elif ops:
                         if self._urgent or self._closing:
                             break
                         wait = self._pending_since + self.commit_interval - time.monotonic()
@@ -625,13 +1073,35 @@ class SQLiteStore(Store):
                             break
                         cond.wait(wait)
                     elif self._closing:
-                        return
+                        break
                     else:
-                        cond.wait()
-                batch, self._pending = self._pending, {}
-                number = self._batch
-                self._batch += 1
-                self._urgent = False
+                        idle = self._checkpoint_due()
+                        if idle is not None and idle <= 0:
+                            break
+                        cond.wait(idle)
+                # The Trio side only ever appends: take what is there now.
+                count = len(ops)
+                batch = ops[:count]
+                del ops[:count]
+                closing = self._closing
+                if batch:
+                    number = self._batch
+                    self._batch += 1
+                    self._urgent = False
+            if not batch:
+                # Nothing to commit: bring ``tasks`` up to date (all of it when closing).
+                try:
+                    self._checkpoint(everything=closing)
+                except Exception as exc:  # nothing is lost: the change log still holds it all
+                    log.warning("checkpoint of the journal %s failed (its change log keeps everything): %r",
+                                self.path, exc)  # fmt: skip
+                    if closing:
+                        return
+                    with cond:
+                        self._failure = exc  # something is wrong with the file: stop writing to it
+                if closing:
+                    return
+                continue
             try:
                 counts = self._write(batch)
             except Exception as exc:
@@ -646,34 +1116,134 @@ class SQLiteStore(Store):
                     self._rows_deleted += counts[1]
                     self._rows_skipped += counts[2]
             self._call_soon(self._wake)
+            unfolded, self._unfolded = self._unfolded, None
+            if unfolded is not None:  # after the wake-up: nobody waits for this
+                self._fold(*unfolded)
 
-    def _write(self, batch: dict[str, _Op]) -> tuple[int, int, int]:
+    def _write(self, batch: list[_Op]) -> tuple[int, int, int]:
+        """Commit ``batch`` as one row of the change log (with a slice of checkpoint, if one is under way)."""
         conn = self._conn
         assert conn is not None
-        rows: list[tuple[Any, ...]] = []
-        deletes: list[tuple[str]] = []
         skipped = 0
-        for task_id, op in batch.items():
-            if op is None:
-                deletes.append((task_id,))
-            elif isinstance(op, tuple):
-                rows.append(op)
-            else:
-                try:
-                    rows.append(_encode(op))
-                except (TypeError, ValueError) as exc:
-                    log.error("task %s: its state cannot be journaled and is skipped: %s", task_id, exc)
-                    skipped += 1
-        deleted = 0
-        with _transaction(conn):
-            if rows:
-                conn.executemany(_UPSERT, rows)
-            if deletes:
-                deleted += conn.executemany("DELETE FROM tasks WHERE id = ?", deletes).rowcount
-            if self.retention is not None and time.monotonic() >= self._next_purge:
-                deleted += conn.execute(_PURGE, (time.time() - self.retention,)).rowcount
+        try:
+            text = _segments_text(batch, self._encode)
+        except (TypeError, ValueError):
+            count = len(batch)
+            batch = self._encodable(batch)
+            skipped = count - len(batch)
+            text = _segments_text(batch, self._encode)
+        forgets = sum(1 for op in batch if op[0] == _FORGET)
+        entries, last = self._next_slice(max(_SLICE, 2 * len(batch)))
+        purge = self.retention is not None and time.monotonic() >= self._next_purge
+        purged = 0
+        if entries or last or purge:
+            with _transaction(conn):
+                seq = conn.execute(_LOG, (text,)).lastrowid or 0
+                if entries:
+                    assert self._closed is not None
+                    self._closed.apply(conn, entries, self._encode)
+                if last:
+                    conn.execute("DELETE FROM changes WHERE seq <= ?", (last,))
+                if purge:
+                    purged = max(conn.execute(_PURGE, (time.time() - self.retention,)).rowcount, 0)  # type: ignore[operator]
+            if purge:
                 self._next_purge = time.monotonic() + _PURGE_EVERY
-        return len(rows), max(deleted, 0), skipped
+            self._sliced(last)
+        else:
+            # One statement is its own transaction: one call into SQLite (one hand-back
+            # of the GIL, which a busy event loop may keep for a while) instead of three.
+            seq = conn.execute(_LOG, (text,)).lastrowid or 0
+        self._unfolded = (batch, seq)  # folded once the waiters are woken (see _write_loop)
+        return len(batch) - forgets, forgets + purged, skipped
+
+    def _encodable(self, batch: list[_Op]) -> list[_Op]:
+        """``batch`` without (and logging) the operations that cannot be encoded as JSON."""
+        good = []
+        for op in batch:
+            try:
+                if op[0] == _VALUES:
+                    self._encode(op[2])
+                elif op[0] in (_RUN, _FINISH, _FORGET):
+                    self._encode(op)
+            except (TypeError, ValueError) as exc:
+                log.error("task %s: its state cannot be journaled and is skipped: %s", op[1], exc)
+            else:
+                good.append(op)
+        return good
+
+    # ----------------------------------------------------------- checkpoints
+    def _fold(self, batch: list[_Op], seq: int) -> None:
+        """Fold a committed batch into the current generation."""
+        generation = self._generation
+        if not generation.ops:
+            generation.started = time.monotonic()
+        generation.fold(batch)
+        generation.last = seq
+        if generation.ops >= _GENERATION_OPS or len(generation.latest) >= _GENERATION_TASKS:
+            self._close_generation()
+
+    def _close_generation(self) -> None:
+        """Start applying the current generation, unless the one before is still being applied."""
+        if self._closed is not None or not self._generation.last:
+            return
+        closed = self._closed = self._generation
+        self._closed_rest = iter(closed.latest)
+        self._closed_left = len(closed.latest)
+        self._generation = _Generation()
+
+    def _checkpoint_due(self) -> float | None:
+        """For an idle writer: 0 if there is checkpoint work now, else seconds until there is (None: never)."""
+        if self._closed is not None:
+            return 0.0
+        if self._generation.last:
+            return max(0.0, self._generation.started + _GENERATION_SECONDS - time.monotonic())
+        return None
+
+    def _next_slice(self, size: int) -> tuple[list[str], int]:
+        """Up to ``size`` task ids of the closed generation, and its last ``changes`` row if that finishes it."""
+        if self._closed is None:
+            generation = self._generation
+            if not generation.last or time.monotonic() < generation.started + _GENERATION_SECONDS:
+                return [], 0
+            self._close_generation()
+            assert self._closed is not None
+        task_ids = list(itertools.islice(self._closed_rest, size))
+        self._closed_left -= len(task_ids)
+        return task_ids, self._closed.last if not self._closed_left else 0
+
+    def _sliced(self, last: int) -> None:
+        """After the commit that applied a slice (and, with ``last``, finished the closed generation)."""
+        if last:
+            self._closed, self._closed_rest, self._closed_left = None, iter(()), 0
+            self._checkpoints += 1
+
+    def _checkpoint(self, *, everything: bool) -> None:
+        """Apply checkpoint work in a transaction of its own: a slice, or (``everything``) all of it."""
+        conn = self._conn
+        assert conn is not None
+        if everything:
+            if self._closed is None and not self._generation.last:
+                return
+            with _transaction(conn):
+                if self._closed is not None:
+                    self._closed.apply(conn, self._closed_rest, self._encode)
+                generation = self._generation
+                if generation.latest:
+                    generation.apply(conn, generation.latest, self._encode)
+                conn.execute("DELETE FROM changes")
+            self._sliced(1)
+            self._generation = _Generation()
+            return
+        task_ids, last = self._next_slice(2 * _SLICE)
+        if not task_ids and not last:
+            return
+        with _transaction(conn):
+            if task_ids:
+                assert self._closed is not None
+                self._closed.apply(conn, task_ids, self._encode)
+            if last:
+                conn.execute("DELETE FROM changes WHERE seq <= ?", (last,))
+        self._sliced(last)
 
 
 @contextlib.contextmanager

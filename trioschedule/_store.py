@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["MemoryStore", "Store", "StoredTask", "open_store"]
+__all__ = ["MemoryStore", "NewTask", "Store", "StoredTask", "new_stored_task", "open_store"]
 
 
 @attrs.define(kw_only=True)
@@ -37,6 +37,23 @@ class StoredTask:
     finished_at: float | None = None
 
 
+#: A task as accepted and not yet run: ``(id, name, args, kwargs, priority, retries, deadline, not_before,
+#: submitted_at)``, the fields of :class:`StoredTask` that are not at their defaults (``state`` is
+#: ``"queued"``, ``attempt``/``failures``/``losses`` are 0, no ``session``, ``outcome`` or ``finished_at``).
+NewTask = tuple[str, str, list[Any], dict[str, Any], int, int | None, float | None, float | None, float]
+
+
+def new_stored_task(
+    task_id: str, name: str, args: list[Any], kwargs: dict[str, Any], priority: int, retries: int | None,
+    deadline: float | None, not_before: float | None, submitted_at: float,
+) -> StoredTask:  # fmt: skip
+    """The :class:`StoredTask` of a :data:`NewTask`."""
+    return StoredTask(
+        id=task_id, name=name, args=args, kwargs=kwargs, priority=priority, retries=retries, deadline=deadline,
+        not_before=not_before, submitted_at=submitted_at,
+    )  # fmt: skip
+
+
 class Store:
     """The journal interface.  The base class is the in-memory store: it keeps nothing.
 
@@ -55,8 +72,38 @@ class Store:
     async def add(self, tasks: list[StoredTask]) -> None:
         """Journal newly accepted tasks; return once they are durable."""
 
+    async def add_new(self, tasks: list[NewTask]) -> None:
+        """``add`` for tasks given as :data:`NewTask` tuples (what the dispatcher journals on submission).
+
+        The default builds the :class:`StoredTask` records and calls ``add``;
+        a store may encode the tuples directly instead.
+        """
+        await self.add([new_stored_task(*task) for task in tasks])
+
     def update(self, task: StoredTask) -> None:
         """Journal a task's new state (buffered; group-committed)."""
+
+    # Narrow updates: the two state changes every task goes through, without
+    # rebuilding and re-encoding the whole task.  The dispatcher calls them
+    # only if the store's class overrides both (``narrow_updates``), and only
+    # for a task the store already holds (``add``ed or ``update``d before);
+    # otherwise it sends the whole task to ``update``.  Each one means exactly
+    # what ``update`` of the whole task would: the fields not named here did
+    # not change since the task was last journaled.
+
+    def update_running(self, task_id: str, attempt: int, failures: int, losses: int, session: str) -> None:
+        """The task was handed to a worker: ``state="running"``, no ``not_before`` (buffered like ``update``)."""
+
+    def update_done(
+        self, task_id: str, attempt: int, failures: int, losses: int, outcome: dict[str, Any], finished_at: float
+    ) -> None:
+        """The task ended: ``state="done"``, no ``session``/``not_before``, ``args``/``kwargs`` dropped
+        (``[]``/``{}``), ``outcome`` (the Outcome, unstructured) and ``finished_at`` set (buffered like ``update``)."""
+
+    @classmethod
+    def narrow_updates(cls) -> bool:
+        """True if this store implements :meth:`update_running` and :meth:`update_done` itself."""
+        return cls.update_running is not Store.update_running and cls.update_done is not Store.update_done
 
     def forget(self, task_ids: list[str]) -> None:
         """Drop finished tasks whose retention has passed."""
