@@ -7,6 +7,7 @@ import os
 import socket
 import ssl
 import struct
+from typing import Any
 
 import pytest
 import trio
@@ -397,36 +398,45 @@ async def test_a_reader_loop_is_cancelled_at_its_next_receive_while_data_keeps_w
             assert received + await _receive(server, 4000 - len(received)) == list(range(4000))
 
 
+def _first_write_stalls(conn: Connection) -> tuple[list[int], trio.CancelScope, Any]:
+    """Make ``conn``'s first before_write hang, like a journal flush that gets cancelled.
+
+    Returns the call count (a one-item list), the scope that interrupts the
+    stalled write, and a ``write_now`` to run as a task inside that scope.
+    """
+    calls = [0]
+
+    async def before_write() -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            await trio.sleep_forever()
+
+    conn.before_write = before_write
+    interrupted = trio.CancelScope()
+
+    async def write_now() -> None:
+        with interrupted:
+            await conn.write_now()
+
+    return calls, interrupted, write_now
+
+
 async def test_a_write_whose_before_write_fails_goes_back_to_the_outbox_in_order():
     with trio.fail_after(5):
         async with _tcp_streams() as (a, b):
             server, client = _ready_pair(a, b)
-            calls = 0
-
-            async def before_write():  # like a journal flush that gets cancelled the first time
-                nonlocal calls
-                calls += 1
-                if calls == 1:
-                    await trio.sleep_forever()
-
-            server.before_write = before_write
-            interrupted = trio.CancelScope()
-
-            async def write_now():
-                with interrupted:
-                    await server.write_now()
-
+            calls, interrupted, write_now = _first_write_stalls(server)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(server.run_writer)
                 server.send(m.Message(data=1), wake=False)
                 nursery.start_soon(write_now)
                 await trio.testing.wait_all_tasks_blocked()
-                assert calls == 1 and server._outbox == []  # taken, waiting in before_write
+                assert calls == [1] and server._outbox == []  # taken, waiting in before_write
                 server.send(m.Message(data=2), wake=False)
                 server.send(m.Message(data=3), wake=False)
                 interrupted.cancel()
                 assert await _receive(client, 3) == [1, 2, 3]
-                assert calls == 2 and not server.closed
+                assert calls == [2] and not server.closed
                 nursery.cancel_scope.cancel()
 
 
@@ -436,21 +446,7 @@ async def test_frames_the_writer_task_took_meanwhile_still_go_after_an_interrupt
     with trio.fail_after(5):
         async with _tcp_streams() as (a, b):
             server, client = _ready_pair(a, b)
-            calls = 0
-
-            async def before_write():
-                nonlocal calls
-                calls += 1
-                if calls == 1:
-                    await trio.sleep_forever()
-
-            server.before_write = before_write
-            interrupted = trio.CancelScope()
-
-            async def write_now():
-                with interrupted:
-                    await server.write_now()
-
+            _, interrupted, write_now = _first_write_stalls(server)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(server.run_writer)
                 server.send(m.Message(data=1), wake=False)
