@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
-from trioschedule import Dispatcher, LocalProtocolError, TaskFailed, UnknownTaskId, Worker, task
+from trioschedule import (
+    Dispatcher,
+    LocalProtocolError,
+    TaskCancelled,
+    TaskFailed,
+    TaskTimeout,
+    UnknownTaskId,
+    Worker,
+    task,
+)
 from trioschedule.testing import open_cluster
 
 from .conftest import MathWorker, OtherWorker, quick_dispatcher
@@ -29,6 +39,42 @@ async def test_dispatcher_side_submit_call_map(autojump_clock):
         assert await d.map("add", [(i, i) for i in range(50)]) == [2 * i for i in range(50)]
         handle = d.submit_nowait("add", [1, 1])
         assert await handle.result() == 2
+
+
+async def test_map_in_chunks_keeps_order_and_waits_for_room(autojump_clock):
+    """Several map() chunks (MAP_CHUNK tasks each), more tasks than max_queued: all results, in order."""
+    async with open_cluster(quick_dispatcher(max_queued=700), MathWorker(), MathWorker()) as cluster:
+        d = cluster.dispatcher
+        with trio.fail_after(60):
+            assert await d.map("add", [(i, 1) for i in range(2500)]) == [i + 1 for i in range(2500)]
+        assert d.status()["tasks"]["done"] == 2500
+
+
+async def test_map_deadline_applies_to_every_task_of_a_chunk(autojump_clock):
+    """A timeout given to map() is each task's deadline, also for tasks that never reach a worker."""
+    async with open_cluster(quick_dispatcher()) as cluster:  # nobody offers "add" yet
+        d = cluster.dispatcher
+        with trio.fail_after(60):
+            results = await d.map("add", [(i, 1) for i in range(1500)], timeout=5, return_exceptions=True)
+        assert len(results) == 1500 and all(isinstance(r, TaskTimeout) for r in results)
+
+
+async def test_map_task_cancelled_by_id_ends_cancelled_in_its_place(autojump_clock):
+    async with open_cluster(quick_dispatcher()) as cluster:  # no worker: the tasks stay queued
+        d = cluster.dispatcher
+        results: list[object] = []
+
+        async def run_map() -> None:
+            results.extend(await d.map("add", [(i, 1) for i in range(5)], return_exceptions=True))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_map)
+            await trio.testing.wait_all_tasks_blocked()
+            queued = [t for t in d._tasks.values() if t.name == "add"]  # noqa: SLF001
+            assert d.cancel_nowait(queued[2].id, "not this one")
+            await cluster.start_worker(MathWorker())
+        assert results[:2] == [1, 2] and results[3:] == [4, 5]
+        assert isinstance(results[2], TaskCancelled)
 
 
 async def test_failure_carries_type_message_and_traceback(autojump_clock):
