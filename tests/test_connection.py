@@ -217,8 +217,9 @@ async def test_a_frame_larger_than_the_socket_buffers_reaches_a_slow_reader_inta
 
             async def write():
                 nonlocal written_at
-                await server.write_now()  # the kernel takes a little, then it waits for room
+                await server.write_now()  # the kernel takes what fits; the rest is the writer task's
                 written_at = trio.current_time()
+                assert server._outbox, "write_now() does not wait for a slow reader"
 
             async def read_slowly():
                 nonlocal reading_from
@@ -236,8 +237,10 @@ async def test_a_frame_larger_than_the_socket_buffers_reaches_a_slow_reader_inta
             received = []
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(write)
-                nursery.start_soon(read_slowly)
-            assert written_at > reading_from  # the write waited for the reader
+                nursery.start_soon(server.run_writer)  # writes the rest as room appears
+                await read_slowly()
+                nursery.cancel_scope.cancel()
+            assert written_at < reading_from  # write_now() returned without waiting for the reader
             assert _data(received) == [1, big, 2]
             assert not server.closed and server._outbox == []
 
@@ -385,17 +388,20 @@ async def test_a_reader_loop_is_cancelled_at_its_next_receive_while_data_keeps_w
             server, client = _ready_pair(a, b)
             for i in range(4000):  # about 100 KB: more than one read
                 client.send(m.Message(data=i), wake=False)
-            await client.write_now()  # what the client's kernel cannot pass on yet waits there
-            await trio.sleep(0.05)
-            received = []
-            with trio.CancelScope() as scope:
-                while True:
-                    batch = await server.receive_batch()
-                    assert not scope.cancel_called, "receive_batch() returned after the reader was cancelled"
-                    received += _data(batch)
-                    scope.cancel()
-            assert 0 < len(received) < 4000
-            assert received + await _receive(server, 4000 - len(received)) == list(range(4000))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.run_writer)  # writes what write_now() leaves to it
+                await client.write_now()
+                await trio.sleep(0.05)
+                received = []
+                with trio.CancelScope() as scope:
+                    while True:
+                        batch = await server.receive_batch()
+                        assert not scope.cancel_called, "receive_batch() returned after the reader was cancelled"
+                        received += _data(batch)
+                        scope.cancel()
+                assert 0 < len(received) < 4000
+                assert received + await _receive(server, 4000 - len(received)) == list(range(4000))
+                nursery.cancel_scope.cancel()
 
 
 def _first_write_stalls(conn: Connection) -> tuple[list[int], trio.CancelScope, Any]:

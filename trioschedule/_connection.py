@@ -268,8 +268,12 @@ class Connection:
         """Write what is queued from this task, if no write is in progress (saves waking the writer).
 
         Never waits for another write: if one is in progress, the writer task
-        is woken to write this after it.  Errors are left for the writer and
-        the reader to notice.
+        is woken to write this after it.  Over plain TCP it never waits for
+        the peer either: what the kernel does not take at once goes back to
+        the front of the outbox for the writer task, so a slow reader cannot
+        hold up the task that produced the frame (a dispatcher's reader
+        serving one worker, say, writing outcomes to a slow client).  Errors
+        are left for the writer and the reader to notice.
         """
         if not self._outbox or self._closed_reason is not None:
             return
@@ -279,6 +283,23 @@ class Connection:
         data = b"".join(self._outbox) if len(self._outbox) > 1 else self._outbox[0]
         self._outbox.clear()
         self._outbox_bytes = 0
+        sock = self._socket
+        if sock is not None and self.before_write is None:
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self._mark_closed(f"connection broke while sending: {describe_error(exc)}")
+                return
+            if sent < len(data):  # the rest is the writer task's, first in line
+                rest = data[sent:]
+                self._outbox.insert(0, rest)
+                self._outbox_bytes += len(rest)
+                self._wakeup.set()
+            else:
+                self.last_sent = trio.current_time()
+            return
         try:
             await self._write(data)
         except ConnectionClosed:
