@@ -1109,7 +1109,7 @@ class Dispatcher:
                 self.store.forget([task.id])
 
     def _wake_idle(self) -> None:
-        if not self._running:
+        if not self._running and self._idle:  # unpark_all() costs microseconds even with nobody parked
             self._idle.unpark_all()
 
     def _flush(self, wake: bool = True) -> None:

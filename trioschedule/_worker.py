@@ -455,7 +455,7 @@ class Worker:
         self._started.pop(task_id, None)  # the outcome says it started
         self._results.append(outcome)
         self._report.set()
-        if not self._running and not self._queue:
+        if not self._running and not self._queue and self._idle:  # someone waits for the worker to be idle
             self._idle.unpark_all()
 
     @staticmethod
