@@ -50,6 +50,20 @@ async def test_map_in_chunks_keeps_order_and_waits_for_room(autojump_clock):
         assert d.status()["tasks"]["done"] == 2500
 
 
+async def test_map_waits_for_later_chunks_even_when_the_first_has_ended(autojump_clock, monkeypatch):
+    """A chunk that ends entirely before the next is added must not end the map() early.
+
+    With room for one chunk only, map() waits for room before adding the
+    next; the worker runs the whole first chunk and reports it in one frame.
+    """
+    from trioschedule import _dispatcher
+
+    monkeypatch.setattr(_dispatcher, "MAP_CHUNK", 10)
+    async with open_cluster(quick_dispatcher(max_queued=10), MathWorker()) as cluster:
+        with trio.fail_after(60):
+            assert await cluster.dispatcher.map("add", [(i, 1) for i in range(25)]) == [i + 1 for i in range(25)]
+
+
 async def test_map_deadline_applies_to_every_task_of_a_chunk(autojump_clock):
     """A timeout given to map() is each task's deadline, also for tasks that never reach a worker."""
     async with open_cluster(quick_dispatcher()) as cluster:  # nobody offers "add" yet

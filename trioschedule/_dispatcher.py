@@ -1467,6 +1467,11 @@ class Dispatcher:
             self._dispatch()
             self._flush(wake=self._journaling)
             await self._write_now()
+            # Let the connections' readers run between chunks: without a journal
+            # nothing above waits, and a map() of 20,000 tasks would otherwise
+            # keep every worker's results (and every heartbeat) waiting until
+            # the last chunk is queued.
+            await trio.lowlevel.checkpoint()
         return await batch.results(return_exceptions)
 
     async def broadcast(self, message: Any) -> int:
@@ -1612,15 +1617,19 @@ class _Batch:
 
     Each task keeps its own outcome (``_Task.outcome``), so finishing one only
     counts down; the batch holds its tasks until ``map()`` returns, even after
-    ``max_results`` made the dispatcher forget them.
+    ``max_results`` made the dispatcher forget them.  Tasks arrive a chunk at
+    a time and earlier chunks may finish before later ones are added, so only
+    once ``results()`` says every chunk is in does the count reaching zero
+    mean the batch is done.
     """
 
-    __slots__ = ("tasks", "_left", "_done")
+    __slots__ = ("tasks", "_left", "_done", "_complete")
 
     def __init__(self) -> None:
         self.tasks: list[_Task] = []
         self._left = 0
         self._done = trio.Event()
+        self._complete = False  # every chunk added
 
     def add(self, tasks: list[_Task]) -> None:
         for task in tasks:
@@ -1630,10 +1639,12 @@ class _Batch:
 
     def one_done(self) -> None:  # called by Dispatcher._finish
         self._left -= 1
-        if not self._left:
+        if not self._left and self._complete:
             self._done.set()
 
     async def results(self, return_exceptions: bool) -> list[Any]:
+        """Once every chunk is added: wait for the last task to end, then the values in order."""
+        self._complete = True
         if self._left:
             await self._done.wait()
         return values_of([task.outcome for task in self.tasks], return_exceptions)  # type: ignore[misc]
