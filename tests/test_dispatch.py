@@ -64,6 +64,29 @@ async def test_map_waits_for_later_chunks_even_when_the_first_has_ended(autojump
             assert await cluster.dispatcher.map("add", [(i, 1) for i in range(25)]) == [i + 1 for i in range(25)]
 
 
+async def test_queuing_a_large_map_lets_other_tasks_run(autojump_clock, monkeypatch):
+    """Between chunks, once MAP_YIELD_EVERY has passed, map() yields: readers and heartbeats run."""
+    from trioschedule import _dispatcher
+
+    monkeypatch.setattr(_dispatcher, "MAP_CHUNK", 10)
+    monkeypatch.setattr(_dispatcher, "MAP_YIELD_EVERY", 0.0)
+    async with open_cluster(quick_dispatcher()) as cluster:  # no worker: every task stays queued
+        d = cluster.dispatcher
+        seen: list[int] = []
+
+        async def probe() -> None:
+            for _ in range(50):  # bounded: once it stops, the mock clock can jump
+                seen.append(len(d._tasks))  # noqa: SLF001
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(probe)
+            with trio.move_on_after(1):
+                await d.map("add", [(i, 1) for i in range(100)])
+            nursery.cancel_scope.cancel()
+        assert any(0 < n < 100 for n in seen), "the probe ran while the map was being queued"
+
+
 async def test_map_deadline_applies_to_every_task_of_a_chunk(autojump_clock):
     """A timeout given to map() is each task's deadline, also for tasks that never reach a worker."""
     async with open_cluster(quick_dispatcher()) as cluster:  # nobody offers "add" yet
