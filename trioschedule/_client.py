@@ -11,9 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -27,7 +26,7 @@ from ._framing import DEFAULT_MAX_FRAME_SIZE
 from ._handles import OutcomeSlot, TaskHandle, values_of
 from ._peerconn import Backoff, open_connection
 from ._protocol import ADMIN, CLIENT
-from ._util import background
+from ._util import IdSequence, background
 from ._util import check_options as _check_options
 from ._util import until_closed as _until_closed
 
@@ -113,9 +112,7 @@ class Client:
         self._closing = False
         self._fatal: BaseException | None = None
         self.dispatcher_name = ""
-        # Task ids: random per client, then a counter (uuid4() per task costs more than the task).
-        self._id_prefix = uuid.uuid4().hex
-        self._id_counter = 0
+        self._ids = IdSequence()  # one random 128-bit prefix per client
 
     # ============================================================ public API
     async def submit(
@@ -141,7 +138,7 @@ class Client:
         """
         _check_options(timeout, retries, delay)
         sub = m.Submission(
-            id=task_id or self._new_id(), name=name, args=list(args), kwargs=dict(kwargs or {}),
+            id=task_id or self._ids.next(), name=name, args=list(args), kwargs=dict(kwargs or {}),
             timeout=timeout, retries=retries, delay=delay, priority=priority,
         )  # fmt: skip
         [slot] = await self._submit([sub], wait)
@@ -170,13 +167,13 @@ class Client:
         raised once every task has ended.
         """
         _check_options(timeout, retries, None)
-        new, prefix, first = m.new_submission, self._id_prefix, self._id_counter + 1
+        items = list(iterable_of_args)
+        new = m.new_submission
         subs = [
-            new(f"{prefix}-{first + i:x}", name, list(item) if type(item) is tuple or type(item) is list else [item], {},
+            new(task_id, name, list(item) if type(item) is tuple or type(item) is list else [item], {},
                 timeout, retries, None, priority)  # fmt: skip
-            for i, item in enumerate(iterable_of_args)
+            for task_id, item in zip(self._ids.take(len(items)), items)
         ]
-        self._id_counter += len(subs)
         slots = await self._submit(subs, True)
         return values_of([slot.outcome or await slot.wait() for slot in slots], return_exceptions)
 
@@ -215,10 +212,6 @@ class Client:
         return self._conn is not None and not self._conn.closed
 
     # ============================================================= internals
-    def _new_id(self) -> str:
-        self._id_counter += 1
-        return f"{self._id_prefix}-{self._id_counter:x}"
-
     async def _submit(self, subs: list[m.Submission], wait: bool) -> list[OutcomeSlot]:
         """Send ``subs``; once all are accepted, their outcome slots, in order (raises if any was refused)."""
         if self._fatal is not None:

@@ -11,10 +11,11 @@ and no trip through the scheduler, and a read that finds data waiting costs
 one checkpoint instead of trio's two plus its context managers.  That is
 most of what a frame costs (measured: a send and a receive through the
 stream API take about 17 us of CPU here, through the socket 2.6 us plus one
-checkpoint).  TLS and in-memory streams go through the stream API.  Every way a stream can fail, from a
-reset socket to a TLS error, becomes one :class:`ConnectionClosed` with a
-reason; a send cancelled half way marks the connection broken, so nobody can
-write a desynchronised stream afterwards.
+checkpoint).  TLS and in-memory streams go through the stream API.
+
+Every way a stream can fail, from a reset socket to a TLS error, becomes one
+:class:`ConnectionClosed` with a reason; a send cancelled half way marks the
+connection broken, so nobody can write a desynchronised stream afterwards.
 """
 
 from __future__ import annotations
@@ -179,18 +180,13 @@ class Connection:
             if not self._outbox:  # written meanwhile (by write_now())
                 self._write_turn.unpark()
                 return
-            data = b"".join(self._outbox) if len(self._outbox) > 1 else self._outbox[0]
-            self._outbox.clear()
-            self._outbox_bytes = 0
+            data = self._take_outbox()
         self._writing = True
         if self.before_write is not None:
             try:
                 await self.before_write()
             except BaseException:
-                # Nothing was written: put the data back, oldest first, for the writer task.
-                self._outbox.insert(0, data)
-                self._outbox_bytes += len(data)
-                self._wakeup.set()
+                self._put_back(data)  # nothing was written
                 self._writing = False
                 self._write_turn.unpark()
                 raise
@@ -209,13 +205,32 @@ class Connection:
             self._write_turn.unpark()
         self.last_sent = trio.current_time()
 
+    def _take_outbox(self) -> bytes:
+        """Everything queued, as one buffer; the outbox is empty afterwards."""
+        outbox = self._outbox
+        data = b"".join(outbox) if len(outbox) > 1 else outbox[0]
+        outbox.clear()
+        self._outbox_bytes = 0
+        return data
+
+    def _put_back(self, data: bytes) -> None:
+        """Queue ``data`` (taken but not written) ahead of everything else, for the writer task."""
+        self._outbox.insert(0, data)
+        self._outbox_bytes += len(data)
+        self._wakeup.set()
+
+    @staticmethod
+    def _send_nowait(sock: socket.socket, data: bytes) -> int:
+        """Bytes of ``data`` the kernel takes at once (0 if its buffer is full); OSError if the socket broke."""
+        try:
+            return sock.send(data)
+        except BlockingIOError:
+            return 0
+
     async def _send_all(self, data: bytes) -> None:
         sock = self._socket
         if sock is not None:
-            try:
-                sent = sock.send(data)
-            except BlockingIOError:
-                sent = 0
+            sent = self._send_nowait(sock, data)
             if sent == len(data):
                 return  # the usual case: no cancel scope, no checkpoint
             data = memoryview(data)[sent:]  # type: ignore[assignment]
@@ -226,10 +241,7 @@ class Connection:
             else:
                 while data:
                     await trio.lowlevel.wait_writable(sock)
-                    try:
-                        data = data[sock.send(data) :]
-                    except BlockingIOError:
-                        pass
+                    data = data[self._send_nowait(sock, data) :]
         if scope.cancelled_caught:
             raise self._mark_closed(f"peer did not read for {self.send_timeout:g} s")
 
@@ -280,23 +292,16 @@ class Connection:
         if self._writing:
             self._wakeup.set()
             return
-        data = b"".join(self._outbox) if len(self._outbox) > 1 else self._outbox[0]
-        self._outbox.clear()
-        self._outbox_bytes = 0
+        data = self._take_outbox()
         sock = self._socket
         if sock is not None and self.before_write is None:
             try:
-                sent = sock.send(data)
-            except BlockingIOError:
-                sent = 0
+                sent = self._send_nowait(sock, data)
             except OSError as exc:
                 self._mark_closed(f"connection broke while sending: {describe_error(exc)}")
                 return
-            if sent < len(data):  # the rest is the writer task's, first in line
-                rest = data[sent:]
-                self._outbox.insert(0, rest)
-                self._outbox_bytes += len(rest)
-                self._wakeup.set()
+            if sent < len(data):
+                self._put_back(data[sent:])  # the rest is the writer task's, first in line
             else:
                 self.last_sent = trio.current_time()
             return

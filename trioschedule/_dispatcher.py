@@ -55,6 +55,7 @@ from ._protocol import (
 )
 from ._security import Secrets, warn_if_exposed
 from ._store import Store, StoredTask, open_store
+from ._util import IdSequence
 from ._util import check_options as _check_options
 from ._util import until_closed as _until_closed
 
@@ -313,8 +314,7 @@ class Dispatcher:
         self._serving = False
         self._journaling = False
         self._task_done_hook = self._hooks.overridden(self.on_task_done)
-        self._id_prefix = uuid.uuid4().hex[:12]
-        self._id_counter = 0
+        self._ids = IdSequence(12)  # task ids unique to this dispatcher instance
 
     # ================================================================ hooks
     async def on_start(self) -> None:
@@ -948,17 +948,15 @@ class Dispatcher:
 
     def _new_tasks(self, name: str, args_list: list[Any], priority: int, retries: int | None,
                    timeout: float | None) -> list[_Task]:  # fmt: skip
-        """The tasks of one ``map()`` chunk: the same options, ids from the counter (see :meth:`_new_id`)."""
+        """The tasks of one ``map()`` chunk: the same options, ids from the dispatcher's sequence."""
         count = len(args_list)
         deadline = trio.current_time() + timeout if timeout is not None else None
-        prefix, first = self._id_prefix, self._id_counter + 1
         seq = self._seq + 1
-        self._id_counter += count
         self._seq += count
         wall = time.time()
         chunk = [
-            _Task(f"{prefix}-{first + i:x}", name, args, _NO_KWARGS, priority, retries, deadline, None, seq + i, wall)
-            for i, args in enumerate(args_list)
+            _Task(task_id, name, args, _NO_KWARGS, priority, retries, deadline, None, seq + i, wall)
+            for i, (task_id, args) in enumerate(zip(self._ids.take(count), args_list))
         ]
         self._tasks.update([(task.id, task) for task in chunk])
         self._unfinished += count
@@ -1370,15 +1368,10 @@ class Dispatcher:
     def _submit_one(self, name: str, args: Iterable[Any], kwargs: dict[str, Any] | None, timeout: float | None,
                     retries: int | None, delay: float | None, priority: int, task_id: str | None) -> _Task:  # fmt: skip
         _check_options(timeout, retries, delay)
-        task_id = task_id or self._new_id()
+        task_id = task_id or self._ids.next()
         if task_id in self._tasks:
             raise Rejected(f"a task with id {task_id!r} exists already", code="duplicate")
         return self._new_task(task_id, name, list(args), kwargs, priority, retries, timeout, delay, None)
-
-    def _new_id(self) -> str:
-        """A task id unique to this dispatcher instance (random prefix, counter): cheaper than uuid4."""
-        self._id_counter += 1
-        return f"{self._id_prefix}-{self._id_counter:x}"
 
     def _place(self, task: _Task, delay: float | None) -> None:
         if task.deadline is not None:

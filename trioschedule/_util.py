@@ -1,8 +1,9 @@
-"""Small helpers shared by the public context managers."""
+"""Small helpers shared by the dispatcher, the worker and the client."""
 
 from __future__ import annotations
 
 import sys
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,7 +15,7 @@ from ._errors import ConnectionClosed, ProtocolError
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["background", "check_options", "single_error", "until_closed"]
+__all__ = ["IdSequence", "background", "check_options", "single_error", "until_closed"]
 
 
 def single_error(group: BaseExceptionGroup) -> BaseException | None:  # type: ignore[type-arg]
@@ -81,3 +82,27 @@ async def until_closed(fn: Callable[[], Any], scope: trio.CancelScope) -> None:
         pass
     finally:
         scope.cancel()
+
+
+class IdSequence:
+    """Task ids: a random prefix, then a counter in hex.
+
+    ``uuid4()`` per task costs more than a small task; a random prefix per
+    dispatcher or client keeps ids from different sources apart just as well.
+    """
+
+    __slots__ = ("prefix", "count")
+
+    def __init__(self, prefix_length: int = 32) -> None:
+        self.prefix = uuid.uuid4().hex[:prefix_length]
+        self.count = 0
+
+    def next(self) -> str:
+        self.count += 1
+        return f"{self.prefix}-{self.count:x}"
+
+    def take(self, n: int) -> list[str]:
+        """The next ``n`` ids, in order."""
+        prefix, first = self.prefix, self.count + 1
+        self.count += n
+        return [f"{prefix}-{i:x}" for i in range(first, first + n)]

@@ -453,10 +453,8 @@ class Worker:
             outcome = m.new_outcome(task_id, m.OK, spec.attempt, value, None, None)
         del self._running[task_id]
         self._started.pop(task_id, None)  # the outcome says it started
-        self._results.append(outcome)
-        self._report.set()
-        if not self._running and not self._queue and self._idle:  # someone waits for the worker to be idle
-            self._idle.unpark_all()
+        self._outcome(outcome)
+        self._wake_if_idle()
 
     @staticmethod
     async def _call_sync(fn: Any, options: TaskOptions, spec: m.TaskSpec) -> Any:
@@ -465,7 +463,7 @@ class Worker:
         return fn(*spec.args, **spec.kwargs)
 
     def _wake_if_idle(self) -> None:
-        if not self._running and not self._queue:
+        if not self._running and not self._queue and self._idle:  # unpark_all() costs microseconds, even idle
             self._idle.unpark_all()
 
     # ================================================================= drain
