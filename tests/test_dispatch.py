@@ -158,6 +158,34 @@ async def test_least_loaded_worker_gets_the_work(autojump_clock):
         assert len(a.ran) == 2 and len(b.ran) == 2
 
 
+async def test_dispatcher_submit_goes_straight_to_the_least_loaded_worker(autojump_clock):
+    """With nothing queued, submit() assigns the task at once (no queue round trip), least loaded first."""
+    a, b = MathWorker(prefetch=0, name="a"), MathWorker(prefetch=0, name="b")
+    async with open_cluster(quick_dispatcher(), a, b) as cluster:
+        d = cluster.dispatcher
+        first = await d.submit("sleep", [1])
+        second = await d.submit("sleep", [1])
+        running = sorted(p["running"] for p in d.status()["workers"])
+        assert running == [1, 1]  # one each, before any of them ran
+        third = await d.submit("sleep", [1])  # both full: this one queues
+        assert d.status()["tasks"]["queued"] == 1
+        for handle in (first, second, third):
+            await handle.result()
+        assert sorted(len(w.ran) for w in (a, b)) == [1, 2]
+
+
+async def test_submitted_tasks_run_by_priority_and_never_overtake_queued_ones(autojump_clock):
+    worker = MathWorker(prefetch=0)
+    async with open_cluster(quick_dispatcher(), worker) as cluster:
+        d = cluster.dispatcher
+        busy = await d.submit("sleep", [1])
+        low = [await d.submit("add", [i, 0]) for i in range(3)]
+        high = await d.submit("add", [100, 0], priority=5)
+        for handle in (busy, *low, high):
+            await handle.result()
+        assert [args for name, args in worker.ran if name == "add"] == [(100, 0), (0, 0), (1, 0), (2, 0)]
+
+
 async def test_broadcast_reaches_every_worker(autojump_clock):
     workers = [MathWorker() for _ in range(3)]
     async with open_cluster(quick_dispatcher(), *workers) as cluster:

@@ -767,8 +767,8 @@ class Dispatcher:
         start now; they are requeued without costing an attempt.
         """
         idle = hungry.peer.concurrency - len(hungry.assigned)
-        if idle <= 0 or hungry.draining or hungry.conn is None:
-            return
+        if idle <= 0 or hungry.draining or hungry.conn is None or self._running == len(hungry.assigned):
+            return  # (the last: no other worker holds anything to hand over)
         names = hungry.names
         if any(self._queues.get(name) for name in names):
             return  # plain dispatching will feed it
@@ -1032,9 +1032,10 @@ class Dispatcher:
                         # Up to where it would be more loaded than the next least loaded one.
                         room = min(room, max(1, math.ceil((candidates[0][0] - len(session.assigned) / session.window) * session.window)))
                     tasks = queue.take(room)
-                    if not tasks:
-                        break
-                    self._assign_all(tasks, session, now)
+                    if tasks:
+                        self._assign_all(tasks, session, now)
+                    if len(tasks) < room:
+                        break  # the queue is empty
                     if len(session.assigned) < session.window:
                         heapq.heappush(candidates, (len(session.assigned) / session.window, i, session))
             if not queue:
@@ -1121,10 +1122,16 @@ class Dispatcher:
         while self._dirty_sessions:
             session = self._dirty_sessions.pop()
             if session.buffer and session.conn is not None:
-                self._queued_on.add(session.conn)
+                conn = session.conn
+                self._queued_on.add(conn)
                 batch, session.buffer = session.buffer, []
-                _send_split(partial(_send_run, session.conn, session.acked, wake), batch,
-                            partial(self._unsendable_task, session))  # fmt: skip
+                try:
+                    conn.send_payload(m.Run, m.encode_run(batch, session.acked), wake=wake)
+                except ConnectionClosed:
+                    pass  # its reader notices; the tasks are requeued from session.assigned
+                except LocalProtocolError:  # too large, or not JSON: split it up
+                    _send_split(partial(_send_run, conn, session.acked, wake), batch,
+                                partial(self._unsendable_task, session))  # fmt: skip
         while self._dirty_clients:
             client = self._dirty_clients.pop()
             if client.pending:
@@ -1359,9 +1366,10 @@ class Dispatcher:
         if self._unfinished >= self.max_queued:
             raise QueueFull()
         task = self._submit_one(name, args, kwargs, timeout, retries, delay, priority, task_id)
-        self._place(task, delay)
-        self._journal(task)  # durable soon (group commit); submit() waits for it
-        self._dispatch()
+        if delay or not self._assign_at_once(task):
+            self._place(task, delay)
+            self._journal(task)  # durable soon (group commit); submit() waits for it
+            self._dispatch()
         self._flush(wake)
         return TaskHandle(self, task.id, name)
 
@@ -1372,6 +1380,30 @@ class Dispatcher:
         if task_id in self._tasks:
             raise Rejected(f"a task with id {task_id!r} exists already", code="duplicate")
         return self._new_task(task_id, name, list(args), kwargs, priority, retries, timeout, delay, None)
+
+    def _assign_at_once(self, task: _Task) -> bool:
+        """Give a new task straight to the least loaded worker with room, if none of its name are queued.
+
+        What queuing it and then dispatching would do, without the queue: a
+        single ``submit()``/``call()`` is latency, and this is its path.
+        """
+        queue = self._queues.get(task.name)
+        if self._draining or (queue is not None and queue):
+            return False
+        best: _WorkerSession | None = None
+        best_load = 1.0
+        for session in self._by_name.get(task.name, ()):
+            if session.conn is not None and not session.draining:
+                load = len(session.assigned) / session.window
+                if load < best_load:
+                    best, best_load = session, load
+        if best is None:
+            return False
+        if task.deadline is not None:
+            self._at(task.deadline, self._deadline_passed, task)
+        self._journal(task)  # as queued first: the journal's row for it (submit() waits for it)
+        self._assign_all([task], best, trio.current_time())
+        return True
 
     def _place(self, task: _Task, delay: float | None) -> None:
         if task.deadline is not None:

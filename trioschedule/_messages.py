@@ -498,6 +498,8 @@ new_outcome: Callable[[str, str, int, Any, RemoteError | None, str | None], Outc
 new_submission: Callable[
     [str, str, list[Any], dict[str, Any], float | None, int | None, float | None, int], Submission
 ] = _new_frozen(Submission)
+new_run: Callable[[tuple[TaskSpec, ...], int], Run] = _new_frozen(Run)
+new_results: Callable[[int, tuple[str, ...], tuple[Outcome, ...]], Results] = _new_frozen(Results)
 
 
 def _register_per_task_hooks(converter: cattrs.Converter) -> None:
@@ -613,6 +615,10 @@ def _register_per_task_hooks(converter: cattrs.Converter) -> None:
     submit_keys = frozenset(("tasks", "wait"))
 
     def structure_run(d: Any, _: Any = None) -> Run:
+        if type(d) is dict and run_keys.issuperset(d):  # the common shape, as for specs
+            tasks, ack = d.get("tasks", empty), d.get("ack", 0)
+            if type(tasks) is list and type(ack) is int:
+                return new_run(tuple([structure_spec(t) for t in tasks]), ack)
         _check_keys(d, run_keys, (), "run")
         tasks = d.get("tasks", empty)
         return Run(
@@ -629,6 +635,10 @@ def _register_per_task_hooks(converter: cattrs.Converter) -> None:
         return d
 
     def structure_results(d: Any, _: Any = None) -> Results:
+        if type(d) is dict and results_keys.issuperset(d):  # the common shape, as for specs
+            seq, started, results = d.get("seq"), d.get("started", empty), d.get("results", empty)
+            if type(seq) is int and started is empty and type(results) is list:
+                return new_results(seq, started, tuple([structure_outcome(o) for o in results]))
         _check_keys(d, results_keys, ("seq",), "results")
         started = d.get("started", empty)
         results = d.get("results", empty)
@@ -698,7 +708,9 @@ def _finite_float(text: str) -> float:
     return value
 
 
-_loads = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float).decode
+_decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+_loads = _decoder.decode
+_scan_once = _decoder.scan_once
 MAX_DEPTH = 100  # arrays/objects; deeper values are refused, so whatever decodes can be encoded again
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
@@ -787,14 +799,22 @@ def decode(payload: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise RemoteProtocolError(f"payload is not UTF-8 ({exc.reason} at byte {exc.start})", code="bad-utf8") from None
     try:
-        obj = _loads(text)
+        # The C scanner straight away: JSONDecoder.decode() adds two regex
+        # matches for surrounding whitespace, which our frames never have.
+        # Anything else (whitespace, errors) takes decode() for its messages.
+        try:
+            obj, end = _scan_once(text, 0)
+        except (StopIteration, ValueError):
+            end = -1
+        if end != len(text):
+            obj = _loads(text)
     except RecursionError:
         raise RemoteProtocolError("payload nests JSON too deeply", code="bad-json") from None
     except ValueError as exc:
         raise RemoteProtocolError(f"payload is not JSON: {exc}", code="bad-json") from None
     if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(payload):
         raise RemoteProtocolError(f"payload nests JSON more than {MAX_DEPTH} levels deep", code="bad-json")
-    if _SURROGATE_ESCAPE.search(text):
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
         try:
             _dumps(obj).encode()
         except UnicodeEncodeError:

@@ -352,7 +352,7 @@ class Worker:
         A frame that cannot be encoded is halved; a result that cannot be
         sent even alone (not JSON, too large) is reported as the task's error.
         """
-        frame = m.Results(seq=self._seq + 1, started=started, results=tuple(results))
+        frame = m.new_results(self._seq + 1, started, tuple(results))
         try:
             conn.send(frame, wake=wake)
         except LocalProtocolError:
