@@ -215,6 +215,51 @@ async def test_cancel_queued_and_running(autojump_clock):
             assert await client.call("add", 2, 2) == 4
 
 
+async def test_an_idle_runner_reads_and_a_task_that_waits_hands_reading_back(autojump_clock):
+    """An idle runner reads the connection itself (no hand-over for a task that never waits); a task
+    that waits gives reading back at once, so a Cancel and the dispatcher's heartbeats still get in."""
+    from trioschedule._worker import _UNCLAIMED
+
+    worker = MathWorker(heartbeat_interval=1.0, heartbeat_timeout=5.0)
+    async with open_cluster(quick_dispatcher(), worker) as cluster:
+        d = cluster.dispatcher
+        assert await d.call("add", 1, 1) == 2
+        await trio.sleep(0.1)
+        turn = worker._turn  # noqa: SLF001
+        assert turn is not None and turn.runner not in (None, _UNCLAIMED)  # a runner reads
+        conn = worker._conn  # noqa: SLF001
+        assert await d.call("add", 2, 2) == 4
+        assert turn.runner not in (None, _UNCLAIMED)  # that task never waited: the runner kept reading
+
+        # Longer than heartbeat_timeout: unless somebody reads, the worker would drop the connection.
+        assert await d.call("sleep", 12, "slept") == "slept"
+        assert worker._conn is conn  # noqa: SLF001
+
+        running = await d.submit("sleep", [100])
+        await trio.sleep(1)
+        assert turn.runner is None  # the waiting task gave the reader the turn
+        assert d.cancel_nowait(running.id, "stop")
+        with trio.fail_after(5), pytest.raises(TaskCancelled, match="stop"):
+            await running.result()
+        await trio.sleep(0.1)
+        assert turn.runner not in (None, _UNCLAIMED)  # idle again: a runner reads
+
+
+async def test_a_cut_connection_while_a_runner_reads_reconnects(autojump_clock):
+    from trioschedule._worker import _UNCLAIMED
+
+    worker = MathWorker()
+    async with open_cluster(quick_dispatcher(), worker) as cluster:
+        d = cluster.dispatcher
+        assert await d.call("add", 1, 1) == 2
+        await trio.sleep(0.1)
+        assert worker._turn is not None and worker._turn.runner not in (None, _UNCLAIMED)  # noqa: SLF001
+        cluster.cut(worker)
+        with trio.fail_after(30):
+            assert await d.call("add", 3, 3) == 6
+        assert [name for name, _ in worker.ran] == ["add", "add"]
+
+
 async def test_client_leaving_keeps_or_cancels_its_tasks(autojump_clock):
     async with open_cluster(quick_dispatcher(), MathWorker(concurrency=2)) as cluster:
         async with cluster.client() as keeper:

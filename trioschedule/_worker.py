@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 import traceback
+import types
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -46,6 +47,60 @@ class _Running:
         self.spec = spec
         self.scope = scope  # the runner's, or the task's own if it has a deadline
         self.cancel_reason: str | None = None
+
+
+_UNCLAIMED = object()  # _ReadTurn.runner: handed to the runners, not yet taken by one
+
+
+class _ReadTurn:
+    """Which task reads one connection: its reader task, or, while the worker is idle, one of the runners.
+
+    A runner that reads runs what arrives in the same pass of the scheduler,
+    where the reader would have had to wake it for the next pass (a round
+    trip's worth of latency for a small task).  Exactly one task reads at a
+    time; the reader hands the turn to an idle runner that asked for it, and
+    the runner hands it back as soon as a task it runs waits for anything,
+    or when reading fails (the reader then raises that error).
+    """
+
+    __slots__ = ("conn", "runner", "wanted", "reader_lot", "reader_scope", "error", "goodbye", "shared")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        # Handing the turn over cancels the reader's read; trio's SSLStream may
+        # not survive that (a cancelled read during a renegotiation breaks it),
+        # so over TLS the reader keeps the turn.
+        self.shared = not isinstance(conn.stream, trio.SSLStream)
+        self.runner: object | None = None  # None: the reader reads; else the runner that does (or _UNCLAIMED)
+        self.wanted = False  # an idle runner asked for the turn
+        self.reader_lot = trio.lowlevel.ParkingLot()  # the reader waits here while a runner reads
+        self.reader_scope: trio.CancelScope | None = None  # around the reader's read (cancelled to hand over)
+        self.error: BaseException | None = None  # reading failed in a runner: the reader raises it
+        self.goodbye = False  # a runner read the dispatcher's Goodbye
+
+    def give_back(self, error: BaseException | None = None, goodbye: bool = False) -> None:
+        self.runner = None
+        self.error = error
+        self.goodbye = goodbye
+        self.reader_lot.unpark()
+
+
+@types.coroutine
+def _resume(coro: Any, trap: Any) -> Any:
+    """Go on with a coroutine whose first step was taken by hand: what ``await coro`` would have done."""
+    while True:
+        try:
+            sent = yield trap
+        except BaseException as exc:
+            try:
+                trap = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                trap = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
 
 
 class Worker:
@@ -113,6 +168,7 @@ class Worker:
         self._seq = 0
         self._session: str | None = None
         self._conn: Connection | None = None
+        self._turn: _ReadTurn | None = None
         self._work = trio.lowlevel.ParkingLot()
         self._report = trio.Event()
         self._idle = trio.lowlevel.ParkingLot()
@@ -240,6 +296,7 @@ class Worker:
             self._reset()
         self._session = welcome.session
         self._conn = conn
+        self._turn = _ReadTurn(conn)
         log.info("connected to %s at %s:%s", welcome.name, self.host, self.port)
         await self._hooks.call_now(self.on_connect)
         try:
@@ -251,6 +308,7 @@ class Worker:
                 await _until_closed(self._reader, nursery.cancel_scope)
         finally:
             self._conn = None
+            self._turn = None  # closing the stream below stops a runner that reads it
             with trio.move_on_after(1) as scope:
                 scope.shield = True
                 await conn.aclose()
@@ -274,29 +332,53 @@ class Worker:
         self._unacked.clear()
 
     async def _reader(self) -> None:
-        conn = self._conn
-        assert conn is not None
+        conn, turn = self._conn, self._turn
+        assert conn is not None and turn is not None
         while True:
-            for message in await conn.receive_batch():
-                kind = type(message)
-                if kind is m.Run:
-                    self._ack(message.ack)
-                    if self._stop.is_set():
-                        conn.send(m.Release(ids=tuple(spec.id for spec in message.tasks), stopping=True))
-                    else:
-                        self._queue.extend(message.tasks)
-                        self._work.unpark(count=len(message.tasks))
-                elif kind is m.Reclaim:
-                    self._reclaim(conn, message.ids)
-                elif kind is m.Heartbeat:
-                    self._ack(message.ack)
-                elif kind is m.Cancel:
-                    self._cancel(message.id, message.reason or "cancelled")
-                elif kind is m.Message:
-                    self._hooks.call(self.on_message, message.data)
-                elif kind is m.Goodbye:
-                    log.info("the dispatcher said goodbye: %s", message.reason)
+            if turn.runner is not None:  # a runner reads: wait until it hands the turn back
+                await turn.reader_lot.park()
+                if turn.error is not None:
+                    raise turn.error
+                if turn.goodbye:
                     return
+                continue
+            if turn.wanted and not self._queue and self._work:  # an idle runner asked to read
+                turn.wanted = False
+                turn.runner = _UNCLAIMED
+                self._work.unpark()
+                continue
+            with trio.CancelScope() as scope:
+                turn.reader_scope = scope
+                messages = await conn.receive_batch()
+            turn.reader_scope = None
+            if scope.cancelled_caught:
+                continue  # cancelled to hand the turn over
+            if not self._handle(conn, messages):
+                return
+
+    def _handle(self, conn: Connection, messages: list[Any]) -> bool:
+        """Act on a batch of messages from the dispatcher; False once it said goodbye."""
+        for message in messages:
+            kind = type(message)
+            if kind is m.Run:
+                self._ack(message.ack)
+                if self._stop.is_set():
+                    conn.send(m.Release(ids=tuple(spec.id for spec in message.tasks), stopping=True))
+                else:
+                    self._queue.extend(message.tasks)
+                    self._work.unpark(count=len(message.tasks))
+            elif kind is m.Reclaim:
+                self._reclaim(conn, message.ids)
+            elif kind is m.Heartbeat:
+                self._ack(message.ack)
+            elif kind is m.Cancel:
+                self._cancel(message.id, message.reason or "cancelled")
+            elif kind is m.Message:
+                self._hooks.call(self.on_message, message.data)
+            elif kind is m.Goodbye:
+                log.info("the dispatcher said goodbye: %s", message.reason)
+                return False
+        return True
 
     def _reclaim(self, conn: Connection, ids: tuple[str, ...]) -> None:
         """Hand back the requested tasks that have not started (another worker sits idle)."""
@@ -381,6 +463,7 @@ class Worker:
         cancels its runner's scope, and the runner then opens a fresh one.
         """
         queue = self._queue
+        me = object()  # who holds a _ReadTurn
         while True:
             current: _Running | None = None
             with trio.CancelScope() as scope:
@@ -398,9 +481,24 @@ class Worker:
                             continue
                         if self._stop.is_set() and not self._running:
                             self._idle.unpark_all()
+                        turn = self._turn
+                        if turn is not None:
+                            if turn.runner is _UNCLAIMED:
+                                turn.runner = me
+                            if turn.runner is me:
+                                await self._read_for_runner(turn)
+                                continue
+                            if turn.runner is None and not turn.wanted and turn.shared:
+                                turn.wanted = True  # idle: ask the reader for the turn
+                                if turn.reader_scope is not None:
+                                    turn.reader_scope.cancel()
                         await self._work.park()
                     current = _Running(queue.popleft(), scope)
-                    await self._run(current)
+                    turn = self._turn
+                    if turn is not None and turn.runner is me:
+                        await self._run_reading(current, turn)
+                    else:
+                        await self._run(current)
                     current = None
             if current is not None:  # the scope caught the cancellation of ``current``
                 spec = current.spec
@@ -409,6 +507,33 @@ class Worker:
                 reason = current.cancel_reason or "cancelled"
                 self._outcome(m.Outcome(id=spec.id, status=m.CANCELLED, attempt=spec.attempt, reason=reason))
                 self._wake_if_idle()
+
+    async def _read_for_runner(self, turn: _ReadTurn) -> None:
+        """Read and act on the next batch from the dispatcher, in a runner that holds the read turn."""
+        try:
+            messages = await turn.conn.receive_batch()
+        except Exception as exc:  # the connection failed or was closed: the reader raises it, as if it had read
+            turn.give_back(error=exc)
+            return
+        if not self._handle(turn.conn, messages):
+            turn.give_back(goodbye=True)
+
+    async def _run_reading(self, running: _Running, turn: _ReadTurn) -> None:
+        """Run a task in a runner that holds the read turn: hand the turn back if the task waits for anything.
+
+        The task's first step is taken by hand.  Most small tasks end in it,
+        and the runner goes on reading with no hand-over at all; a task that
+        waits for something gives the reader the turn first, then goes on as
+        ``await`` would (the coroutine never leaves this task).
+        """
+        coro = self._run(running)
+        try:
+            trap = coro.send(None)
+        except StopIteration:
+            return
+        if turn.runner is not None:
+            turn.give_back()
+        await _resume(coro, trap)
 
     async def _run(self, running: _Running) -> None:
         spec = running.spec

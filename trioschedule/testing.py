@@ -72,6 +72,7 @@ class _End(trio.abc.Stream):
         self._link = link
         self._send = send
         self._receive = receive
+        self._held: bytes | None = None  # received while stalled: delivered once flowing, even after a cancel
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         while self._link.stalled:
@@ -84,12 +85,14 @@ class _End(trio.abc.Stream):
         await self._send.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        data = await self._receive.receive_some(max_bytes)
-        while self._link.stalled:
+        if self._held is None:
+            self._held = bytes(await self._receive.receive_some(max_bytes))
+        while self._link.stalled:  # a cancelled wait here keeps the bytes for the next call, as a socket would
             await self._link._flowing.wait()  # noqa: SLF001
         if self._link.cut_off:
             raise trio.BrokenResourceError("the link was cut")
-        return bytes(data)
+        data, self._held = self._held, None
+        return data
 
     async def send_eof(self) -> None:
         await self._send.aclose()
