@@ -526,16 +526,19 @@ class Worker:
         waits for something gives the reader the turn first, then goes on as
         ``await`` would (the coroutine never leaves this task).
         """
-        coro = self._run(running)
+        coro = self._run(running, announce=False)
         try:
             trap = coro.send(None)
         except StopIteration:
-            return
+            return  # ended in its first step: this runner reports it with the rest of its batch
+        self._report.set()  # it waits: report that it started
         if turn.runner is not None:
             turn.give_back()
         await _resume(coro, trap)
+        self._report.set()  # and its outcome now, not after the tasks queued behind it
 
-    async def _run(self, running: _Running) -> None:
+    async def _run(self, running: _Running, announce: bool = True) -> None:
+        """Run one task and record its outcome; ``announce=False`` leaves waking the reporter to the caller."""
         spec = running.spec
         task_id = spec.id
         entry = self.tasks.get(spec.name)
@@ -547,7 +550,8 @@ class Worker:
         fn, options = entry
         self._running[task_id] = running
         self._started[task_id] = None  # the dispatcher must know it started: only started tasks count a loss
-        self._report.set()
+        if announce:
+            self._report.set()
         outcome: m.Outcome | None = None
         try:
             # The call is spelled out here, not in a helper coroutine: for a
@@ -578,7 +582,9 @@ class Worker:
             outcome = m.new_outcome(task_id, m.OK, spec.attempt, value, None, None)
         del self._running[task_id]
         self._started.pop(task_id, None)  # the outcome says it started
-        self._outcome(outcome)
+        self._results.append(outcome)
+        if announce:
+            self._report.set()
         self._wake_if_idle()
 
     @staticmethod
