@@ -13,7 +13,8 @@ Roles:
     dispatcher --mode w12    producer inside the dispatcher: Dispatcher.map (W1) and .call (W2)
                              (--store sqlite:PATH: the same with the SQLite journal)
     dispatcher --mode serve  a plain dispatcher for the client role (prints READY, serves until killed)
-    dispatcher --mode w3     broadcast to every worker until all acknowledged, --rounds times
+    dispatcher --mode w3     broadcast to every worker until all acknowledged, --rounds times; a round
+                             not acknowledged within --round-timeout exits 3 with a report on stderr
     dispatcher --mode w4     RSS of this process: idle, with --workers connections, then + --tasks queued
     worker --kind add|ack|idle --count K   K Worker instances in this one process
     client                   open_client(): Client.map (W1) and Client.call (W2)
@@ -111,7 +112,7 @@ class AckWorker(AddWorker):
     """W3: acknowledge every broadcast back to the dispatcher."""
 
     async def on_message(self, message):
-        await self.send({"ack": message["round"]})
+        await self.send({"ack": message["round"], "name": self.name})
 
 
 KINDS = {"add": AddWorker, "ack": AckWorker, "idle": AddWorker}
@@ -133,20 +134,29 @@ async def run_workers(args: argparse.Namespace) -> None:
 
 # ============================================================== dispatcher
 class BenchDispatcher(Dispatcher):
-    """Counts W3 acknowledgements in on_message."""
+    """Collects W3 acknowledgements in on_message: per worker, so a round knows who is missing."""
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.round = -1
+        self.waiting: set[str] = set()  # workers of this round that have not acknowledged it yet
         self.acks = 0
-        self.target = 0
+        self.stray: list[str] = []  # acknowledgements that matched no worker we wait for (diagnostics)
         self.all_acked = trio.Event()
+
+    def start_round(self, r: int, names: set[str]) -> None:
+        self.round, self.waiting, self.acks, self.stray, self.all_acked = r, set(names), 0, [], trio.Event()
 
     async def on_message(self, peer, message):
         if isinstance(message, dict) and message.get("ack") == self.round:
-            self.acks += 1
-            if self.acks >= self.target:
-                self.all_acked.set()
+            name = message.get("name", peer.name)
+            if name in self.waiting:
+                self.waiting.discard(name)
+                self.acks += 1
+                if not self.waiting:
+                    self.all_acked.set()
+            elif len(self.stray) < 20:
+                self.stray.append(name)
 
 
 async def wait_workers(disp: Dispatcher, count: int) -> float:
@@ -242,18 +252,67 @@ async def mode_serve(disp: Dispatcher, args: argparse.Namespace) -> None:
     await trio.sleep_forever()
 
 
+class RoundTimeout(Exception):
+    """A W3 round was not acknowledged by every worker within --round-timeout."""
+
+
+def _w3_connections(disp: Dispatcher) -> dict[str, tuple]:
+    """Worker name -> (session id, connection, peer) for every session the dispatcher holds now."""
+    return {s.peer.name: (s.id, s.conn, s.peer) for s in disp._sessions.values()}
+
+
+def _w3_report(disp: BenchDispatcher, r: int, timeout: float, at_start: dict[str, tuple], round_t0: float) -> str:
+    """What the dispatcher knows about the workers that did not acknowledge round ``r``."""
+    now_trio = trio.current_time()
+    now = _w3_connections(disp)
+    missing = sorted(disp.waiting)
+    header = (
+        f"W3 round {r}: {len(missing)} of {len(at_start)} workers did not acknowledge within {timeout:g} s "
+        f"({disp.acks} acknowledged; hook errors in the dispatcher: {disp._hooks.errors}; "
+        f"stray acks: {disp.stray[:5]}; sessions now: {len(now)}, connected {len(disp.workers)})"
+    )
+    lines = [header]
+    for name in missing[:20]:
+        sid0, conn0, _ = at_start.get(name, (None, None, None))
+        sid, conn, peer = now.get(name, (None, None, None))
+        facts = [f"session {'gone' if sid is None else ('same' if sid == sid0 else 'NEW ' + sid[:8])}"]
+        if conn is None:
+            facts.append("not connected now")
+        else:
+            facts.append("same connection" if conn is conn0 else "RECONNECTED since the broadcast")
+            facts.append(f"connected {time.time() - peer.connected_at:.1f} s ago")
+        if conn0 is not None:
+            facts.append(f"broadcast connection: closed={conn0.closed_reason!r}, outbox {conn0._outbox_bytes} B "
+                         f"in {len(conn0._outbox)} frames, writing={conn0._writing}, "
+                         f"last_received {now_trio - conn0.last_received:.1f} s ago, "
+                         f"last_sent {now_trio - conn0.last_sent:.1f} s ago, protocol {conn0.protocol.state}")  # fmt: skip
+        if conn is not None and conn is not conn0:
+            facts.append(f"current connection: outbox {conn._outbox_bytes} B, "
+                         f"last_received {now_trio - conn.last_received:.1f} s ago")  # fmt: skip
+        lines.append(f"  {name}: " + "; ".join(facts))
+    if len(missing) > 20:
+        lines.append(f"  ... and {len(missing) - 20} more")
+    lines.append(f"  (round started {now_trio - round_t0:.1f} s ago; see the worker processes' stderr for their side)")
+    return "\n".join(lines)
+
+
 async def mode_w3(disp: BenchDispatcher, args: argparse.Namespace) -> dict:
     connect_s = await wait_workers(disp, args.workers)
     say("READY")
     target = len(disp.workers)
     times = []
     for r in range(args.rounds + 1):  # round 0 is the untimed warm-up
-        disp.round, disp.acks, disp.target, disp.all_acked = r, 0, target, trio.Event()
+        at_start = {name: v for name, v in _w3_connections(disp).items() if v[1] is not None}
+        disp.start_round(r, set(at_start))
+        round_t0 = trio.current_time()
         t0 = time.perf_counter()
         sent = await disp.broadcast({"round": r})
-        if sent != target:
-            raise AssertionError(f"broadcast reached {sent} workers, expected {target}")
-        await disp.all_acked.wait()
+        if sent != target or len(at_start) != target:
+            raise AssertionError(f"broadcast reached {sent} workers ({len(at_start)} by name), expected {target}")
+        with trio.move_on_after(args.round_timeout):
+            await disp.all_acked.wait()
+        if not disp.all_acked.is_set():
+            raise RoundTimeout(_w3_report(disp, r, args.round_timeout, at_start, round_t0))
         if r:
             times.append(time.perf_counter() - t0)
     ms = sorted(t * 1000.0 for t in times)
@@ -297,7 +356,7 @@ async def mode_w4(disp: Dispatcher, args: argparse.Namespace, rss_idle: int) -> 
     }
 
 
-async def run_dispatcher(args: argparse.Namespace) -> None:
+async def run_dispatcher(args: argparse.Namespace) -> int:
     disp = BenchDispatcher(HOST, 0, store=args.store)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(disp.serve)
@@ -308,12 +367,18 @@ async def run_dispatcher(args: argparse.Namespace) -> None:
         elif args.mode == "w12":
             result = await mode_w12(disp, args)
         elif args.mode == "w3":
-            result = await mode_w3(disp, args)
+            try:
+                result = await mode_w3(disp, args)
+            except RoundTimeout as exc:
+                print(f"ERROR {exc}", file=sys.stderr, flush=True)
+                nursery.cancel_scope.cancel()
+                return 3
         else:
             result = await mode_w4(disp, args, rss_idle)
         result["pid"] = os.getpid()
         say("RESULT " + json.dumps(result))
         nursery.cancel_scope.cancel()
+    return 0
 
 
 # ================================================================== client
@@ -348,6 +413,8 @@ def main() -> None:
     d.add_argument("--lat-n", type=int, default=2000)
     d.add_argument("--runs", type=int, default=3)
     d.add_argument("--rounds", type=int, default=20)
+    d.add_argument("--round-timeout", type=float, default=20.0,
+                   help="W3: seconds a round may wait for every acknowledgement before failing with a report")  # fmt: skip
     d.add_argument("--tasks", type=int, default=100000)
     d.add_argument("--worker-procs", type=int, default=0, help="reported only")
     d.add_argument("--pause-before-w1", action="store_true")
@@ -364,12 +431,19 @@ def main() -> None:
     c.add_argument("--lat-n", type=int, default=2000)
     c.add_argument("--runs", type=int, default=3)
     args = p.parse_args()
+    if os.environ.get("TRIOSCHEDULE_BENCH_LOG"):  # e.g. INFO: connects, drops and retries on stderr
+        import logging
+
+        logging.basicConfig(level=os.environ["TRIOSCHEDULE_BENCH_LOG"].upper(),
+                            format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")  # fmt: skip
     raise_fd_limit()
     fn = {"dispatcher": run_dispatcher, "worker": run_workers, "client": run_client}[args.role]
     try:
-        trio.run(fn, args)
+        rc = trio.run(fn, args)
     except KeyboardInterrupt:
-        pass
+        rc = None
+    if rc:
+        sys.exit(rc)
 
 
 if __name__ == "__main__":

@@ -269,16 +269,37 @@ def profile_w1(opts: argparse.Namespace, disp: Child, worker: Child, timeout: fl
     return result
 
 
+def _stderr_head(child: Child, lines: int) -> str:
+    """The first ``lines`` lines a process wrote on stderr (what happened before a W3 round hung)."""
+    try:
+        with open(child.errpath, "rb") as f:
+            text = f.read(64 * 1024).decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[:lines])
+
+
 def scenario_w3(opts: argparse.Namespace, logdir: str) -> dict:
     children: list[Child] = []
     try:
-        argv = procs_argv("dispatcher", "--mode", "w3", "--workers", opts.w3_workers, "--rounds", opts.w3_rounds)
+        argv = procs_argv("dispatcher", "--mode", "w3", "--workers", opts.w3_workers, "--rounds", opts.w3_rounds,
+                          "--round-timeout", opts.w3_round_timeout)  # fmt: skip
         disp = Child("dispatcher-w3", argv, logdir)
         children.append(disp)
         port = int(disp.expect("PORT", 30))
         workers = start_workers(children, logdir, port, opts.w3_workers, opts.w3_procs, "ack", None)
-        disp.expect("READY", opts.timeout, watch=workers)
-        result = json.loads(disp.expect("RESULT", opts.timeout, watch=workers))
+        try:
+            disp.expect("READY", opts.timeout, watch=workers)
+            result = json.loads(disp.expect("RESULT", opts.timeout, watch=workers))
+        except BenchError as exc:
+            # A round that timed out: the dispatcher's report names the workers that did not acknowledge.
+            report = disp.stderr_tail(40)
+            if "ERROR W3 round" in report:
+                tails = "\n".join(f"--- {w.name} stderr (first lines):\n{_stderr_head(w, 15)}" for w in workers)
+                first = str(exc).splitlines()[0]
+                report = report[report.index("ERROR W3 round") :]
+                raise BenchError(f"{first}\n{report}\n{tails}") from None
+            raise
         result["worker_processes"] = len(workers)
         return result
     finally:
@@ -589,6 +610,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--w3-workers", type=int, help="W3 connected workers (200)")
     p.add_argument("--w3-rounds", type=int, help="W3 timed broadcasts (20)")
     p.add_argument("--w3-procs", type=int, default=2, help="processes the W3 workers are spread over (2)")
+    p.add_argument("--w3-round-timeout", type=float, default=None,
+                   help="seconds a W3 round may wait for every acknowledgement before failing with a report of "
+                        "the workers that did not answer (20; quick 10)")  # fmt: skip
     p.add_argument("--w4-workers", type=int, help="W4 idle connected workers (1000)")
     p.add_argument("--w4-tasks", type=int, help="W4 queued tasks (100000)")
     p.add_argument("--w4-procs", type=int, default=4, help="processes the W4 workers are spread over (4)")
@@ -622,6 +646,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(opts, key, value)
     if opts.timeout is None:
         opts.timeout = 60.0 if opts.quick else 300.0
+    if opts.w3_round_timeout is None:
+        opts.w3_round_timeout = 10.0 if opts.quick else 20.0
     opts.only = {w.strip().lower() for w in opts.only.split(",") if w.strip()}
     if opts.profile and not shutil.which("py-spy"):
         p.error("--profile needs py-spy on PATH (pip install py-spy)")

@@ -99,6 +99,7 @@ class Connection:
         self._writing = False
         self._write_turn = trio.lowlevel.ParkingLot()
         self._closed_reason: str | None = None
+        self._held: list[Any] = []  # messages that came with the last handshake step (see receive_one)
         #: Awaited before every write: a durable dispatcher makes it wait for
         #: its journal, so no task leaves for a worker before its assignment
         #: is on disk (write-ahead).
@@ -333,6 +334,9 @@ class Connection:
         stream, and :class:`RemoteProtocolError` on a bad frame (after
         sending the peer an error frame that says what was wrong).
         """
+        if self._held:
+            messages, self._held = self._held, []
+            return messages
         protocol = self.protocol
         while True:
             try:
@@ -363,13 +367,20 @@ class Connection:
                 raise
 
     async def receive_one(self, *types: type) -> Any:
-        """The next single message (handshake steps), which must be one of ``types``."""
+        """The next message (a handshake step), which must be one of ``types``.
+
+        What arrived with it stays for the next :meth:`receive_batch`: the
+        dispatcher is ready the moment it has sent its Welcome, so a broadcast
+        or the worker's first tasks may well share a read with it.  (Anything
+        the handshake does not allow yet, the transition table has refused.)
+        """
         messages = await self.receive_batch()
-        if len(messages) != 1 or not isinstance(messages[0], types):
-            # The transition table already refuses most of this; more than one
-            # message here means the peer did not wait for our answer.
-            raise RemoteProtocolError("peer sent more than one message during the handshake", code="unexpected-message")
-        return messages[0]
+        first = messages[0]
+        if not isinstance(first, types):
+            expected = " or ".join(kind.TYPE for kind in types)
+            raise RemoteProtocolError(f"expected {expected} during the handshake, got {first.TYPE!r}", code="unexpected-message")
+        self._held = messages[1:]
+        return first
 
     async def send_error(self, code: str, message: str) -> None:
         """Best effort: tell the peer why we close, without waiting long for it."""
