@@ -87,6 +87,19 @@ async def test_queuing_a_large_map_lets_other_tasks_run(autojump_clock, monkeypa
         assert any(0 < n < 100 for n in seen), "the probe ran while the map was being queued"
 
 
+async def test_map_tasks_are_forgotten_as_they_end_and_push_no_other_outcome_out(autojump_clock):
+    """map()'s outcomes go to map() alone: its tasks are not kept for reattaching, so a large
+    map() does not evict outcomes that others may still want (max_results)."""
+    async with open_cluster(quick_dispatcher(max_results=5), MathWorker()) as cluster:
+        d = cluster.dispatcher
+        kept = await d.submit("add", [20, 22])
+        assert await kept.result() == 42
+        assert await d.map("add", [(i, 1) for i in range(50)]) == [i + 1 for i in range(50)]
+        assert list(d._tasks) == [kept.id]  # noqa: SLF001
+        assert await d.task(kept.id).result() == 42
+        assert d.status()["tasks"]["done"] == 51
+
+
 async def test_map_deadline_applies_to_every_task_of_a_chunk(autojump_clock):
     """A timeout given to map() is each task's deadline, also for tasks that never reach a worker."""
     async with open_cluster(quick_dispatcher()) as cluster:  # nobody offers "add" yet

@@ -70,6 +70,22 @@ async def test_reattach_after_restart_and_retention(tmp_path):
                     await other.task(done.id).result()
 
 
+async def test_a_finished_map_leaves_nothing_in_the_journal(tmp_path):
+    """map() tasks are journaled as they come and go, and forgotten as they end: after a restart
+    only what others may reattach to (submitted tasks) is there."""
+    path = tmp_path / "journal.sqlite3"
+    with trio.fail_after(30):
+        async with open_cluster(journaled(path), worker("a")) as cluster:
+            d = cluster.dispatcher
+            kept = await d.submit("add", [20, 22])
+            assert await kept.result() == 42
+            assert await d.map("add", [(i, 1) for i in range(300)]) == [i + 1 for i in range(300)]
+            await cluster.stop_dispatcher()
+            restarted = await cluster.start_dispatcher(journaled(path))
+            assert list(restarted._tasks) == [kept.id]  # noqa: SLF001
+            assert await restarted.task(kept.id).result() == 42
+
+
 async def test_journal_in_use_is_refused(tmp_path):
     path = tmp_path / "journal.sqlite3"
     async with open_cluster(journaled(path)):

@@ -1081,6 +1081,10 @@ class Dispatcher:
         if task.owner is not None:
             task.owner.owned -= 1
         task.args = task.kwargs = None  # type: ignore[assignment]  # not needed any more
+        # A map() task nobody else looked up goes with its outcome to map() alone:
+        # its id was never handed out, so it is not kept for reattaching (and a
+        # large map() does not push everyone else's outcomes out of max_results).
+        private = task.batch is not None and task.slot is None and not task.watchers
         if task.slot is not None:
             task.slot.set(outcome)
         if task.batch is not None:
@@ -1091,14 +1095,17 @@ class Dispatcher:
                 client.pending.append(outcome)
                 self._dirty_clients.add(client)
             task.watchers = None
-        finished = self._finished
-        finished.append(task)
-        if len(finished) > self.max_results:
-            self._forget(finished.popleft())
+        if private:
+            self._forget(task)  # journaled as forgotten: its outcome is never needed again
+        else:
+            finished = self._finished
+            finished.append(task)
+            if len(finished) > self.max_results:
+                self._forget(finished.popleft())
+            if self._journaling:
+                self._journal(task)
         if self._room_waiters:  # someone waits for room in the queue
             self._room.unpark()
-        if self._journaling:
-            self._journal(task)
         if self._task_done_hook:
             self._hooks.call(self.on_task_done, task.id, task.name, outcome)
 
@@ -1646,8 +1653,8 @@ class _Batch:
     """The tasks of one ``map()``, in order: one object for the whole batch, not one per task.
 
     Each task keeps its own outcome (``_Task.outcome``), so finishing one only
-    counts down; the batch holds its tasks until ``map()`` returns, even after
-    ``max_results`` made the dispatcher forget them.  Tasks arrive a chunk at
+    counts down; the batch holds its tasks until ``map()`` returns, while the
+    dispatcher forgets each as it ends (see ``_finish``).  Tasks arrive a chunk at
     a time and earlier chunks may finish before later ones are added, so only
     once ``results()`` says every chunk is in does the count reaching zero
     mean the batch is done.
