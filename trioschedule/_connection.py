@@ -377,7 +377,7 @@ class Connection:
         messages = await self.receive_batch()
         first = messages[0]
         if not isinstance(first, types):
-            expected = " or ".join(kind.TYPE for kind in types)
+            expected = " or ".join(getattr(kind, "TYPE", kind.__name__) for kind in types)
             raise RemoteProtocolError(f"expected {expected} during the handshake, got {first.TYPE!r}", code="unexpected-message")
         self._held = messages[1:]
         return first

@@ -732,7 +732,7 @@ def _finite_float(text: str) -> float:
 
 _decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 _loads = _decoder.decode
-_scan_once = _decoder.scan_once
+_scan_once = _decoder.scan_once  # type: ignore[attr-defined]  # set in JSONDecoder.__init__, not declared
 MAX_DEPTH = 100  # arrays/objects; deeper values are refused, so whatever decodes can be encoded again
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
