@@ -234,13 +234,18 @@ async def still_serving(port: int, **client_options: Any) -> None:
 async def test_mutual_tls_worker_and_client_run_tasks(pki):
     dispatcher = RecordingDispatcher(ssl_context=server_tls(pki, mutual=True))
     async with serving(dispatcher) as (nursery, port):
-        await start_worker(nursery, port, ssl_context=client_tls(pki))
+        worker = await start_worker(nursery, port, ssl_context=client_tls(pki))
         with trio.fail_after(10):
             async with open_client(HOST, port, ssl_context=client_tls(pki)) as client:
                 assert await client.call("add", 1, 2) == 3
                 assert await client.map("mul", [(i, 2) for i in range(20)]) == [2 * i for i in range(20)]
+                assert await client.call("add", 3, 4) == 7
             async with open_client(HOST, port, ssl_context=client_tls(pki), role="admin") as admin:
                 status = await admin.status()
+        # Over TLS the worker's reader keeps reading: a cancelled SSLStream read is not always
+        # safe, so its runners never ask for the read turn (see _worker._ReadTurn).
+        turn = worker._turn  # noqa: SLF001
+        assert turn is not None and not turn.shared and turn.runner is None and not turn.wanted
         assert [w["connected"] for w in status["workers"]] == [True]
         assert {role for role, _ in dispatcher.connected} == {"worker", "client", "admin"}
 
