@@ -319,7 +319,7 @@ async def test_another_programs_database_is_refused_untouched(tmp_path):
 async def test_a_new_file_gets_the_current_version(tmp_path):
     path = tmp_path / "j.sqlite"
     await reopen(path)
-    assert pragma(path, "user_version") == len(_sqlite.MIGRATIONS) == 2
+    assert pragma(path, "user_version") == len(_sqlite.MIGRATIONS) == 3
     assert pragma(path, "application_id") == _sqlite.APPLICATION_ID
     assert pragma(path, "journal_mode") == "wal"
 
@@ -686,6 +686,73 @@ async def test_a_version_1_journal_is_migrated_with_its_tasks(tmp_path):
     store.update_done("q", 1, 1, 0, {"id": "q", "status": "ok", "attempt": 1}, 3000.0)
     await store.close()
     assert {r.id: r.state for r in await reopen(path)} == {"q": "done", "r": "running", "d": "done"}
+
+
+async def test_outcomes_come_back_from_the_change_log_exactly(tmp_path, monkeypatch):
+    """The usual outcome is journaled without its dict (format 3); every other shape as it is."""
+    monkeypatch.setattr(_sqlite, "_GENERATION_SECONDS", 3600.0)
+    path = tmp_path / "j.sqlite"
+    outcomes = {
+        "usual": {"id": "usual", "status": "ok", "attempt": 1, "value": {"n": [1, 0.1, None], "s": "ünï"}},
+        "float": {"id": "float", "status": "ok", "attempt": 1, "value": 1764281234.5678902},
+        "order": {"status": "ok", "id": "order", "attempt": 1, "value": 1},  # other key order: kept
+        "bool": {"id": "bool", "status": "ok", "attempt": True, "value": 1},  # True is not the attempt 1
+        "other-id": {"id": "x", "status": "ok", "attempt": 1, "value": 1},
+        "other-attempt": {"id": "other-attempt", "status": "ok", "attempt": 2, "value": 1},
+        "error": {"id": "error", "status": "error", "attempt": 1, "error": {"type": "E", "message": "m"}},
+        "extra": {"id": "extra", "status": "ok", "attempt": 1, "value": 1, "reason": "r"},
+        "failures": {"id": "failures", "status": "ok", "attempt": 1, "value": 2},
+    }
+    store = SQLiteStore(path)
+    await store.open()
+    await store.add_new([(task_id, "add", [], {}, 0, None, None, None, 1000.0) for task_id in outcomes])
+    for task_id, outcome in outcomes.items():
+        store.update_done(task_id, 1, 1 if task_id == "failures" else 0, 0, outcome, 2000.0)
+    await store.flush()
+    conn = sqlite3.connect(path)
+    (ops,) = conn.execute("SELECT ops FROM changes ORDER BY seq DESC LIMIT 1").fetchone()
+    conn.close()
+    assert '"usual",1,"ok",{' in ops and '{"id":"usual"' not in ops  # journaled compactly
+    _snapshot(path, tmp_path / "crash.sqlite")  # all of it in the change log
+    await store.close()
+    for journal in (tmp_path / "crash.sqlite", path):  # replayed, and checkpointed
+        rows = {r.id: r for r in await reopen(journal)}
+        for task_id, outcome in outcomes.items():
+            assert list(rows[task_id].outcome.items()) == list(outcome.items())  # keys in their order too
+            assert type(rows[task_id].outcome["attempt"]) is type(outcome["attempt"])
+            assert rows[task_id].failures == (1 if task_id == "failures" else 0)
+
+
+async def test_a_version_2_change_log_is_replayed_after_the_migration(tmp_path, monkeypatch):
+    """A crashed version 2 journal: its change log (segments of four groups) still applies."""
+    monkeypatch.setattr(_sqlite, "_GENERATION_SECONDS", 3600.0)
+    path = tmp_path / "j.sqlite"
+    await reopen(path)
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 2")
+    conn.executemany("INSERT INTO changes (ops) VALUES (?)", [
+        ('[[[["a","add",[1],{},0,null,null,null,1000.0],["b","add",[2],{},0,null,null,null,1000.0]],[],[],[]]]',),
+        ('[[[],[["s1",1,0,0,["b"]]],[[2000.5,0,0,["a",1,{"id":"a","status":"ok","attempt":1,"value":3}]]],[]]]',),
+    ])  # fmt: skip
+    conn.commit()
+    conn.close()
+    rows = {r.id: r for r in await reopen(path)}
+    assert pragma(path, "user_version") == len(_sqlite.MIGRATIONS)
+    assert rows["a"].state == "done" and rows["a"].outcome == {"id": "a", "status": "ok", "attempt": 1, "value": 3}
+    assert rows["a"].finished_at == 2000.5
+    assert (rows["b"].state, rows["b"].session, rows["b"].args) == ("running", "s1", [2])
+
+
+async def test_a_compact_outcome_group_that_does_not_decode_is_refused_as_corrupt(tmp_path):
+    path = tmp_path / "j.sqlite"
+    await reopen(path)
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO changes (ops) VALUES ('[[[],[],[],[],[[2000.0,0,0,[\"a\",1,\"ok\"]]]]]')")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError) as info:
+        await reopen(path)
+    assert info.value.code == "corrupt" and "change log" in str(info.value)
 
 
 async def test_a_change_log_that_does_not_decode_is_refused_as_corrupt(tmp_path, monkeypatch):

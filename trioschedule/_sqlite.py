@@ -27,6 +27,7 @@ import contextlib
 import itertools
 import json
 import logging
+import operator
 import os
 import sqlite3
 import sys
@@ -374,59 +375,78 @@ def _decode(text: str) -> StoredTask:
     )  # fmt: skip
 
 
-def _segments_text(batch: list[_Op], encode: Callable[[Any], str]) -> str:
-    """``batch`` (operations in call order) as a row of ``changes``: JSON segments (see above).
+def _segments_text(batch: list[_Op], encode: Callable[[Any], str]) -> tuple[str, int]:
+    """``batch`` (operations in call order) as a row of ``changes`` (JSON segments, see above), and its forgets.
+
+    A batch that names each task once (the usual: a task's next operation
+    waits for the commit of this one) is one segment, which one set of its
+    ids tells; otherwise a segment ends before a task's second operation.
+    """
+    ids = list(map(_second, batch))
+    if len(set(ids)) == len(ids):
+        text, forgets = _segment_text(batch, encode)
+        return "[" + text + "]", forgets
+    segments: list[str] = []
+    forgets = 0
+    seen: set[str] = set()
+    start = 0
+    for i, task_id in enumerate(ids):
+        if task_id in seen:
+            text, count = _segment_text(batch[start:i], encode)
+            segments.append(text)
+            forgets += count
+            seen.clear()
+            start = i
+        seen.add(task_id)
+    text, count = _segment_text(batch[start:], encode)
+    segments.append(text)
+    return "[" + ",".join(segments) + "]", forgets + count
+
+
+_second = operator.itemgetter(1)
+
+
+def _segment_text(ops: list[_Op], encode: Callable[[Any], str]) -> tuple[str, int]:
+    """One segment (``ops`` name each task at most once), and how many forgets it holds.
 
     Builds no object per operation (the garbage collector's work grows with
     every one): a group is found by its first field, and its items go into
     one flat list.
     """
-    segments: list[str] = []
-    seen: set[str] = set()
     rows: list[Any] = []  # row JSON texts, and row value tuples
     running: dict[str, list[Any]] = {}  # session -> [session, attempt, failures, losses, [id, ...]]
     done: dict[float, list[Any]] = {}  # finished_at -> [finished_at, failures, losses, [full items], [compact items]]
     other: list[list[Any]] = []  # groups unlike the first of their session or finished_at
     forgotten: list[str] = []
-    for op in batch:
-        task_id = op[1]
-        if task_id in seen:  # a task's second operation: it goes in the next segment
-            segments.append(_segment_text(rows, running, done, other, forgotten, encode))
-            seen, rows, running, done, other, forgotten = set(), [], {}, {}, [], []
-        seen.add(task_id)
+    for op in ops:
         kind = op[0]
         if kind == _RUN:
             group = running.get(op[2])
             if group is None:
-                running[op[2]] = [op[2], op[3], op[4], op[5], [task_id]]
+                running[op[2]] = [op[2], op[3], op[4], op[5], [op[1]]]
             elif group[1] == op[3] and group[2] == op[4] and group[3] == op[5]:
-                group[4].append(task_id)
+                group[4].append(op[1])
             else:
-                other.append([_RUN, op[2], op[3], op[4], op[5], [task_id]])
+                other.append([_RUN, op[2], op[3], op[4], op[5], [op[1]]])
         elif kind == _FINISH:
             group = done.get(op[4])
             if group is None:
                 group = done[op[4]] = [op[4], op[5], op[6], [], []]  # its full items, its compact items
             elif group[1] != op[5] or group[2] != op[6]:
-                other.append([_FINISH, op[4], op[5], op[6], [task_id, op[2], op[3]]])
+                other.append([_FINISH, op[4], op[5], op[6], [op[1], op[2], op[3]]])
                 continue
-            outcome, attempt = op[3], op[2]
+            task_id, attempt, outcome = op[1], op[2], op[3]
             if type(outcome) is dict and len(outcome) == 4 and tuple(outcome) == _OUTCOME_KEYS:
                 outcome_id, status, outcome_attempt, value = outcome.values()
-                if outcome_id == task_id and outcome_attempt == attempt and type(outcome_attempt) is type(attempt):
+                if (type(outcome_id) is str and outcome_id == task_id
+                        and type(outcome_attempt) is type(attempt) and outcome_attempt == attempt):
                     group[4] += (task_id, attempt, status, value)  # rebuilt exactly by _recovered()
                     continue
             group[3] += (task_id, attempt, outcome)
         elif kind == _FORGET:
-            forgotten.append(task_id)
+            forgotten.append(op[1])
         else:
             rows.append(op[2])  # a text, or (_VALUES) a tuple of values
-    segments.append(_segment_text(rows, running, done, other, forgotten, encode))
-    return "[" + ",".join(segments) + "]"
-
-
-def _segment_text(rows: list[Any], running: dict[str, list[Any]], done: dict[float, list[Any]],
-                  other: list[list[Any]], forgotten: list[str], encode: Callable[[Any], str]) -> str:  # fmt: skip
     groups_running = list(running.values())
     groups_done: list[list[Any]] = []
     groups_finished: list[list[Any]] = []
@@ -437,8 +457,9 @@ def _segment_text(rows: list[Any], running: dict[str, list[Any]], done: dict[flo
             groups_finished.append([group[0], group[1], group[2], group[4]])
     for group in other:
         (groups_running if group[0] == _RUN else groups_done).append(group[1:])
-    texts = [row if type(row) is str else encode(row) for row in rows]
-    return "[[" + ",".join(texts) + "]," + encode((groups_running, groups_done, forgotten, groups_finished))[1:]
+    texts = ",".join([row if type(row) is str else encode(row) for row in rows])
+    groups = encode((groups_running, groups_done, forgotten, groups_finished))
+    return "[[" + texts + "]," + groups[1:], len(forgotten)
 
 
 def _recovered(text: str) -> list[_Op]:
@@ -1159,13 +1180,12 @@ class SQLiteStore(Store):
         assert conn is not None
         skipped = 0
         try:
-            text = _segments_text(batch, self._encode)
+            text, forgets = _segments_text(batch, self._encode)
         except (TypeError, ValueError):
             count = len(batch)
             batch = self._encodable(batch)
             skipped = count - len(batch)
-            text = _segments_text(batch, self._encode)
-        forgets = sum(1 for op in batch if op[0] == _FORGET)
+            text, forgets = _segments_text(batch, self._encode)
         entries, last = self._next_slice(max(_SLICE, 2 * len(batch)))
         purge = self.retention is not None and time.monotonic() >= self._next_purge
         purged = 0
