@@ -100,6 +100,54 @@ async def test_map_tasks_are_forgotten_as_they_end_and_push_no_other_outcome_out
         assert d.status()["tasks"]["done"] == 51
 
 
+async def test_a_large_map_keeps_only_its_window_queued_and_lets_others_in(autojump_clock, monkeypatch):
+    """map() adds chunks as its tasks drain: at most its window is unfinished at a time, so a task
+    submitted meanwhile runs long before the map() ends, and records are freed as tasks end."""
+    from trioschedule import _dispatcher
+
+    monkeypatch.setattr(_dispatcher, "MAP_CHUNK", 10)
+    monkeypatch.setattr(_dispatcher, "MAP_WINDOW", 30, raising=False)
+    worker = MathWorker(prefetch=0)  # holds one task at a time: the window is MAP_WINDOW
+    async with open_cluster(quick_dispatcher(), worker) as cluster:
+        d = cluster.dispatcher
+        most = 0
+        other_done_while_map_left: list[int] = []
+
+        async def watch() -> None:
+            nonlocal most
+            while True:
+                most = max(most, d.status()["tasks"]["queued"] + d.status()["tasks"]["running"])
+                await trio.sleep(0.01)
+
+        async def other() -> None:
+            await trio.sleep(0.5)
+            assert await d.call("sleep", 0.01, "other") == "other"
+            other_done_while_map_left.append(sum(1 for name, _ in worker.ran if name == "sleep"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            nursery.start_soon(other)
+            with trio.fail_after(60):
+                results = await d.map("sleep", [(0.01, i) for i in range(300)])
+            nursery.cancel_scope.cancel()
+        assert results == list(range(300))
+        assert most <= 31  # the window, plus the other task
+        assert other_done_while_map_left and other_done_while_map_left[0] < 100  # it did not wait for the map
+
+
+async def test_a_map_deadline_counts_from_the_call_for_chunks_added_later(autojump_clock, monkeypatch):
+    from trioschedule import _dispatcher
+
+    monkeypatch.setattr(_dispatcher, "MAP_CHUNK", 10)
+    monkeypatch.setattr(_dispatcher, "MAP_WINDOW", 20, raising=False)
+    async with open_cluster(quick_dispatcher(), MathWorker(prefetch=0)) as cluster:
+        with trio.fail_after(120):
+            results = await cluster.dispatcher.map("sleep", [(1, i) for i in range(40)], timeout=15.5, return_exceptions=True)
+        finished = [r for r in results if not isinstance(r, TaskTimeout)]
+        assert finished == list(range(len(finished))) and 10 <= len(finished) <= 16  # about 15 s of 1 s tasks
+        assert all(isinstance(r, TaskTimeout) for r in results[len(finished):])
+
+
 async def test_map_deadline_applies_to_every_task_of_a_chunk(autojump_clock):
     """A timeout given to map() is each task's deadline, also for tasks that never reach a worker."""
     async with open_cluster(quick_dispatcher()) as cluster:  # nobody offers "add" yet

@@ -65,6 +65,7 @@ log = logging.getLogger("trioschedule.dispatcher")
 
 MAP_CHUNK = 1000  # map() journals and places tasks this many at a time
 MAP_YIELD_EVERY = 0.05  # seconds: how long queuing a map() may keep the event loop to itself
+MAP_WINDOW = 4 * MAP_CHUNK  # unfinished tasks one map() keeps at least (more if its workers hold more)
 _NO_KWARGS: dict[str, Any] = {}  # shared, never mutated: most tasks have no keyword arguments
 QUEUED = "queued"
 DELAYED = "delayed"
@@ -78,7 +79,8 @@ class _Task:
     __slots__ = (
         "id", "name", "args", "kwargs", "priority", "retries", "deadline", "state", "attempt",
         "failures", "losses", "session", "started", "outcome", "slot", "watchers", "owner",
-        "cancel_reason", "submitted_at", "finished_at", "seq", "not_before", "batch", "reclaiming", "expires",
+        "cancel_reason", "submitted_at", "finished_at", "seq", "not_before", "batch", "batch_index", "reclaiming",
+        "expires",
     )  # fmt: skip
 
     def __init__(self, task_id: str, name: str, args: list[Any], kwargs: dict[str, Any], priority: int,
@@ -99,6 +101,7 @@ class _Task:
         self.outcome: m.Outcome | None = None
         self.slot: OutcomeSlot | None = None  # for handles waiting in this process
         self.batch: _Batch | None = None  # for the map() it belongs to
+        self.batch_index = 0  # its place in that map()'s results
         self.reclaiming = False  # asked back from its worker for an idle one
         self.expires = 0.0  # trio clock: when a finished outcome may be forgotten
         self.watchers: list[_ClientState] | None = None
@@ -947,10 +950,9 @@ class Dispatcher:
         return task
 
     def _new_tasks(self, name: str, args_list: list[Any], priority: int, retries: int | None,
-                   timeout: float | None) -> list[_Task]:  # fmt: skip
+                   deadline: float | None) -> list[_Task]:  # fmt: skip
         """The tasks of one ``map()`` chunk: the same options, ids from the dispatcher's sequence."""
         count = len(args_list)
-        deadline = trio.current_time() + timeout if timeout is not None else None
         seq = self._seq + 1
         self._seq += count
         wall = time.time()
@@ -961,6 +963,11 @@ class Dispatcher:
         self._tasks.update([(task.id, task) for task in chunk])
         self._unfinished += count
         return chunk
+
+    def _map_window(self, name: str) -> int:
+        """How many unfinished tasks one ``map()`` may have: twice what the workers offering ``name`` hold, or more."""
+        capacity = sum(session.window for session in self._by_name.get(name, ()) if session.conn is not None)
+        return max(MAP_WINDOW, 2 * capacity + MAP_CHUNK)
 
     def _place_chunk(self, name: str, chunk: list[_Task], priority: int) -> None:
         """Queue a ``map()`` chunk (tasks cancelled meanwhile stay finished)."""
@@ -1088,7 +1095,7 @@ class Dispatcher:
         if task.slot is not None:
             task.slot.set(outcome)
         if task.batch is not None:
-            task.batch.one_done()
+            task.batch.one_done(task.batch_index, outcome)
             task.batch = None
         if task.watchers:
             for client in task.watchers:
@@ -1480,6 +1487,7 @@ class Dispatcher:
             raise Rejected(problem[1], code=problem[0])
         batch = _Batch()
         items = iter(iterable_of_args)
+        deadline = None if timeout is None else trio.current_time() + timeout  # the same for every task
         yielded_at = trio.current_time()
         while True:
             room = self.max_queued - self._unfinished
@@ -1488,13 +1496,20 @@ class Dispatcher:
                 if self._draining:
                     raise Rejected("the dispatcher is shutting down and accepts no new tasks", code="draining")
                 continue
+            window = self._map_window(name)
+            if batch.unfinished > window - MAP_CHUNK:
+                # Enough of this map() is queued to keep every worker busy: add
+                # more as they drain, so that a large map() neither holds the
+                # queue against everyone else nor keeps all its records alive.
+                await batch.wait_unfinished(window - MAP_CHUNK)
+                continue
             args_list = [
                 item if type(item) is tuple or type(item) is list else (item,)
                 for item in itertools.islice(items, min(room, MAP_CHUNK))
             ]
             if not args_list:
                 break
-            chunk = self._new_tasks(name, args_list, priority, retries, timeout)
+            chunk = self._new_tasks(name, args_list, priority, retries, deadline)
             batch.add(chunk)  # before any checkpoint: one may be cancelled by id from now on
             await self._persist(chunk)  # journaled before any of them can run
             self._place_chunk(name, chunk, priority)
@@ -1650,41 +1665,56 @@ class Dispatcher:
 
 
 class _Batch:
-    """The tasks of one ``map()``, in order: one object for the whole batch, not one per task.
+    """The tasks of one ``map()``: their outcomes in order, one object for the whole batch.
 
-    Each task keeps its own outcome (``_Task.outcome``), so finishing one only
-    counts down; the batch holds its tasks until ``map()`` returns, while the
-    dispatcher forgets each as it ends (see ``_finish``).  Tasks arrive a chunk at
-    a time and earlier chunks may finish before later ones are added, so only
-    once ``results()`` says every chunk is in does the count reaching zero
-    mean the batch is done.
+    A task hands its outcome to its place here as it ends (``_finish``), and
+    the dispatcher forgets it, so a finished task's record is freed at once.
+    Tasks arrive a chunk at a time and earlier chunks may finish before later
+    ones are added, so only once ``results()`` says every chunk is in does the
+    count reaching zero mean the batch is done.
     """
 
-    __slots__ = ("tasks", "_left", "_done", "_complete")
+    __slots__ = ("outcomes", "unfinished", "_done", "_complete", "_drained", "_drained_at")
 
     def __init__(self) -> None:
-        self.tasks: list[_Task] = []
-        self._left = 0
+        self.outcomes: list[m.Outcome | None] = []
+        self.unfinished = 0
         self._done = trio.Event()
         self._complete = False  # every chunk added
+        self._drained: trio.Event | None = None  # for wait_unfinished()
+        self._drained_at = -1
 
     def add(self, tasks: list[_Task]) -> None:
-        for task in tasks:
+        base = len(self.outcomes)
+        for i, task in enumerate(tasks):
             task.batch = self
-        self.tasks += tasks
-        self._left += len(tasks)
+            task.batch_index = base + i
+        self.outcomes += [None] * len(tasks)
+        self.unfinished += len(tasks)
 
-    def one_done(self) -> None:  # called by Dispatcher._finish
-        self._left -= 1
-        if not self._left and self._complete:
+    def one_done(self, index: int, outcome: m.Outcome) -> None:  # called by Dispatcher._finish
+        self.outcomes[index] = outcome
+        self.unfinished -= 1
+        if self.unfinished == self._drained_at:
+            self._drained.set()  # type: ignore[union-attr]
+        if not self.unfinished and self._complete:
             self._done.set()
+
+    async def wait_unfinished(self, count: int) -> None:
+        """Wait until at most ``count`` tasks added so far are unfinished."""
+        if self.unfinished > count:
+            self._drained, self._drained_at = trio.Event(), count
+            try:
+                await self._drained.wait()
+            finally:
+                self._drained, self._drained_at = None, -1
 
     async def results(self, return_exceptions: bool) -> list[Any]:
         """Once every chunk is added: wait for the last task to end, then the values in order."""
         self._complete = True
-        if self._left:
+        if self.unfinished:
             await self._done.wait()
-        return values_of([task.outcome for task in self.tasks], return_exceptions)  # type: ignore[misc]
+        return values_of(self.outcomes, return_exceptions)  # type: ignore[arg-type]
 
 
 def _send_run(conn: Connection, ack: int, wake: bool, specs: list[dict[str, Any]]) -> None:
