@@ -198,6 +198,16 @@ async def test_unknown_task_name_waits_until_a_worker_offers_it(autojump_clock):
                 assert await handle.result() == "other"
 
 
+async def test_dispatcher_call_with_arguments_that_are_not_json_fails_at_once(autojump_clock):
+    async with open_cluster(quick_dispatcher(), MathWorker()) as cluster:
+        d = cluster.dispatcher
+        with trio.fail_after(5), pytest.raises(TaskFailed, match="cannot be sent"):
+            await d.call("add", {1, 2}, 1)
+        with trio.fail_after(5), pytest.raises(TaskFailed, match="cannot be sent"):
+            await (await d.submit("add", [{1, 2}, 1])).result()
+        assert await d.call("add", 1, 1) == 2
+
+
 async def test_result_that_is_not_json_is_a_clean_failure(autojump_clock):
     async with open_cluster(quick_dispatcher(), MathWorker()) as cluster:
         async with cluster.client() as client:

@@ -40,7 +40,7 @@ from ._errors import (
     UnknownTaskId,
 )
 from ._framing import DEFAULT_MAX_FRAME_SIZE, encode_frame
-from ._handles import OutcomeSlot, TaskHandle, values_of
+from ._handles import OutcomeSlot, TaskHandle, unwrap, values_of
 from ._hooks import HookRunner
 from ._peer import Peer
 from ._protocol import (
@@ -1369,11 +1369,12 @@ class Dispatcher:
         task_id: str | None = None,
     ) -> TaskHandle:
         """Queue a task now or raise :class:`QueueFull`/:class:`Rejected`; see :meth:`submit`."""
-        return self._submit_now(name, args, kwargs, timeout, retries, delay, priority, task_id, wake=True)
+        task = self._submit_now(name, args, kwargs, timeout, retries, delay, priority, task_id, wake=True)
+        return TaskHandle(self, task.id, name)
 
     def _submit_now(self, name: str, args: Iterable[Any], kwargs: dict[str, Any] | None, timeout: float | None,
                     retries: int | None, delay: float | None, priority: int, task_id: str | None, *,
-                    wake: bool) -> TaskHandle:  # fmt: skip
+                    wake: bool) -> _Task:  # fmt: skip
         problem = self._refusal(name)
         if problem is not None:
             raise Rejected(problem[1], code=problem[0])
@@ -1385,7 +1386,7 @@ class Dispatcher:
             self._journal(task)  # durable soon (group commit); submit() waits for it
             self._dispatch()
         self._flush(wake)
-        return TaskHandle(self, task.id, name)
+        return task
 
     def _submit_one(self, name: str, args: Iterable[Any], kwargs: dict[str, Any] | None, timeout: float | None,
                     retries: int | None, delay: float | None, priority: int, task_id: str | None) -> _Task:  # fmt: skip
@@ -1453,16 +1454,26 @@ class Dispatcher:
         """
         await self._wait_room(1)
         journaling = self._journaling
-        handle = self._submit_now(name, args, kwargs, timeout, retries, delay, priority, task_id, wake=journaling)
+        task = self._submit_now(name, args, kwargs, timeout, retries, delay, priority, task_id, wake=journaling)
         if journaling:
             await self.store.flush()
         await self._write_now()  # on its way now, not after a writer wakes
-        return handle
+        return TaskHandle(self, task.id, name)
 
     async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Submit ``name(*args, **kwargs)`` and wait for its value (raises if the task failed)."""
-        handle = await self.submit(name, args, kwargs)
-        return await handle.result()
+        # submit() and handle.result() without the handle: this is a round trip's latency.
+        if self._unfinished >= self.max_queued:
+            await self._wait_room(1)
+        journaling = self._journaling
+        task = self._submit_now(name, args, kwargs, None, None, None, 0, None, wake=journaling)
+        if task.outcome is not None:  # it ended at once (its arguments could not be sent)
+            return unwrap(task.outcome)
+        slot = task.slot = OutcomeSlot()  # before anything else can finish it
+        if journaling:
+            await self.store.flush()
+        await self._write_now()
+        return unwrap(await slot.wait())
 
     async def map(
         self,
