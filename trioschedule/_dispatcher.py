@@ -720,7 +720,8 @@ class Dispatcher:
                 # must find the result still with the worker.
                 await self.store.flush()
             session.acked = session.last_seq
-            await self._write_now()  # its next tasks (and outcomes to clients) from this task
+            if self._queued_on:
+                await self._write_now()  # its next tasks (and outcomes to clients) from this task
 
     def _on_results(self, session: _WorkerSession, results: m.Results) -> None:
         if results.seq > session.last_seq:
