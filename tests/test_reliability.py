@@ -321,6 +321,27 @@ async def test_dispatcher_drain_lets_running_tasks_finish(autojump_clock):
                 await queued.result()
 
 
+async def test_a_map_adding_chunks_stops_when_the_dispatcher_drains(autojump_clock, monkeypatch):
+    """A map() waiting to add its next chunk adds no more once draining starts: it says so."""
+    from trioschedule import _dispatcher
+
+    monkeypatch.setattr(_dispatcher, "MAP_CHUNK", 10)
+    monkeypatch.setattr(_dispatcher, "MAP_WINDOW", 20)
+    worker = MathWorker(prefetch=0)
+    async with open_cluster(quick_dispatcher(), worker) as cluster:
+        d = cluster.dispatcher
+
+        async def drain_soon() -> None:
+            await trio.sleep(3.5)
+            d.stop(grace=30)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain_soon)
+            with trio.fail_after(60), pytest.raises(Rejected, match="shutting down"):
+                await d.map("sleep", [(1, i) for i in range(100)])
+        assert len(worker.ran) < 40  # it stopped adding chunks
+
+
 async def test_dispatcher_drain_gives_up_after_grace(autojump_clock):
     async with open_cluster(quick_dispatcher(), MathWorker()) as cluster:
         d = cluster.dispatcher

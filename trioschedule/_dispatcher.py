@@ -1514,6 +1514,8 @@ class Dispatcher:
                 # more as they drain, so that a large map() neither holds the
                 # queue against everyone else nor keeps all its records alive.
                 await batch.wait_unfinished(window - MAP_CHUNK)
+                if self._draining:
+                    raise Rejected("the dispatcher is shutting down and accepts no new tasks", code="draining")
                 continue
             args_list = [
                 item if type(item) is tuple or type(item) is list else (item,)
