@@ -366,7 +366,8 @@ class Worker:
                     conn.send(m.Release(ids=tuple(spec.id for spec in message.tasks), stopping=True))
                 else:
                     self._queue.extend(message.tasks)
-                    self._work.unpark(count=len(message.tasks))
+                    if self._work:  # runners waiting for work (unpark() costs even with nobody parked)
+                        self._work.unpark(count=len(message.tasks))
             elif kind is m.Reclaim:
                 self._reclaim(conn, message.ids)
             elif kind is m.Heartbeat:
@@ -558,7 +559,7 @@ class Worker:
             # small task, one more coroutine per call is a measurable share.
             if spec.timeout is None:
                 if options.is_async:
-                    value = await fn(*spec.args, **spec.kwargs)
+                    value = await (fn(*spec.args, **spec.kwargs) if spec.kwargs else fn(*spec.args))
                 else:
                     value = await self._call_sync(fn, options, spec)
             else:
