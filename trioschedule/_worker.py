@@ -56,11 +56,11 @@ class _ReadTurn:
     """Which task reads one connection: its reader task, or, while the worker is idle, one of the runners.
 
     A runner that reads runs what arrives in the same pass of the scheduler,
-    where the reader would have had to wake it for the next pass (a round
-    trip's worth of latency for a small task).  Exactly one task reads at a
-    time; the reader hands the turn to an idle runner that asked for it, and
-    the runner hands it back as soon as a task it runs waits for anything,
-    or when reading fails (the reader then raises that error).
+    where the reader would have had to wake it for the next pass (for a small
+    task, a third of the worker's share of a round trip).  Exactly one task
+    reads at a time; the reader hands the turn to an idle runner that asked
+    for it, and the runner hands it back as soon as a task it runs waits for
+    anything, or when reading fails (the reader then raises that error).
     """
 
     __slots__ = ("conn", "runner", "wanted", "reader_lot", "reader_scope", "error", "goodbye", "shared")
