@@ -749,7 +749,7 @@ class Dispatcher:
         if not self._running:
             self._wake_idle()
         self._dispatch()
-        if len(assigned) < peer.concurrency and self._running > len(assigned):  # others hold tasks to share
+        if len(assigned) < peer.concurrency:
             self._steal_for(session)
 
     def _on_release(self, session: _WorkerSession, release: m.Release) -> None:
