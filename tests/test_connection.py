@@ -412,7 +412,7 @@ def _first_write_stalls(conn: Connection) -> tuple[list[int], trio.CancelScope, 
     """
     calls = [0]
 
-    async def before_write() -> None:
+    async def before_write(_mark: object) -> None:
         calls[0] += 1
         if calls[0] == 1:
             await trio.sleep_forever()
@@ -466,6 +466,33 @@ async def test_frames_the_writer_task_took_meanwhile_still_go_after_an_interrupt
                 assert await _receive(client, 3) == [1, 2, 3]
                 assert not server.closed
                 nursery.cancel_scope.cancel()
+
+
+async def test_before_write_gets_the_mark_of_the_last_frame_written_not_a_later_one():
+    # A journal's mark moves on as more is journaled; the frames wait only for
+    # what was journaled before they were queued.
+    with trio.fail_after(5):
+        async with _tcp_streams() as (a, b):
+            server, client = _ready_pair(a, b)
+            position = [0]
+            waited_for: list[int] = []
+
+            async def before_write(mark: int) -> None:
+                waited_for.append(mark)
+                await trio.lowlevel.checkpoint()
+
+            server.write_mark, server.before_write = (lambda: position[0]), before_write
+            position[0] = 1
+            server.send(m.Message(data=1), wake=False)
+            position[0] = 2
+            server.send(m.Message(data=2), wake=False)
+            position[0] = 3  # journaled after both frames were queued
+            await server.write_now()
+            assert waited_for == [2]
+            position[0] = 4
+            await server.send_now(m.Message(data=3))
+            assert waited_for == [2, 4]
+            assert await _receive(client, 3) == [1, 2, 3]
 
 
 async def test_describe_address_names_tcp_peers_and_survives_unix_sockets() -> None:

@@ -14,7 +14,8 @@ import signal
 import pytest
 import trio
 
-from trioschedule import Dispatcher, StoreError, open_client
+from trioschedule import Dispatcher, StoreError, open_client, task
+from trioschedule._store import Store
 from trioschedule.testing import open_cluster
 
 from .conftest import MathWorker
@@ -122,3 +123,89 @@ async def test_dispatcher_sigkilled_with_hundreds_of_tasks(tmp_path):
                     counts.update(json.loads(line)["a"] for line in f)
         assert set(counts) == set(range(300))
         assert all(n == 1 for n in counts.values()), {a: n for a, n in counts.items() if n > 1}
+
+
+class HeldCommits(Store):
+    """A journal whose commits the test holds back and lets through (nothing on disk)."""
+
+    durable = True
+
+    def __init__(self) -> None:
+        self.position = 0  # operations journaled
+        self.committed = 0  # of those, committed
+        self.holding = False
+        self._moved = trio.Event()
+
+    async def add(self, tasks) -> None:
+        self.update(tasks)
+        await self.flush()
+
+    def update(self, task) -> None:
+        self.position += 1
+
+    def forget(self, task_ids) -> None:
+        self.position += 1
+
+    def mark(self) -> int:
+        return self.position
+
+    async def flush(self, mark=None) -> None:
+        target = self.position if mark is None else mark
+        while self.committed < target:
+            if not self.holding:
+                self.committed = self.position
+                break
+            await self._moved.wait()
+        await trio.lowlevel.checkpoint()
+
+    def release(self) -> None:
+        self.holding = False
+        self._moved.set()
+        self._moved = trio.Event()
+
+
+async def test_a_worker_reader_goes_on_reading_while_a_commit_is_pending():
+    """Results are read while the journal commits; nothing reaches the worker before its commit.
+
+    The dispatcher once waited for every commit before reading the next
+    batch from that worker: the second result below was not read until the
+    first commit was done.
+    """
+    store = HeldCommits()
+    gates = {1: trio.Event(), 2: trio.Event()}
+
+    class Gated(MathWorker):
+        @task
+        async def gated(self, n):
+            await gates[n].wait()
+            return n
+
+    w = Gated(name="w", concurrency=2, heartbeat_interval=0.2, heartbeat_timeout=30.0)
+    with trio.fail_after(10):
+        async with open_cluster(Dispatcher(store=store, heartbeat_interval=0.2, heartbeat_timeout=30.0), w) as cluster:
+            disp = cluster.dispatcher
+            outcomes: dict[int, int] = {}
+
+            async def call(n: int) -> None:
+                outcomes[n] = await disp.call("gated", n)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call, 1)
+                nursery.start_soon(call, 2)
+                while len(w._running) < 2:  # both started, their starts committed
+                    await trio.sleep(0.01)
+                store.holding = True
+                gates[1].set()
+                while 1 not in outcomes:
+                    await trio.sleep(0.01)
+                gates[2].set()
+                while 2 not in outcomes:  # read and finished with the first commit still held
+                    await trio.sleep(0.01)
+                assert store.committed < store.position
+                await trio.sleep(0.5)  # heartbeats are due, but none leaves before its commit
+                # Neither result is acknowledged yet: the worker keeps both.
+                assert sum(len(frame.results) for frame in w._unacked) == 2
+                store.release()
+                while w._unacked:  # the next heartbeat acknowledges them, once committed
+                    await trio.sleep(0.01)
+    assert outcomes == {1: 1, 2: 2}

@@ -146,6 +146,34 @@ async def test_flush_and_close_with_nothing_buffered(tmp_path):
     await store.close()
 
 
+async def test_flush_to_a_mark_waits_for_what_came_before_it_only(tmp_path):
+    # commit_interval of an hour: nothing is committed unless someone waits for it.
+    store = SQLiteStore(tmp_path / "j.sqlite", commit_interval=3600)
+    await store.open()
+    nothing = store.mark()
+    with trio.fail_after(5):
+        await store.flush(nothing)  # nothing buffered: no commit to wait for
+    assert store.statistics().commits == 0
+    store.update(new_task("before"))
+    mark = store.mark()
+    assert mark > nothing
+    store.update(new_task("after"))  # the same batch: the writer has not taken it yet
+    assert store.mark() == mark
+    with trio.fail_after(5):
+        await store.flush(mark)
+    assert store.statistics().commits == 1 and store.statistics().pending == 0
+    store.update(new_task("later"))  # buffered after the mark: flushing to it does not wait for this
+    with trio.fail_after(5):
+        await store.flush(mark)
+    assert store.statistics().commits == 1 and store.statistics().pending == 1
+    assert store.mark() > mark
+    with trio.fail_after(5):
+        await store.flush()  # no mark: everything
+    assert store.statistics().commits == 2 and store.statistics().pending == 0
+    await store.close()
+    assert sorted(t.id for t in await reopen(tmp_path / "j.sqlite")) == ["after", "before", "later"]
+
+
 # ================================================================ group commit
 async def test_group_commit_20000_tasks_in_batches_of_1000(tmp_path, monkeypatch):
     # Each commit takes at least 50 ms (a slow disk), so that how much piles up while the

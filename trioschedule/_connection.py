@@ -41,6 +41,10 @@ DEFAULT_MAX_OUTBOX = 64 * 1024 * 1024
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError)
 
 
+def _no_mark() -> None:
+    """``Connection.write_mark`` when frames need no particular journal position: the barrier decides."""
+
+
 def describe_error(exc: BaseException) -> str:
     """A readable reason for a stream failure: trio wraps the real cause (an SSL error...) in ``__cause__``."""
     cause = exc.__cause__
@@ -100,10 +104,15 @@ class Connection:
         self._write_turn = trio.lowlevel.ParkingLot()
         self._closed_reason: str | None = None
         self._held: list[Any] = []  # messages that came with the last handshake step (see receive_one)
-        #: Awaited before every write: a durable dispatcher makes it wait for
-        #: its journal, so no task leaves for a worker before its assignment
-        #: is on disk (write-ahead).
-        self.before_write: Callable[[], Awaitable[None]] | None = None
+        #: Awaited before every write, with the mark that ``write_mark()``
+        #: gave when the last frame being written was queued: a durable
+        #: dispatcher waits for its journal, so no task leaves for a worker
+        #: before its assignment is on disk (write-ahead).  The mark says how
+        #: much of the journal that is: the frames do not wait for what was
+        #: journaled after them (the next group commit, one fsync later).
+        self.before_write: Callable[[Any], Awaitable[None]] | None = None
+        self.write_mark: Callable[[], Any] = _no_mark
+        self._mark: Any = None  # write_mark() when the last frame was queued
         now = trio.current_time()
         self.last_received = now
         self.last_sent = now
@@ -151,6 +160,8 @@ class Connection:
         self._queue(frame, True)
 
     def _queue(self, frame: bytes, wake: bool) -> None:
+        if self.before_write is not None:
+            self._mark = self.write_mark()
         self._outbox.append(frame)
         self._outbox_bytes += len(frame)
         if self._outbox_bytes > self.max_outbox:
@@ -165,7 +176,10 @@ class Connection:
 
     async def send_now(self, message: Any) -> None:
         """Send ``message`` directly (the handshake, before the writer runs)."""
-        await self._write(self.protocol.send(message))
+        frame = self.protocol.send(message)
+        if self.before_write is not None:
+            self._mark = self.write_mark()
+        await self._write(frame)
 
     async def _write(self, data: bytes | None = None) -> None:
         """Write ``data``, or (None) everything queued once it is our turn.
@@ -185,7 +199,7 @@ class Connection:
         self._writing = True
         if self.before_write is not None:
             try:
-                await self.before_write()
+                await self.before_write(self._mark)
             except BaseException:
                 self._put_back(data)  # nothing was written
                 self._writing = False

@@ -196,7 +196,7 @@ class _WorkerSession:
         self.buffer: list[dict[str, Any]] = []  # TaskSpecs in wire form (m.spec_payload), for the next Run
         self.buffer_cancel: list[str] = []  # held by the worker, wanted by nobody: cancel once connected
         self.last_seq = 0  # the newest Results frame processed
-        self.acked = 0  # the newest Results frame whose effects are journaled: what we acknowledge
+        self.acked = 0  # the newest Results frame we acknowledge (with a journal: once the frame's commit is done)
         self.detached_at: float | None = None
         self.draining = False
         self.retries: dict[str, int] = {}
@@ -545,8 +545,12 @@ class Dispatcher:
             await conn.run_heartbeat(self.heartbeat_interval, self.heartbeat_timeout, make_heartbeat)
 
         clean = False
-        if hello.role == WORKER and self._journaling:
-            conn.before_write = self.store.flush
+        if self._journaling:  # write-ahead: tasks, acknowledgements and outcomes only once journaled
+            store = self.store
+            if type(store).mark is not Store.mark:  # frames wait for what was journaled before them only
+                conn.write_mark, conn.before_write = store.mark, store.flush
+            else:  # a store without marks (and perhaps an older flush() without the argument)
+                conn.before_write = lambda _mark: store.flush()
         try:
             await conn.send_now(welcome)
             log.info("%s: %s %r connected (pid %d)", conn.address, peer.role, peer.name, peer.pid)
@@ -713,14 +717,18 @@ class Dispatcher:
                 elif kind is m.Goodbye:
                     self._flush()
                     return True
-            self._flush(wake=self._journaling)  # in memory, written below without waking the writers
-            if self._journaling:
-                # Acknowledge results only once their outcome is durable: a
-                # worker drops what we acknowledged, so a crash in between
-                # must find the result still with the worker.
-                await self.store.flush()
+            # Acknowledged with the next frame to this worker, which a worker
+            # takes as leave to drop those results.  With a journal, each frame
+            # waits in the writer task for the commit of everything journaled
+            # before it was queued (Connection.before_write): these outcomes,
+            # and the starts of the tasks it carries.  So neither overtakes the
+            # journal, and this reader goes on reading meanwhile instead of
+            # waiting for every commit (one fsync) with the worker idle.
             session.acked = session.last_seq
-            if self._queued_on:
+            if self._journaling:
+                self._flush(wake=True)
+            else:
+                self._flush(wake=False)
                 await self._write_now()  # its next tasks (and outcomes to clients) from this task
 
     def _on_results(self, session: _WorkerSession, results: m.Results) -> None:
@@ -1138,7 +1146,8 @@ class Dispatcher:
             session = self._dirty_sessions.pop()
             if session.buffer and session.conn is not None:
                 conn = session.conn
-                self._queued_on.add(conn)
+                if not wake:
+                    self._queued_on.add(conn)
                 batch, session.buffer = session.buffer, []
                 try:
                     conn.send_payload(m.Run, m.encode_run(batch, session.acked), wake=wake)
@@ -1150,7 +1159,8 @@ class Dispatcher:
         while self._dirty_clients:
             client = self._dirty_clients.pop()
             if client.pending:
-                self._queued_on.add(client.conn)
+                if not wake:
+                    self._queued_on.add(client.conn)
                 outcomes, client.pending = client.pending, []
                 _send_split(partial(_send_outcomes, client.conn, wake), outcomes,
                             partial(self._unsendable_outcome, client))  # fmt: skip

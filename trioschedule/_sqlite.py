@@ -870,17 +870,26 @@ class SQLiteStore(Store):
             self._pending_since = time.monotonic()
             self._cond.notify()
 
-    async def flush(self) -> None:
-        """Return once everything buffered before this call is committed."""
+    def mark(self) -> int:
+        """The batch that holds everything buffered so far (see :meth:`flush`)."""
+        with self._mutex:
+            return self._batch if self._ops else self._batch - 1  # the one the writer holds, if any
+
+    async def flush(self, mark: int | None = None) -> None:
+        """Return once everything buffered before this call is committed; with a :meth:`mark`, what was before it.
+
+        A mark lets a caller wait for its own operations and not for those
+        buffered since, which go into the next group commit (one fsync later).
+        """
         self._check_open("flush")
         with self._mutex:
             self._raise_if_failed()
-            if self._ops:
-                ticket = self._batch
+            ticket = self._batch if self._ops else self._batch - 1
+            if mark is not None and mark < ticket:
+                ticket = mark
+            elif ticket == self._batch:
                 self._urgent = True
                 self._cond.notify()
-            else:
-                ticket = self._batch - 1  # a batch the writer holds, if any
         await self._wait_committed(ticket)
 
     async def close(self) -> None:

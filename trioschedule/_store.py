@@ -108,8 +108,16 @@ class Store:
     def forget(self, task_ids: list[str]) -> None:
         """Drop finished tasks whose retention has passed."""
 
-    async def flush(self) -> None:
-        """Make every buffered update durable."""
+    def mark(self) -> Any:
+        """A mark for everything added, updated and forgotten so far, for :meth:`flush`.
+
+        The base class has no positions (None): its ``flush(mark)`` makes
+        everything durable, as ``flush()`` does.
+        """
+        return None
+
+    async def flush(self, mark: Any = None) -> None:
+        """Make every buffered update durable; with a :meth:`mark`, at least everything before it."""
 
     async def close(self) -> None:
         """Flush and release the store."""
