@@ -590,13 +590,18 @@ async def test_narrow_updates_checkpoints_and_recovery_match_a_model(tmp_path, m
                 tasks = [new_task(i, args=[step], not_before=1.5e9 if rng.random() < 0.3 else None) for i in ids]
                 await store.add(tasks)
                 model.update((t.id, attrs.evolve(t)) for t in tasks)
-        elif action < 0.45 and model:  # a worker takes one
-            task_id = rng.choice(list(model))
+        elif action < 0.45 and model:  # a worker takes one, or several at once
             attempt, failures, losses = rng.randint(1, 3), rng.randint(0, 2), rng.randint(0, 2)
             session = rng.choice(["s1", "s2", "s3"])
-            store.update_running(task_id, attempt, failures, losses, session)
-            model[task_id] = attrs.evolve(model[task_id], state="running", attempt=attempt, failures=failures,
-                                          losses=losses, session=session, not_before=None)  # fmt: skip
+            if rng.random() < 0.5:
+                ids = [rng.choice(list(model))]
+                store.update_running(ids[0], attempt, failures, losses, session)
+            else:  # sometimes with a task named twice in one commit, or taken after it ended
+                ids = rng.sample(list(model), min(len(model), rng.randint(1, 5)))
+                store.update_running_many(ids, attempt, failures, losses, session)
+            for task_id in ids:
+                model[task_id] = attrs.evolve(model[task_id], state="running", attempt=attempt, failures=failures,
+                                              losses=losses, session=session, not_before=None)  # fmt: skip
         elif action < 0.7 and model:  # one ends
             task_id = rng.choice(list(model))
             attempt = rng.randint(1, 3)

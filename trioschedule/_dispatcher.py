@@ -1061,6 +1061,7 @@ class Dispatcher:
         """Hand ``tasks`` to ``session``: they go out in its next Run frame (see :meth:`_flush`)."""
         assigned, buffer, journaling = session.assigned, session.buffer, self._journaling
         spec_payload = m.spec_payload
+        first: list[str] | None = [] if journaling and self._narrow else None  # first attempts: journaled as one
         for task in tasks:
             task.state = RUNNING
             attempt = task.attempt = task.attempt + 1
@@ -1071,7 +1072,12 @@ class Dispatcher:
             buffer.append(spec_payload(task.id, task.name, task.args, task.kwargs, attempt,
                                        None if deadline is None else max(0.0, deadline - now)))  # fmt: skip
             if journaling:
-                self._journal(task)
+                if first is not None and attempt == 1 and not task.failures and not task.losses:
+                    first.append(task.id)
+                else:
+                    self._journal(task)
+        if first:
+            self.store.update_running_many(first, 1, 0, 0, session.id)
         self._running += len(tasks)
         self._dirty_sessions.add(session)
 

@@ -27,7 +27,6 @@ import contextlib
 import itertools
 import json
 import logging
-import operator
 import os
 import sqlite3
 import sys
@@ -315,10 +314,12 @@ _SLICE = 2_000  # entries applied per transaction, at least (more under load: se
 #   (_ROW, id, text)       a row's JSON, for a task the journal may hold already
 #   (_VALUES, id, values)  a row as a tuple of JSON values (update(), recovery)
 #   (_RUN, id, session, attempt, failures, losses)
+#   (_RUNS, [id, ...], session, attempt, failures, losses)   tasks handed to one worker together
 #   (_FINISH, id, attempt, outcome, finished_at, failures, losses)
 #   (_FORGET, id)
 _NEW, _RUN, _FINISH, _FORGET, _ADDED, _ROW, _VALUES = 0, 1, 2, 3, 4, 5, 6
 _CHAIN = 7  # in a generation: (_CHAIN, id, done operation, running operation that came after it)
+_RUNS = 8
 _Op = tuple[Any, ...]
 _GONE: Any = ("gone",)  # a generation's "latest operation" of a forgotten task
 
@@ -375,35 +376,41 @@ def _decode(text: str) -> StoredTask:
     )  # fmt: skip
 
 
-def _segments_text(batch: list[_Op], encode: Callable[[Any], str]) -> tuple[str, int]:
-    """``batch`` (operations in call order) as a row of ``changes`` (JSON segments, see above), and its forgets.
+def _segments_text(batch: list[_Op], encode: Callable[[Any], str]) -> tuple[str, int, int]:
+    """``batch`` (operations in call order) as a row of ``changes`` (JSON segments, see above).
 
-    A batch that names each task once (the usual: a task's next operation
-    waits for the commit of this one) is one segment, which one set of its
-    ids tells; otherwise a segment ends before a task's second operation.
+    Also returns how many task changes it holds, and how many of those are
+    forgets.  A batch that names each task once (the usual: a task's next
+    operation waits for the commit of this one) is one segment, which one set
+    of its ids tells; otherwise a segment ends before a task's second
+    operation.
     """
-    ids = list(map(_second, batch))
+    ids: list[str] = []
+    add, extend = ids.append, ids.extend
+    for op in batch:
+        if op[0] == _RUNS:
+            extend(op[1])
+        else:
+            add(op[1])
     if len(set(ids)) == len(ids):
         text, forgets = _segment_text(batch, encode)
-        return "[" + text + "]", forgets
+        return "[" + text + "]", forgets, len(ids)
     segments: list[str] = []
     forgets = 0
     seen: set[str] = set()
     start = 0
-    for i, task_id in enumerate(ids):
-        if task_id in seen:
+    for i, op in enumerate(batch):
+        names = op[1] if op[0] == _RUNS else (op[1],)
+        if not seen.isdisjoint(names):
             text, count = _segment_text(batch[start:i], encode)
             segments.append(text)
             forgets += count
             seen.clear()
             start = i
-        seen.add(task_id)
+        seen.update(names)
     text, count = _segment_text(batch[start:], encode)
     segments.append(text)
-    return "[" + ",".join(segments) + "]", forgets + count
-
-
-_second = operator.itemgetter(1)
+    return "[" + ",".join(segments) + "]", forgets + count, len(ids)
 
 
 def _segment_text(ops: list[_Op], encode: Callable[[Any], str]) -> tuple[str, int]:
@@ -420,14 +427,15 @@ def _segment_text(ops: list[_Op], encode: Callable[[Any], str]) -> tuple[str, in
     forgotten: list[str] = []
     for op in ops:
         kind = op[0]
-        if kind == _RUN:
+        if kind == _RUN or kind == _RUNS:
+            ids = op[1] if kind == _RUNS else [op[1]]
             group = running.get(op[2])
             if group is None:
-                running[op[2]] = [op[2], op[3], op[4], op[5], [op[1]]]
+                running[op[2]] = [op[2], op[3], op[4], op[5], list(ids)]
             elif group[1] == op[3] and group[2] == op[4] and group[3] == op[5]:
-                group[4].append(op[1])
+                group[4] += ids
             else:
-                other.append([_RUN, op[2], op[3], op[4], op[5], [op[1]]])
+                other.append([_RUN, op[2], op[3], op[4], op[5], list(ids)])
         elif kind == _FINISH:
             group = done.get(op[4])
             if group is None:
@@ -515,6 +523,15 @@ class _Generation:
         gone = _GONE
         for op in ops:
             kind, task_id = op[0], op[1]
+            if kind == _RUNS:
+                for task_id in op[1]:
+                    previous = latest.get(task_id)
+                    if previous is None or (previous is not gone and previous[0] != _FINISH and previous[0] != _CHAIN):
+                        latest[task_id] = op  # as a _RUN (see apply())
+                    elif previous is not gone:  # running again after it ended: see below
+                        done = previous if previous[0] == _FINISH else previous[2]
+                        latest[task_id] = (_CHAIN, task_id, done, (_RUN, task_id, *op[2:]))
+                continue
             if kind == _RUN or kind == _FINISH:
                 previous = latest.get(task_id)
                 if previous is gone:
@@ -535,7 +552,7 @@ class _Generation:
                 if (kind == _NEW or kind == _ADDED) and task_id in latest:
                     op = (_ROW, task_id, _row_text(op))  # not new to this generation: it may be in tasks
                 rows[task_id] = latest[task_id] = op
-        self.ops += len(ops)
+        self.ops += len(ops)  # a _RUNS counts once: this bounds memory by operations held, not tasks
 
     def apply(self, conn: sqlite3.Connection, task_ids: Iterable[str], encode: Callable[[Any], str]) -> None:
         """Write these tasks' net changes to ``tasks``: one statement per kind, rows first."""
@@ -552,6 +569,9 @@ class _Generation:
                 forgotten.append(task_id)
                 continue
             kind = op[0]
+            if kind == _RUNS:
+                op = (_RUN, task_id, *op[2:])
+                kind = _RUN
             if kind == _CHAIN:
                 done.append(op[2])
                 running.append(op[3])  # after the done ones (see below)
@@ -836,6 +856,15 @@ class SQLiteStore(Store):
             self._check_open("update")
         ops = self._ops
         ops.append((_RUN, task_id, session, attempt, failures, losses))
+        if len(ops) == 1:
+            self._wake_writer()
+
+    def update_running_many(self, task_ids: list[str], attempt: int, failures: int, losses: int, session: str) -> None:
+        """Buffer "these tasks run on ``session``", as one operation (the store keeps ``task_ids``)."""
+        if self._state != "open":
+            self._check_open("update")
+        ops = self._ops
+        ops.append((_RUNS, task_ids, session, attempt, failures, losses))
         if len(ops) == 1:
             self._wake_writer()
 
@@ -1189,12 +1218,12 @@ class SQLiteStore(Store):
         assert conn is not None
         skipped = 0
         try:
-            text, forgets = _segments_text(batch, self._encode)
+            text, forgets, changes = _segments_text(batch, self._encode)
         except (TypeError, ValueError):
             count = len(batch)
             batch = self._encodable(batch)
             skipped = count - len(batch)
-            text, forgets = _segments_text(batch, self._encode)
+            text, forgets, changes = _segments_text(batch, self._encode)
         entries, last = self._next_slice(max(_SLICE, 2 * len(batch)))
         purge = self.retention is not None and time.monotonic() >= self._next_purge
         purged = 0
@@ -1216,7 +1245,7 @@ class SQLiteStore(Store):
             # of the GIL, which a busy event loop may keep for a while) instead of three.
             seq = conn.execute(_LOG, (text,)).lastrowid or 0
         self._unfolded = (batch, seq)  # folded once the waiters are woken (see _write_loop)
-        return len(batch) - forgets, forgets + purged, skipped
+        return changes - forgets, forgets + purged, skipped
 
     def _encodable(self, batch: list[_Op]) -> list[_Op]:
         """``batch`` without (and logging) the operations that cannot be encoded as JSON."""
@@ -1225,7 +1254,7 @@ class SQLiteStore(Store):
             try:
                 if op[0] == _VALUES:
                     self._encode(op[2])
-                elif op[0] in (_RUN, _FINISH, _FORGET):
+                elif op[0] in (_RUN, _RUNS, _FINISH, _FORGET):
                     self._encode(op)
             except (TypeError, ValueError) as exc:
                 log.error("task %s: its state cannot be journaled and is skipped: %s", op[1], exc)

@@ -94,6 +94,14 @@ class Store:
     def update_running(self, task_id: str, attempt: int, failures: int, losses: int, session: str) -> None:
         """The task was handed to a worker: ``state="running"``, no ``not_before`` (buffered like ``update``)."""
 
+    def update_running_many(self, task_ids: list[str], attempt: int, failures: int, losses: int, session: str) -> None:
+        """:meth:`update_running` for tasks handed to one worker together, all with these counts.
+
+        The store may keep ``task_ids``: the caller does not change the list afterwards.
+        """
+        for task_id in task_ids:
+            self.update_running(task_id, attempt, failures, losses, session)
+
     def update_done(
         self, task_id: str, attempt: int, failures: int, losses: int, outcome: dict[str, Any], finished_at: float
     ) -> None:
