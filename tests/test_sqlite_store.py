@@ -347,7 +347,7 @@ async def test_another_programs_database_is_refused_untouched(tmp_path):
 async def test_a_new_file_gets_the_current_version(tmp_path):
     path = tmp_path / "j.sqlite"
     await reopen(path)
-    assert pragma(path, "user_version") == len(_sqlite.MIGRATIONS) == 3
+    assert pragma(path, "user_version") == len(_sqlite.MIGRATIONS) == 4
     assert pragma(path, "application_id") == _sqlite.APPLICATION_ID
     assert pragma(path, "journal_mode") == "wal"
 
@@ -579,7 +579,19 @@ async def test_narrow_updates_checkpoints_and_recovery_match_a_model(tmp_path, m
             if rng.random() < 0.2:
                 ids += [i for i in rng.sample(ever, min(2, len(ever))) if i not in model]
             ever.extend(i for i in ids if i not in ever)
-            if rng.random() < 0.5:
+            how = rng.random()
+            if how < 0.3:  # tasks accepted together, sharing every field but id and args (a map() chunk)
+                args = [[rng.randint(0, 9), "ü", 0.1 * step] for _ in ids]
+                shared = ("g", {"k": 2} if rng.random() < 0.3 else {}, rng.randint(0, 2), rng.choice([None, 3]),
+                          rng.choice([None, 2e9 + 0.5]), rng.choice([None, 1.5e9]), 1000.0 + step / 3)  # fmt: skip
+                await store.add_new_many(ids, args, *shared)
+                for args_list in args:
+                    args_list.append("changed after add_new_many returned")  # must not reach the journal
+                new = [(i, shared[0], a[:-1], *shared[1:]) for i, a in zip(ids, args)]
+                for t in new:
+                    model[t[0]] = StoredTask(id=t[0], name=t[1], args=t[2], kwargs=t[3], priority=t[4], retries=t[5],
+                                             deadline=t[6], not_before=t[7], submitted_at=t[8])  # fmt: skip
+            elif how < 0.6:
                 new = [(i, "f", [rng.randint(0, 9), "ü"], {"k": 1} if rng.random() < 0.3 else {}, rng.randint(0, 2),
                         rng.choice([None, 3]), rng.choice([None, 2e9]), None, 1000.0 + step) for i in ids]  # fmt: skip
                 await store.add_new(new)
@@ -781,6 +793,65 @@ async def test_a_compact_outcome_group_that_does_not_decode_is_refused_as_corrup
     await reopen(path)
     conn = sqlite3.connect(path)
     conn.execute("INSERT INTO changes (ops) VALUES ('[[[],[],[],[],[[2000.0,0,0,[\"a\",1,\"ok\"]]]]]')")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError) as info:
+        await reopen(path)
+    assert info.value.code == "corrupt" and "change log" in str(info.value)
+
+
+async def test_a_version_3_change_log_is_replayed_after_the_migration(tmp_path, monkeypatch):
+    """A crashed version 3 journal: its segments of five groups (no accepted group) still apply."""
+    monkeypatch.setattr(_sqlite, "_GENERATION_SECONDS", 3600.0)
+    path = tmp_path / "j.sqlite"
+    await reopen(path)
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 3")
+    conn.executemany("INSERT INTO changes (ops) VALUES (?)", [
+        ('[[[["a","add",[1],{},0,null,null,null,1000.0],["b","add",[2],{},0,null,null,null,1000.0]],[],[],[],[]]]',),
+        ('[[[],[["s1",1,0,0,["b"]]],[],[],[[2000.5,0,0,["a",1,"ok",3]]]]]',),
+    ])  # fmt: skip
+    conn.commit()
+    conn.close()
+    rows = {r.id: r for r in await reopen(path)}
+    assert pragma(path, "user_version") == len(_sqlite.MIGRATIONS)
+    assert rows["a"].state == "done" and rows["a"].outcome == {"id": "a", "status": "ok", "attempt": 1, "value": 3}
+    assert (rows["b"].state, rows["b"].session, rows["b"].args) == ("running", "s1", [2])
+
+
+async def test_tasks_accepted_together_are_one_group_and_recover_one_by_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(_sqlite, "_GENERATION_SECONDS", 3600.0)  # no checkpoint: recovery reads the change log
+    path = tmp_path / "j.sqlite"
+    store = SQLiteStore(path)
+    await store.open()
+    await store.add_new_many(["m1", "m2", "m3"], [[1, 2], (3, 4), ["ü"]], "add", {}, 2, 3, 2e9, None, 1000.25)
+    store.update_running_many(["m1"], 1, 0, 0, "s1")
+    store.forget(["m3"])
+    await store.flush()
+    with pytest.raises(ValueError):
+        await store.add_new_many(["x"], [], "add", {}, 0, None, None, None, 1000.0)
+    with pytest.raises(ValueError):  # NaN is not JSON: the caller hears of it, nothing is buffered
+        await store.add_new_many(["x"], [[float("nan")]], "add", {}, 0, None, None, None, 1000.0)
+    conn = sqlite3.connect(path)
+    (first,) = conn.execute("SELECT ops FROM changes ORDER BY seq LIMIT 1").fetchone()
+    conn.close()
+    # The shared fields once, then id and args pairs.
+    assert first == '[[[],[],[],[],[],[["add",{},2,3,2000000000.0,null,1000.25,["m1",[1,2],"m2",[3,4],"m3",["ü"]]]]]]'
+    _snapshot(path, tmp_path / "crash.sqlite")
+    await store.close()
+    for copy in (tmp_path / "crash.sqlite", path):  # replayed from the change log, and checkpointed at close
+        rows = {r.id: r for r in await reopen(copy)}
+        assert sorted(rows) == ["m1", "m2"]
+        assert (rows["m1"].state, rows["m1"].session, rows["m1"].args) == ("running", "s1", [1, 2])
+        assert (rows["m2"].state, rows["m2"].args, rows["m2"].priority, rows["m2"].retries) == ("queued", [3, 4], 2, 3)
+        assert (rows["m2"].deadline, rows["m2"].submitted_at) == (2e9, 1000.25)
+
+
+async def test_an_accepted_group_that_does_not_decode_is_refused_as_corrupt(tmp_path):
+    path = tmp_path / "j.sqlite"
+    await reopen(path)
+    conn = sqlite3.connect(path)
+    conn.execute("""INSERT INTO changes (ops) VALUES ('[[[],[],[],[],[],[["add",{},0,null,null,null,1.0,["a"]]]]]')""")
     conn.commit()
     conn.close()
     with pytest.raises(StoreError) as info:

@@ -1265,6 +1265,18 @@ class Dispatcher:
             else:
                 await self.store.add([self._stored(t, now_trio, now_wall) for t in tasks])
 
+    async def _persist_chunk(self, chunk: list[_Task], args_list: list[Any]) -> None:
+        """:meth:`_persist` for a ``map()`` chunk (see :meth:`_new_tasks`): the tasks differ only in id and args."""
+        if self._journaling and chunk:
+            first = chunk[0]
+            deadline = first.deadline
+            if deadline is not None:
+                deadline = time.time() + (deadline - trio.current_time())
+            await self.store.add_new_many(
+                [task.id for task in chunk], args_list, first.name, first.kwargs, first.priority, first.retries,
+                deadline, first.not_before, first.submitted_at,
+            )  # fmt: skip
+
     def _journal(self, task: _Task) -> None:
         if self._journaling:
             if self._narrow:
@@ -1541,7 +1553,7 @@ class Dispatcher:
                 break
             chunk = self._new_tasks(name, args_list, priority, retries, deadline)
             batch.add(chunk)  # before any checkpoint: one may be cancelled by id from now on
-            await self._persist(chunk)  # journaled before any of them can run
+            await self._persist_chunk(chunk, args_list)  # journaled before any of them can run
             self._place_chunk(name, chunk, priority)
             self._dispatch()
             self._flush(wake=self._journaling)

@@ -199,6 +199,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         description="the change log holds the usual outcome compactly (a fifth group in a segment)",
         steps=(),
     ),
+    # Likewise: version 3 change logs read as they are.
+    Migration(
+        version=4,
+        description="the change log holds tasks accepted together as one group (a sixth group in a segment)",
+        steps=(),
+    ),
 )
 
 
@@ -233,7 +239,7 @@ def _copy_v1_tasks(conn: sqlite3.Connection, source: str, target: str) -> None:
 #
 # A row of ``changes`` is a JSON array of *segments*, applied in order; a
 # segment names each task at most once, so the order within it does not
-# matter.  A segment is [rows, running, done, forgotten, finished]:
+# matter.  A segment is [rows, running, done, forgotten, finished, accepted]:
 #   rows       [row, ...]                 whole tasks (an upsert); a 9-field row is a new task
 #   running    [[session, attempt, failures, losses, [id, ...]], ...]                 update_running()
 #   done       [[finished_at, failures, losses, [id, attempt, outcome, ...]], ...]    update_done()
@@ -243,6 +249,11 @@ def _copy_v1_tasks(conn: sqlite3.Connection, source: str, target: str) -> None:
 #              "attempt": attempt, "value": value} (these keys in this order),
 #              without the dict: encoding a dict costs json three times what
 #              encoding its values does.  (Format 2 segments have no finished.)
+#   accepted   [[name, kwargs, priority, retries, deadline, not_before, submitted_at, [id, args, ...]], ...]
+#              add_new_many(): new tasks accepted together, which differ only in
+#              id and args (a map() chunk), the fields they share written once.
+#              (Format 3 segments have no accepted; a segment without any ends
+#              at finished.)
 _NEW_ROW_END = ',"queued",0,0,0,null,null,null]'
 _NEW_ROW_DEFAULTS = ("queued", 0, 0, 0, None, None, None)
 _OUTCOME_KEYS = ("id", "status", "attempt", "value")  # an outcome of this shape is journaled without its dict
@@ -310,6 +321,8 @@ _SLICE = 2_000  # entries applied per transaction, at least (more under load: se
 # Trio side appends them to one list, in call order; the writer takes them
 # from its front.
 #   (_NEW, id, text)       a task as accepted (add_new()), new to the journal: text is its NewTask's JSON
+#   (_ACCEPTED, [id, ...], text, cache)   tasks accepted together (add_new_many()): text is their
+#                          group of ``accepted`` (see above); cache, a dict, their rows once needed
 #   (_ADDED, id, text)     a task from add(), new to the journal: text is its row's JSON
 #   (_ROW, id, text)       a row's JSON, for a task the journal may hold already
 #   (_VALUES, id, values)  a row as a tuple of JSON values (update(), recovery)
@@ -320,6 +333,7 @@ _SLICE = 2_000  # entries applied per transaction, at least (more under load: se
 _NEW, _RUN, _FINISH, _FORGET, _ADDED, _ROW, _VALUES = 0, 1, 2, 3, 4, 5, 6
 _CHAIN = 7  # in a generation: (_CHAIN, id, done operation, running operation that came after it)
 _RUNS = 8
+_ACCEPTED = 9
 _Op = tuple[Any, ...]
 _GONE: Any = ("gone",)  # a generation's "latest operation" of a forgotten task
 
@@ -335,9 +349,20 @@ def _values(task: StoredTask) -> _Op:
     ))  # fmt: skip
 
 
-def _row_text(op: _Op) -> str:
-    """The row JSON of a row operation that holds one (_NEW, _ADDED, _ROW)."""
-    return op[2][:-1] + _NEW_ROW_END if op[0] == _NEW else op[2]
+def _row_text(op: _Op, task_id: str, encode: Callable[[Any], str]) -> str:
+    """The row JSON of ``task_id`` from a row operation that holds it (_NEW, _ADDED, _ROW, _ACCEPTED)."""
+    kind = op[0]
+    if kind == _NEW:
+        return op[2][:-1] + _NEW_ROW_END
+    if kind == _ACCEPTED:
+        cache = op[3]
+        if not cache:  # the group as committed, decoded once: later changes to the arguments do not leak in
+            *fields, items = json.loads(op[2])
+            cache["fields"] = fields
+            cache["args"] = dict(zip(items[::2], items[1::2]))
+        fields = cache["fields"]
+        return encode((task_id, fields[0], cache["args"][task_id], *fields[1:], *_NEW_ROW_DEFAULTS))
+    return op[2]
 
 
 def _new_rows(tasks: list[NewTask], dumps: Callable[[Any], str]) -> list[_Op]:
@@ -388,7 +413,7 @@ def _segments_text(batch: list[_Op], encode: Callable[[Any], str]) -> tuple[str,
     ids: list[str] = []
     add, extend = ids.append, ids.extend
     for op in batch:
-        if op[0] == _RUNS:
+        if op[0] == _RUNS or op[0] == _ACCEPTED:
             extend(op[1])
         else:
             add(op[1])
@@ -400,7 +425,7 @@ def _segments_text(batch: list[_Op], encode: Callable[[Any], str]) -> tuple[str,
     seen: set[str] = set()
     start = 0
     for i, op in enumerate(batch):
-        names = op[1] if op[0] == _RUNS else (op[1],)
+        names = op[1] if op[0] == _RUNS or op[0] == _ACCEPTED else (op[1],)
         if not seen.isdisjoint(names):
             text, count = _segment_text(batch[start:i], encode)
             segments.append(text)
@@ -425,6 +450,7 @@ def _segment_text(ops: list[_Op], encode: Callable[[Any], str]) -> tuple[str, in
     done: dict[float, list[Any]] = {}  # finished_at -> [finished_at, failures, losses, [full items], [compact items]]
     other: list[list[Any]] = []  # groups unlike the first of their session or finished_at
     forgotten: list[str] = []
+    accepted: list[str] = []  # groups, encoded
     for op in ops:
         kind = op[0]
         if kind == _RUN or kind == _RUNS:
@@ -453,6 +479,8 @@ def _segment_text(ops: list[_Op], encode: Callable[[Any], str]) -> tuple[str, in
             group[3] += (task_id, attempt, outcome)
         elif kind == _FORGET:
             forgotten.append(op[1])
+        elif kind == _ACCEPTED:
+            accepted.append(op[2])
         else:
             rows.append(op[2])  # a text, or (_VALUES) a tuple of values
     groups_running = list(running.values())
@@ -467,6 +495,8 @@ def _segment_text(ops: list[_Op], encode: Callable[[Any], str]) -> tuple[str, in
         (groups_running if group[0] == _RUN else groups_done).append(group[1:])
     texts = ",".join([row if type(row) is str else encode(row) for row in rows])
     groups = encode((groups_running, groups_done, forgotten, groups_finished))
+    if accepted:
+        groups = groups[:-1] + ",[" + ",".join(accepted) + "]]"
     return "[[" + texts + "]," + groups[1:], len(forgotten)
 
 
@@ -474,7 +504,10 @@ def _recovered(text: str) -> list[_Op]:
     """A row of ``changes`` as operations in memory (raises ValueError/TypeError/IndexError if malformed)."""
     ops: list[_Op] = []
     for segment in json.loads(text):
-        if len(segment) == 5:
+        accepted: Any = ()
+        if len(segment) == 6:
+            rows, running, done, forgotten, finished, accepted = segment
+        elif len(segment) == 5:
             rows, running, done, forgotten, finished = segment
         else:
             rows, running, done, forgotten = segment  # format 2
@@ -483,6 +516,14 @@ def _recovered(text: str) -> list[_Op]:
             if type(row[0]) is not str or len(row) not in (9, 16):
                 raise ValueError(f"a task row has {len(row)} fields")
             ops.append((_VALUES, row[0], (*row, *_NEW_ROW_DEFAULTS) if len(row) == 9 else tuple(row)))
+        for name, kwargs, priority, retries, deadline, not_before, submitted_at, items in accepted:
+            if len(items) % 2:
+                raise ValueError("a group of accepted tasks is not id, args pairs")
+            ops.extend(
+                (_VALUES, task_id, (task_id, name, args, kwargs, priority, retries, deadline, not_before, submitted_at,
+                                    *_NEW_ROW_DEFAULTS))
+                for task_id, args in zip(items[::2], items[1::2])
+            )  # fmt: skip
         for session, attempt, failures, losses, ids in running:
             ops.extend((_RUN, task_id, session, attempt, failures, losses) for task_id in ids)
         for finished_at, failures, losses, items in done:
@@ -517,12 +558,19 @@ class _Generation:
         self.started = 0.0  # time.monotonic() of the first
         self.last = 0  # the last ``changes`` row folded in
 
-    def fold(self, ops: list[_Op]) -> None:
-        """Fold operations in, in order."""
+    def fold(self, ops: list[_Op], encode: Callable[[Any], str]) -> None:
+        """Fold operations in, in order (``encode``: the writer's, for a row that must be written out)."""
         latest, rows = self.latest, self.rows
         gone = _GONE
         for op in ops:
             kind, task_id = op[0], op[1]
+            if kind == _ACCEPTED:
+                for task_id in op[1]:
+                    if task_id in latest:  # not new to this generation: it may be in tasks
+                        rows[task_id] = latest[task_id] = (_ROW, task_id, _row_text(op, task_id, encode))
+                    else:
+                        rows[task_id] = latest[task_id] = op
+                continue
             if kind == _RUNS:
                 for task_id in op[1]:
                     previous = latest.get(task_id)
@@ -544,13 +592,13 @@ class _Generation:
                     latest[task_id] = (_CHAIN, task_id, previous if previous[0] == _FINISH else previous[2], op)
             elif kind == _FORGET:
                 row = rows.pop(task_id, None)
-                if row is not None and (row[0] == _NEW or row[0] == _ADDED):
+                if row is not None and (row[0] == _NEW or row[0] == _ADDED or row[0] == _ACCEPTED):
                     del latest[task_id]  # new in this generation and gone again: nothing to write
                 else:
                     latest[task_id] = gone
             else:
                 if (kind == _NEW or kind == _ADDED) and task_id in latest:
-                    op = (_ROW, task_id, _row_text(op))  # not new to this generation: it may be in tasks
+                    op = (_ROW, task_id, _row_text(op, task_id, encode))  # not new to this generation
                 rows[task_id] = latest[task_id] = op
         self.ops += len(ops)  # a _RUNS counts once: this bounds memory by operations held, not tasks
 
@@ -586,14 +634,14 @@ class _Generation:
                     (running if kind == _RUN else done).append(update)
                     continue
                 if kind == _FINISH and op[0] != _VALUES:  # the usual: in one write
-                    finished.append(f"[{_row_text(op)},{encode(update[2:])[1:]}")
+                    finished.append(f"[{_row_text(op, task_id, encode)},{encode(update[2:])[1:]}")
                     continue
                 (running if kind == _RUN else done).append(update)
                 kind = op[0]
             if kind == _VALUES:
                 values.append(op[2])
             else:
-                texts.append(_row_text(op))
+                texts.append(_row_text(op, task_id, encode))
         # Each of these was encoded once already, when it was committed: this cannot fail.
         if values:
             texts.append(encode(values)[1:-1])
@@ -822,6 +870,23 @@ class SQLiteStore(Store):
         """:meth:`add` for :data:`~trioschedule._store.NewTask` tuples, encoded as they are."""
         self._check_open("add")
         await self._add(_new_rows(tasks, self._trio_encode))
+
+    async def add_new_many(
+        self, ids: list[str], args: list[Any], name: str, kwargs: dict[str, Any], priority: int, retries: int | None,
+        deadline: float | None, not_before: float | None, submitted_at: float,
+    ) -> None:  # fmt: skip
+        """:meth:`add_new` for tasks that differ only in id and ``args``: one group, its shared fields once.
+
+        Encoded here, in one call for the whole group (raises TypeError/ValueError,
+        nothing buffered, if any of it cannot be).
+        """
+        self._check_open("add")
+        if len(ids) != len(args):
+            raise ValueError(f"{len(ids)} ids for {len(args)} argument lists")
+        items: list[Any] = [None] * (2 * len(ids))
+        items[::2], items[1::2] = ids, args
+        text = self._trio_encode((name, kwargs, priority, retries, deadline, not_before, submitted_at, items))
+        await self._add([(_ACCEPTED, ids, text, {})] if ids else [])
 
     async def _add(self, ops: list[_Op]) -> None:
         if not ops:
@@ -1127,7 +1192,7 @@ class SQLiteStore(Store):
         generation = _Generation()
         try:
             for (text,) in conn.execute("SELECT ops FROM changes ORDER BY seq"):
-                generation.fold(_recovered(text))
+                generation.fold(_recovered(text), self._encode)
         except (ValueError, TypeError, IndexError) as exc:  # JSONDecodeError is a ValueError
             raise self._corrupt(f"its change log does not decode ({exc})") from exc
         generation.apply(conn, generation.latest, self._encode)
@@ -1268,7 +1333,7 @@ class SQLiteStore(Store):
         generation = self._generation
         if not generation.ops:
             generation.started = time.monotonic()
-        generation.fold(batch)
+        generation.fold(batch, self._encode)
         generation.last = seq
         if generation.ops >= _GENERATION_OPS or len(generation.latest) >= _GENERATION_TASKS:
             self._close_generation()

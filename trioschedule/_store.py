@@ -80,6 +80,20 @@ class Store:
         """
         await self.add([new_stored_task(*task) for task in tasks])
 
+    async def add_new_many(
+        self, ids: list[str], args: list[Any], name: str, kwargs: dict[str, Any], priority: int, retries: int | None,
+        deadline: float | None, not_before: float | None, submitted_at: float,
+    ) -> None:  # fmt: skip
+        """``add_new`` for tasks accepted together that differ only in id and ``args`` (a ``map()`` chunk).
+
+        ``ids[i]`` has the arguments ``args[i]``.  The default makes the
+        :data:`NewTask` tuples; a store may write the shared fields once.
+        """
+        await self.add_new([
+            (task_id, name, task_args, kwargs, priority, retries, deadline, not_before, submitted_at)
+            for task_id, task_args in zip(ids, args)
+        ])  # fmt: skip
+
     def update(self, task: StoredTask) -> None:
         """Journal a task's new state (buffered; group-committed)."""
 
