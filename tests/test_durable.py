@@ -10,11 +10,13 @@ import collections
 import json
 import os
 import signal
+import sqlite3
 
 import pytest
 import trio
 
-from trioschedule import Dispatcher, StoreError, open_client, task
+from trioschedule import Dispatcher, Rejected, StoreError, open_client, task
+from trioschedule._sqlite import SQLiteStore
 from trioschedule._store import Store
 from trioschedule.testing import open_cluster
 
@@ -209,3 +211,21 @@ async def test_a_worker_reader_goes_on_reading_while_a_commit_is_pending():
                 while w._unacked:  # the next heartbeat acknowledges them, once committed
                     await trio.sleep(0.01)
     assert outcomes == {1: 1, 2: 2}
+
+
+async def test_when_the_journal_fails_clients_are_told_their_submissions_are_refused(tmp_path, monkeypatch):
+    """Frames to clients wait for the journal; once it has failed they must not wait for it forever."""
+    with trio.fail_after(20):
+        async with open_cluster(journaled(tmp_path / "journal.sqlite3"), worker("w")) as cluster:
+            async with cluster.client() as client:
+                assert await client.call("add", 1, 2) == 3
+
+                def broken(self, batch):
+                    raise sqlite3.OperationalError("disk I/O error")
+
+                monkeypatch.setattr(SQLiteStore, "_write", broken)
+                for _ in range(2):  # and again: the connection is still up
+                    with pytest.raises(Rejected) as info:
+                        await client.call("add", 3, 4)
+                    assert info.value.code == "store-failed" and "disk I/O error" in str(info.value)
+                monkeypatch.undo()  # the dispatcher's close reports the failure; the test is about the above

@@ -20,7 +20,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any
 
@@ -547,10 +547,14 @@ class Dispatcher:
         clean = False
         if self._journaling:  # write-ahead: tasks, acknowledgements and outcomes only once journaled
             store = self.store
+            flush: Callable[[Any], Awaitable[None]]
             if type(store).mark is not Store.mark:  # frames wait for what was journaled before them only
-                conn.write_mark, conn.before_write = store.mark, store.flush
+                conn.write_mark, flush = store.mark, store.flush
             else:  # a store without marks (and perhaps an older flush() without the argument)
-                conn.before_write = lambda _mark: store.flush()
+                flush = lambda _mark: store.flush()  # noqa: E731
+            # A worker gets nothing more once the journal has failed (a task must not
+            # run unjournaled); a client still hears why its submissions are refused.
+            conn.before_write = flush if hello.role == WORKER else partial(_flush_unless_failed, flush)
         try:
             await conn.send_now(welcome)
             log.info("%s: %s %r connected (pid %d)", conn.address, peer.role, peer.name, peer.pid)
@@ -1757,6 +1761,14 @@ class _Batch:
         if self.unfinished:
             await self._done.wait()
         return values_of(self.outcomes, return_exceptions)  # type: ignore[arg-type]
+
+
+async def _flush_unless_failed(flush: Callable[[Any], Awaitable[None]], mark: Any) -> None:
+    """A client's write barrier: wait for the journal, unless it failed (then nothing more becomes durable)."""
+    try:
+        await flush(mark)
+    except TriosError:  # StoreError: submissions are refused with "store-failed" from now on
+        pass
 
 
 def _send_run(conn: Connection, ack: int, wake: bool, specs: list[dict[str, Any]]) -> None:
