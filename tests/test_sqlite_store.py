@@ -768,17 +768,28 @@ async def test_outcomes_come_back_from_the_change_log_exactly(tmp_path, monkeypa
             assert rows[task_id].failures == (1 if task_id == "failures" else 0)
 
 
-async def test_a_version_2_change_log_is_replayed_after_the_migration(tmp_path, monkeypatch):
-    """A crashed version 2 journal: its change log (segments of four groups) still applies."""
+# A crashed journal of an older version: its change log still applies after the migration.
+# The same history each time: a and b added, b started on s1, a ended with 3 at 2000.5.
+_OLDER_CHANGE_LOGS = {
+    2: [  # segments of four groups
+        '[[[["a","add",[1],{},0,null,null,null,1000.0],["b","add",[2],{},0,null,null,null,1000.0]],[],[],[]]]',
+        '[[[],[["s1",1,0,0,["b"]]],[[2000.5,0,0,["a",1,{"id":"a","status":"ok","attempt":1,"value":3}]]],[]]]',
+    ],
+    3: [  # five groups: the fifth holds the usual outcome without its dict; no accepted group
+        '[[[["a","add",[1],{},0,null,null,null,1000.0],["b","add",[2],{},0,null,null,null,1000.0]],[],[],[],[]]]',
+        '[[[],[["s1",1,0,0,["b"]]],[],[],[[2000.5,0,0,["a",1,"ok",3]]]]]',
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("version", sorted(_OLDER_CHANGE_LOGS))
+async def test_an_older_change_log_is_replayed_after_the_migration(tmp_path, monkeypatch, version):
     monkeypatch.setattr(_sqlite, "_GENERATION_SECONDS", 3600.0)
     path = tmp_path / "j.sqlite"
     await reopen(path)
     conn = sqlite3.connect(path)
-    conn.execute("PRAGMA user_version = 2")
-    conn.executemany("INSERT INTO changes (ops) VALUES (?)", [
-        ('[[[["a","add",[1],{},0,null,null,null,1000.0],["b","add",[2],{},0,null,null,null,1000.0]],[],[],[]]]',),
-        ('[[[],[["s1",1,0,0,["b"]]],[[2000.5,0,0,["a",1,{"id":"a","status":"ok","attempt":1,"value":3}]]],[]]]',),
-    ])  # fmt: skip
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.executemany("INSERT INTO changes (ops) VALUES (?)", [(text,) for text in _OLDER_CHANGE_LOGS[version]])
     conn.commit()
     conn.close()
     rows = {r.id: r for r in await reopen(path)}
@@ -798,25 +809,6 @@ async def test_a_compact_outcome_group_that_does_not_decode_is_refused_as_corrup
     with pytest.raises(StoreError) as info:
         await reopen(path)
     assert info.value.code == "corrupt" and "change log" in str(info.value)
-
-
-async def test_a_version_3_change_log_is_replayed_after_the_migration(tmp_path, monkeypatch):
-    """A crashed version 3 journal: its segments of five groups (no accepted group) still apply."""
-    monkeypatch.setattr(_sqlite, "_GENERATION_SECONDS", 3600.0)
-    path = tmp_path / "j.sqlite"
-    await reopen(path)
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA user_version = 3")
-    conn.executemany("INSERT INTO changes (ops) VALUES (?)", [
-        ('[[[["a","add",[1],{},0,null,null,null,1000.0],["b","add",[2],{},0,null,null,null,1000.0]],[],[],[],[]]]',),
-        ('[[[],[["s1",1,0,0,["b"]]],[],[],[[2000.5,0,0,["a",1,"ok",3]]]]]',),
-    ])  # fmt: skip
-    conn.commit()
-    conn.close()
-    rows = {r.id: r for r in await reopen(path)}
-    assert pragma(path, "user_version") == len(_sqlite.MIGRATIONS)
-    assert rows["a"].state == "done" and rows["a"].outcome == {"id": "a", "status": "ok", "attempt": 1, "value": 3}
-    assert (rows["b"].state, rows["b"].session, rows["b"].args) == ("running", "s1", [2])
 
 
 async def test_tasks_accepted_together_are_one_group_and_recover_one_by_one(tmp_path, monkeypatch):
