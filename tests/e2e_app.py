@@ -53,3 +53,7 @@ class AppWorker(Worker):
 class AppDispatcher(Dispatcher):
     async def on_message(self, peer, message):
         _record("dispatcher-message", peer=peer.name, message=message)
+        if isinstance(message, dict) and "map_slow_add" in message:  # a map() from inside the dispatcher
+            count, seconds = message["map_slow_add"], message.get("seconds", 0.05)
+            results = await self.map("slow_add", [(i, 1, seconds) for i in range(count)])
+            _record("map-done", results=results)

@@ -127,6 +127,34 @@ async def test_dispatcher_sigkilled_with_hundreds_of_tasks(tmp_path):
         assert all(n == 1 for n in counts.values()), {a: n for a, n in counts.items() if n > 1}
 
 
+async def test_a_map_in_a_sigkilled_dispatcher_runs_each_task_once_after_the_restart(tmp_path):
+    """The map() runs inside the dispatcher: its chunk is journaled as one group (format 4)."""
+    port = free_port()
+    journal = tmp_path / "journal.sqlite3"
+    def ran() -> list[int]:  # what the workers ran, by argument (a line still being written is skipped)
+        return [json.loads(line)["a"] for f in os.listdir(tmp_path) if f.startswith("ran-")
+                for line in open(tmp_path / f) if line.endswith("\n")]  # fmt: skip
+
+    with processes(tmp_path, E2E_DIR=str(tmp_path)) as procs:
+        args = ("--store", f"sqlite:{journal}", "--session-grace", "15")
+        dispatcher, _ = await procs.start_dispatcher(*args, port=port, name="d1")
+        for i in range(2):
+            procs.start_worker(port, "--concurrency", "8", name=f"w{i}")
+        async with open_client("127.0.0.1", port) as client:
+            await client.send({"map_slow_add": 300, "seconds": 0.05})
+            await wait_for(lambda: len(ran()) >= 60, timeout=30)
+        dispatcher.send_signal(signal.SIGKILL)
+        with trio.fail_after(10):
+            await trio.to_thread.run_sync(dispatcher.wait)
+        assert len(ran()) < 300, "the map finished before the dispatcher was killed: nothing was tested"
+        await procs.start_dispatcher(*args, port=port, name="d2")
+        await wait_for(lambda: len(set(ran())) == 300, timeout=60)  # the recovered tasks run with nobody waiting
+        await trio.sleep(0.5)  # a second run of anything would show up by now
+        counts = collections.Counter(ran())
+        assert set(counts) == set(range(300))
+        assert all(n == 1 for n in counts.values()), {a: n for a, n in counts.items() if n > 1}
+
+
 class HeldCommits(Store):
     """A journal whose commits the test holds back and lets through (nothing on disk)."""
 
