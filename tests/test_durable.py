@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sqlite3
+from typing import Any
 
 import pytest
 import trio
@@ -97,32 +98,43 @@ async def test_journal_in_use_is_refused(tmp_path):
                 pass  # pragma: no cover
 
 
+def ran_args(directory) -> list[int]:
+    """The first argument of every slow_add the workers ran (a line still being written is skipped)."""
+    return [json.loads(line)["a"] for name in os.listdir(directory) if name.startswith("ran-")
+            for line in open(directory / name) if line.endswith("\n")]  # fmt: skip
+
+
+async def start_journaled(procs, port: int, journal) -> tuple[tuple[str, ...], Any]:
+    """A dispatcher process on ``journal`` with two workers of concurrency 8; returns its arguments and process."""
+    args = ("--store", f"sqlite:{journal}", "--session-grace", "15")
+    dispatcher, _ = await procs.start_dispatcher(*args, port=port, name="d1")
+    for i in range(2):
+        procs.start_worker(port, "--concurrency", "8", name=f"w{i}")
+    return args, dispatcher
+
+
+async def sigkill(proc) -> None:
+    proc.send_signal(signal.SIGKILL)
+    with trio.fail_after(10):
+        await trio.to_thread.run_sync(proc.wait)
+
+
 async def test_dispatcher_sigkilled_with_hundreds_of_tasks(tmp_path):
     port = free_port()
     journal = tmp_path / "journal.sqlite3"
     with processes(tmp_path, E2E_DIR=str(tmp_path)) as procs:
-        args = ("--store", f"sqlite:{journal}", "--session-grace", "15")
-        dispatcher, _ = await procs.start_dispatcher(*args, port=port, name="d1")
-        for i in range(2):
-            procs.start_worker(port, "--concurrency", "8", name=f"w{i}")
+        args, dispatcher = await start_journaled(procs, port, journal)
         async with open_client("127.0.0.1", port) as client:
             handles = [await client.submit("slow_add", [i, 1], {"seconds": 0.05}) for i in range(300)]
-            ran = lambda: sum(1 for f in os.listdir(tmp_path) if f.startswith("ran-") for _ in open(tmp_path / f))  # noqa: E731
-            await wait_for(lambda: ran() >= 60, timeout=30)
-            dispatcher.send_signal(signal.SIGKILL)
-            with trio.fail_after(10):
-                await trio.to_thread.run_sync(dispatcher.wait)
+            await wait_for(lambda: len(ran_args(tmp_path)) >= 60, timeout=30)
+            await sigkill(dispatcher)
             await procs.start_dispatcher(*args, port=port, name="d2")
             with trio.fail_after(60):
                 results = [await h.result() for h in handles]  # the client reconnects on its own
             assert results == [i + 1 for i in range(300)]
         async with open_client("127.0.0.1", port) as fresh:
             assert await fresh.task(handles[7].id).result() == 8
-        counts = collections.Counter()
-        for name in os.listdir(tmp_path):
-            if name.startswith("ran-"):
-                with open(tmp_path / name) as f:
-                    counts.update(json.loads(line)["a"] for line in f)
+        counts = collections.Counter(ran_args(tmp_path))
         assert set(counts) == set(range(300))
         assert all(n == 1 for n in counts.values()), {a: n for a, n in counts.items() if n > 1}
 
@@ -131,21 +143,13 @@ async def test_a_map_in_a_sigkilled_dispatcher_runs_each_task_once_after_the_res
     """The map() runs inside the dispatcher: its chunk is journaled as one group (format 4)."""
     port = free_port()
     journal = tmp_path / "journal.sqlite3"
-    def ran() -> list[int]:  # what the workers ran, by argument (a line still being written is skipped)
-        return [json.loads(line)["a"] for f in os.listdir(tmp_path) if f.startswith("ran-")
-                for line in open(tmp_path / f) if line.endswith("\n")]  # fmt: skip
-
+    ran = lambda: ran_args(tmp_path)  # noqa: E731
     with processes(tmp_path, E2E_DIR=str(tmp_path)) as procs:
-        args = ("--store", f"sqlite:{journal}", "--session-grace", "15")
-        dispatcher, _ = await procs.start_dispatcher(*args, port=port, name="d1")
-        for i in range(2):
-            procs.start_worker(port, "--concurrency", "8", name=f"w{i}")
+        args, dispatcher = await start_journaled(procs, port, journal)
         async with open_client("127.0.0.1", port) as client:
             await client.send({"map_slow_add": 300, "seconds": 0.05})
             await wait_for(lambda: len(ran()) >= 60, timeout=30)
-        dispatcher.send_signal(signal.SIGKILL)
-        with trio.fail_after(10):
-            await trio.to_thread.run_sync(dispatcher.wait)
+        await sigkill(dispatcher)
         assert len(ran()) < 300, "the map finished before the dispatcher was killed: nothing was tested"
         await procs.start_dispatcher(*args, port=port, name="d2")
         await wait_for(lambda: len(set(ran())) == 300, timeout=60)  # the recovered tasks run with nobody waiting

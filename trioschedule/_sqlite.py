@@ -334,6 +334,7 @@ _NEW, _RUN, _FINISH, _FORGET, _ADDED, _ROW, _VALUES = 0, 1, 2, 3, 4, 5, 6
 _CHAIN = 7  # in a generation: (_CHAIN, id, done operation, running operation that came after it)
 _RUNS = 8
 _ACCEPTED = 9
+_MANY = (_RUNS, _ACCEPTED)  # the operations that name a list of tasks
 _Op = tuple[Any, ...]
 _GONE: Any = ("gone",)  # a generation's "latest operation" of a forgotten task
 
@@ -413,7 +414,7 @@ def _segments_text(batch: list[_Op], encode: Callable[[Any], str]) -> tuple[str,
     ids: list[str] = []
     add, extend = ids.append, ids.extend
     for op in batch:
-        if op[0] == _RUNS or op[0] == _ACCEPTED:
+        if op[0] in _MANY:
             extend(op[1])
         else:
             add(op[1])
@@ -425,7 +426,7 @@ def _segments_text(batch: list[_Op], encode: Callable[[Any], str]) -> tuple[str,
     seen: set[str] = set()
     start = 0
     for i, op in enumerate(batch):
-        names = op[1] if op[0] == _RUNS or op[0] == _ACCEPTED else (op[1],)
+        names = op[1] if op[0] in _MANY else (op[1],)
         if not seen.isdisjoint(names):
             text, count = _segment_text(batch[start:i], encode)
             segments.append(text)
@@ -454,7 +455,7 @@ def _segment_text(ops: list[_Op], encode: Callable[[Any], str]) -> tuple[str, in
     for op in ops:
         kind = op[0]
         if kind == _RUN or kind == _RUNS:
-            ids = op[1] if kind == _RUNS else [op[1]]
+            ids = op[1] if kind == _RUNS else (op[1],)
             group = running.get(op[2])
             if group is None:
                 running[op[2]] = [op[2], op[3], op[4], op[5], list(ids)]
