@@ -119,7 +119,7 @@ async def client_side(port: int, worker_pids: list[int]) -> None:
 
 
 async def show_status_and_stop(port: int) -> None:
-    from trioschedule._cli import format_status
+    from trioschedule.cli import format_status
 
     async with open_client("127.0.0.1", port, role="admin") as admin:
         print(format_status(await admin.status()), flush=True)

@@ -41,7 +41,7 @@ class JobDispatcher(Dispatcher):
 
 
 if __name__ == "__main__":
-    from trioschedule._cli import DEFAULT_ADDRESS, main
+    from trioschedule.cli import DEFAULT_ADDRESS, main
 
     command, rest = (sys.argv[1] if len(sys.argv) > 1 else ""), sys.argv[2:]
     if command == "start":

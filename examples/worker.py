@@ -84,7 +84,7 @@ class JobWorker(Worker):
 
 
 if __name__ == "__main__":
-    from trioschedule._cli import main
+    from trioschedule.cli import main
 
     if sys.argv[1:2] != ["start"]:
         sys.exit(f"usage: python {sys.argv[0]} start [--connect HOST:PORT] [--processes N] [--concurrency N]")

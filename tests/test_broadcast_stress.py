@@ -18,11 +18,11 @@ import trio
 import trio.testing
 
 from trioschedule import Dispatcher, Worker, task
-from trioschedule import _messages as m
-from trioschedule._connection import Connection
 from trioschedule._errors import RemoteProtocolError
-from trioschedule._framing import encode_frame
-from trioschedule._protocol import CLIENT, DISPATCHER, WORKER, ProtocolConnection
+from trioschedule._net.connection import Connection
+from trioschedule._protocol import messages as m
+from trioschedule._protocol.connection import CLIENT, DISPATCHER, WORKER, ProtocolConnection
+from trioschedule._protocol.framing import encode_frame
 from trioschedule.testing import open_cluster
 
 from .conftest import quick_dispatcher

@@ -15,10 +15,10 @@ import trio.testing
 import trustme
 
 from trioschedule import ConnectionClosed
-from trioschedule import _messages as m
-from trioschedule._connection import Connection, describe_address, plain_socket
-from trioschedule._framing import DEFAULT_MAX_FRAME_SIZE
-from trioschedule._protocol import CLIENT, DISPATCHER, ProtocolConnection
+from trioschedule._net.connection import Connection, describe_address, plain_socket
+from trioschedule._protocol import messages as m
+from trioschedule._protocol.connection import CLIENT, DISPATCHER, ProtocolConnection
+from trioschedule._protocol.framing import DEFAULT_MAX_FRAME_SIZE
 
 HOST = "127.0.0.1"
 

@@ -56,7 +56,7 @@ async def test_map_waits_for_later_chunks_even_when_the_first_has_ended(autojump
     With room for one chunk only, map() waits for room before adding the
     next; the worker runs the whole first chunk and reports it in one frame.
     """
-    from trioschedule import _dispatcher
+    from trioschedule._dispatcher import dispatcher as _dispatcher
 
     monkeypatch.setattr(_dispatcher, "MAP_CHUNK", 10)
     async with open_cluster(quick_dispatcher(max_queued=10), MathWorker()) as cluster:
@@ -66,7 +66,7 @@ async def test_map_waits_for_later_chunks_even_when_the_first_has_ended(autojump
 
 async def test_queuing_a_large_map_lets_other_tasks_run(autojump_clock, monkeypatch):
     """Between chunks, once MAP_YIELD_EVERY has passed, map() yields: readers and heartbeats run."""
-    from trioschedule import _dispatcher
+    from trioschedule._dispatcher import dispatcher as _dispatcher
 
     monkeypatch.setattr(_dispatcher, "MAP_CHUNK", 10)
     monkeypatch.setattr(_dispatcher, "MAP_YIELD_EVERY", 0.0)
@@ -103,7 +103,7 @@ async def test_map_tasks_are_forgotten_as_they_end_and_push_no_other_outcome_out
 async def test_a_large_map_keeps_only_its_window_queued_and_lets_others_in(autojump_clock, monkeypatch):
     """map() adds chunks as its tasks drain: at most its window is unfinished at a time, so a task
     submitted meanwhile runs long before the map() ends, and records are freed as tasks end."""
-    from trioschedule import _dispatcher
+    from trioschedule._dispatcher import dispatcher as _dispatcher
 
     monkeypatch.setattr(_dispatcher, "MAP_CHUNK", 10)
     monkeypatch.setattr(_dispatcher, "MAP_WINDOW", 30, raising=False)
@@ -136,7 +136,7 @@ async def test_a_large_map_keeps_only_its_window_queued_and_lets_others_in(autoj
 
 
 async def test_a_map_deadline_counts_from_the_call_for_chunks_added_later(autojump_clock, monkeypatch):
-    from trioschedule import _dispatcher
+    from trioschedule._dispatcher import dispatcher as _dispatcher
 
     monkeypatch.setattr(_dispatcher, "MAP_CHUNK", 10)
     monkeypatch.setattr(_dispatcher, "MAP_WINDOW", 20, raising=False)

@@ -17,8 +17,8 @@ import pytest
 import trio
 
 from trioschedule import Dispatcher, Rejected, StoreError, open_client, task
-from trioschedule._sqlite import SQLiteStore
-from trioschedule._store import Store
+from trioschedule._store.base import Store
+from trioschedule._store.sqlite import SQLiteStore
 from trioschedule.testing import open_cluster
 
 from .conftest import MathWorker

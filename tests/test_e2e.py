@@ -16,7 +16,6 @@ from trioschedule import TaskFailed, open_client
 from .processes import free_port, processes, wait_for
 
 
-
 async def _status(procs, port):
     result = await procs.run("status", f"127.0.0.1:{port}", "--json")
     assert result.returncode == 0, result.stderr

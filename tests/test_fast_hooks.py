@@ -2,7 +2,7 @@
 
 TaskSpec, Outcome and Submission are encoded and decoded once per task, and
 Run, Results, Outcomes and Submit once per batch of them, so
-trioschedule._messages registers faster hooks for them and calls each class's
+trioschedule._protocol.messages registers faster hooks for them and calls each class's
 hook directly instead of through the tagged union.  They must not change a
 single byte on the wire, and must refuse exactly what the generic hooks refuse.
 """
@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trioschedule import _messages as m
 from trioschedule._errors import RemoteProtocolError
+from trioschedule._protocol import messages as m
 
 GENERIC = m._make_converter(fast=False)  # noqa: SLF001
 FAST = m.converter

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trioschedule._errors import LocalProtocolError, RemoteProtocolError
-from trioschedule._framing import DEFAULT_MAX_FRAME_SIZE, HEADER_SIZE, FrameDecoder, encode_frame
+from trioschedule._protocol.framing import DEFAULT_MAX_FRAME_SIZE, HEADER_SIZE, FrameDecoder, encode_frame
 
 payloads = st.lists(st.binary(max_size=300), max_size=8)
 

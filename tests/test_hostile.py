@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from trioschedule import open_client
-from trioschedule._framing import FrameDecoder, encode_frame
+from trioschedule._protocol.framing import FrameDecoder, encode_frame
 
 from .processes import processes, wait_for
 

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trioschedule import _messages as m
 from trioschedule._errors import LocalProtocolError, RemoteProtocolError
+from trioschedule._protocol import messages as m
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

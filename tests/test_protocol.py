@@ -3,7 +3,7 @@
 No sockets: bytes returned by one side's ``send`` are fed to the other side's
 ``receive_data`` (whole, or one byte at a time), the way h11's tests do it.
 The expected permissions below are written out independently of the tables
-in trioschedule._protocol, from docs/PROTOCOL.md.
+in trioschedule._protocol.connection, from docs/PROTOCOL.md.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 
-from trioschedule import _messages as m
 from trioschedule._errors import LocalProtocolError, RemoteProtocolError
-from trioschedule._framing import encode_frame
-from trioschedule._protocol import (
+from trioschedule._protocol import messages as m
+from trioschedule._protocol.connection import (
     ADMIN,
     CLIENT,
     DISPATCHER,
@@ -29,6 +28,7 @@ from trioschedule._protocol import (
     peer_proof,
     proofs_match,
 )
+from trioschedule._protocol.framing import encode_frame
 
 SECRET = "s3cret"
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from trioschedule import _messages as m
-from trioschedule._framing import FrameDecoder, encode_frame
-from trioschedule._protocol import dispatcher_proof, peer_proof
+from trioschedule._protocol import messages as m
+from trioschedule._protocol.connection import dispatcher_proof, peer_proof
+from trioschedule._protocol.framing import FrameDecoder, encode_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
@@ -70,7 +70,7 @@ def test_every_message_type_is_described(cls: type) -> None:
 
 def test_every_wire_error_code_is_documented() -> None:
     """Codes of RemoteProtocolError and of error frames sent directly, wherever the code raises them."""
-    source = "\n".join(path.read_text(encoding="utf-8") for path in (ROOT / "trioschedule").glob("*.py"))
+    source = "\n".join(path.read_text(encoding="utf-8") for path in (ROOT / "trioschedule").rglob("*.py"))
     call = r"\((?:[^()]|\((?:[^()]|\([^()]*\))*\))*?"  # an argument list, parentheses nested twice
     codes = set(re.findall(r"RemoteProtocolError" + call + r'code="([a-z0-9-]+)"', source))
     codes |= set(re.findall(r'(?:send_error|error_frame)\(\s*"([a-z0-9-]+)"', source))

@@ -323,7 +323,7 @@ async def test_dispatcher_drain_lets_running_tasks_finish(autojump_clock):
 
 async def test_a_map_adding_chunks_stops_when_the_dispatcher_drains(autojump_clock, monkeypatch):
     """A map() waiting to add its next chunk adds no more once draining starts: it says so."""
-    from trioschedule import _dispatcher
+    from trioschedule._dispatcher import dispatcher as _dispatcher
 
     monkeypatch.setattr(_dispatcher, "MAP_CHUNK", 10)
     monkeypatch.setattr(_dispatcher, "MAP_WINDOW", 20)

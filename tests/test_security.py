@@ -31,15 +31,16 @@ from trioschedule import (
     QueueFull,
     Rejected,
     TriosError,
+    _protocol,
     client_ssl_context,
     open_client,
     server_ssl_context,
 )
-from trioschedule import _messages as m
-from trioschedule import _protocol
-from trioschedule._framing import FrameDecoder, encode_frame
-from trioschedule._protocol import dispatcher_proof, new_nonce, peer_proof, proofs_match
-from trioschedule._security import Secrets, warn_if_exposed
+from trioschedule._net.security import Secrets, warn_if_exposed
+from trioschedule._protocol import connection as _protocol
+from trioschedule._protocol import messages as m
+from trioschedule._protocol.connection import dispatcher_proof, new_nonce, peer_proof, proofs_match
+from trioschedule._protocol.framing import FrameDecoder, encode_frame
 
 from .conftest import MathWorker
 

@@ -18,9 +18,9 @@ import attrs
 import pytest
 import trio
 
-from trioschedule import _sqlite
-from trioschedule._sqlite import Migration, SQLiteStore, StoreError, StoreStatistics
-from trioschedule._store import StoredTask, open_store
+from trioschedule._store import sqlite as _sqlite
+from trioschedule._store.base import StoredTask, open_store
+from trioschedule._store.sqlite import Migration, SQLiteStore, StoreError, StoreStatistics
 
 
 def new_task(task_id: str, **fields) -> StoredTask:
@@ -512,8 +512,8 @@ async def test_cancelled_open_still_releases_the_lock(tmp_path):
 # ================================================================ crash
 _CHILD = """
 import sys, trio
-from trioschedule._sqlite import SQLiteStore
-from trioschedule._store import StoredTask
+from trioschedule._store.sqlite import SQLiteStore
+from trioschedule._store.base import StoredTask
 
 async def main():
     store = SQLiteStore(sys.argv[1])

@@ -7,7 +7,7 @@ to all of them; :func:`open_client` submits tasks from any other process.
 
 from ._client import Client as Client
 from ._client import open_client as open_client
-from ._dispatcher import Dispatcher as Dispatcher
+from ._dispatcher.dispatcher import Dispatcher as Dispatcher
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import ConnectionClosed as ConnectionClosed
 from ._errors import LocalProtocolError as LocalProtocolError
@@ -23,17 +23,17 @@ from ._errors import TaskTimeout as TaskTimeout
 from ._errors import TriosError as TriosError
 from ._errors import UnknownTaskId as UnknownTaskId
 from ._handles import TaskHandle as TaskHandle
-from ._messages import PROTOCOL_VERSION as PROTOCOL_VERSION
-from ._messages import Outcome as Outcome
+from ._net.security import client_ssl_context as client_ssl_context
+from ._net.security import server_ssl_context as server_ssl_context
 from ._peer import Peer as Peer
-from ._security import client_ssl_context as client_ssl_context
-from ._security import server_ssl_context as server_ssl_context
-from ._sqlite import SQLiteStore as SQLiteStore
-from ._sqlite import StoreError as StoreError
-from ._sqlite import StoreStatistics as StoreStatistics
-from ._store import MemoryStore as MemoryStore
-from ._store import Store as Store
-from ._store import StoredTask as StoredTask
+from ._protocol.messages import PROTOCOL_VERSION as PROTOCOL_VERSION
+from ._protocol.messages import Outcome as Outcome
+from ._store.base import MemoryStore as MemoryStore
+from ._store.base import Store as Store
+from ._store.base import StoredTask as StoredTask
+from ._store.sqlite import SQLiteStore as SQLiteStore
+from ._store.sqlite import StoreError as StoreError
+from ._store.sqlite import StoreStatistics as StoreStatistics
 from ._task import TaskOptions as TaskOptions
 from ._task import task as task
 from ._worker import Worker as Worker

@@ -19,13 +19,13 @@ from typing import Any
 
 import trio
 
-from . import _messages as m
-from ._connection import Connection
 from ._errors import AuthenticationError, ConnectionClosed, LocalProtocolError, ProtocolError, Rejected
-from ._framing import DEFAULT_MAX_FRAME_SIZE
 from ._handles import OutcomeSlot, TaskHandle, values_of
-from ._peerconn import Backoff, open_connection
-from ._protocol import ADMIN, CLIENT
+from ._net.connection import Connection
+from ._net.peerconn import Backoff, open_connection
+from ._protocol import messages as m
+from ._protocol.connection import ADMIN, CLIENT
+from ._protocol.framing import DEFAULT_MAX_FRAME_SIZE
 from ._util import IdSequence, background
 from ._util import check_options as _check_options
 from ._util import until_closed as _until_closed

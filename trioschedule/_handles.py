@@ -6,8 +6,8 @@ from typing import Any, Protocol
 
 import trio
 
-from . import _messages as m
 from ._errors import TaskCancelled, TaskFailed, TaskLost, TaskTimeout, UnknownTaskId
+from ._protocol import messages as m
 
 __all__ = ["TaskHandle", "unwrap", "values_of"]
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 if TYPE_CHECKING:
-    from ._connection import Connection
+    from ._net.connection import Connection
 
 __all__ = ["Peer"]
 

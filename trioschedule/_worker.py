@@ -21,13 +21,13 @@ from typing import Any
 
 import trio
 
-from . import _messages as m
-from ._connection import Connection
 from ._errors import AuthenticationError, ConnectionClosed, LocalProtocolError, ProtocolError
-from ._framing import DEFAULT_MAX_FRAME_SIZE, encode_frame
 from ._hooks import HookRunner
-from ._peerconn import Backoff, open_connection
-from ._protocol import WORKER
+from ._net.connection import Connection
+from ._net.peerconn import Backoff, open_connection
+from ._protocol import messages as m
+from ._protocol.connection import WORKER
+from ._protocol.framing import DEFAULT_MAX_FRAME_SIZE, encode_frame
 from ._task import TaskOptions, collect_tasks
 from ._util import single_error
 from ._util import until_closed as _until_closed

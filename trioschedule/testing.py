@@ -26,7 +26,7 @@ import trio
 import trio.testing
 
 from ._client import Client
-from ._dispatcher import Dispatcher
+from ._dispatcher.dispatcher import Dispatcher
 from ._util import background
 from ._worker import Worker
 

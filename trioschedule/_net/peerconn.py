@@ -10,11 +10,11 @@ from typing import Any
 
 import trio
 
-from . import _messages as m
-from ._connection import Connection, describe_error
-from ._errors import AuthenticationError, ConnectionClosed, RemoteProtocolError
-from ._framing import DEFAULT_MAX_FRAME_SIZE
-from ._protocol import ProtocolConnection, dispatcher_proof, new_nonce, peer_proof, proofs_match
+from .._errors import AuthenticationError, ConnectionClosed, RemoteProtocolError
+from .._protocol import messages as m
+from .._protocol.connection import ProtocolConnection, dispatcher_proof, new_nonce, peer_proof, proofs_match
+from .._protocol.framing import DEFAULT_MAX_FRAME_SIZE
+from .connection import Connection, describe_error
 
 __all__ = ["Backoff", "FATAL_CODES", "open_connection"]
 

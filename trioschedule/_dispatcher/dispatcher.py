@@ -26,9 +26,7 @@ from typing import Any
 
 import trio
 
-from . import _messages as m
-from ._connection import Connection, describe_address
-from ._errors import (
+from .._errors import (
     AuthenticationError,
     ConnectionClosed,
     LocalProtocolError,
@@ -39,11 +37,13 @@ from ._errors import (
     TriosError,
     UnknownTaskId,
 )
-from ._framing import DEFAULT_MAX_FRAME_SIZE, encode_frame
-from ._handles import OutcomeSlot, TaskHandle, unwrap, values_of
-from ._hooks import HookRunner
-from ._peer import Peer
-from ._protocol import (
+from .._handles import OutcomeSlot, TaskHandle, unwrap, values_of
+from .._hooks import HookRunner
+from .._net.connection import Connection, describe_address
+from .._net.security import Secrets, warn_if_exposed
+from .._peer import Peer
+from .._protocol import messages as m
+from .._protocol.connection import (
     ADMIN,
     DISPATCHER,
     WORKER,
@@ -53,11 +53,11 @@ from ._protocol import (
     peer_proof,
     proofs_match,
 )
-from ._security import Secrets, warn_if_exposed
-from ._store import Store, StoredTask, open_store
-from ._util import IdSequence
-from ._util import check_options as _check_options
-from ._util import until_closed as _until_closed
+from .._protocol.framing import DEFAULT_MAX_FRAME_SIZE, encode_frame
+from .._store.base import Store, StoredTask, open_store
+from .._util import IdSequence
+from .._util import check_options as _check_options
+from .._util import until_closed as _until_closed
 
 __all__ = ["Dispatcher"]
 

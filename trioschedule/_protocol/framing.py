@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 
-from ._errors import LocalProtocolError, RemoteProtocolError
+from .._errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = ["DEFAULT_MAX_FRAME_SIZE", "HEADER_SIZE", "FrameDecoder", "encode_frame"]
 

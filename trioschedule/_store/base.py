@@ -157,7 +157,7 @@ def open_store(spec: str | Store | None) -> Store:
     if spec in ("memory", "memory:"):
         return MemoryStore()
     if spec.startswith("sqlite:"):
-        from ._sqlite import SQLiteStore
+        from .sqlite import SQLiteStore
 
         return SQLiteStore(spec[len("sqlite:") :])
     raise ValueError(f"unknown store {spec!r}: use 'memory:' or 'sqlite:PATH'")

@@ -38,8 +38,8 @@ from typing import Any
 import attrs
 import trio
 
-from ._errors import TriosError
-from ._store import NewTask, Store, StoredTask
+from .._errors import TriosError
+from .base import NewTask, Store, StoredTask
 
 __all__ = ["MIGRATIONS", "Migration", "SQLiteStore", "StoreError", "StoreStatistics"]
 

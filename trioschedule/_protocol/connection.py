@@ -18,9 +18,9 @@ import hmac
 import secrets
 from typing import Any
 
-from . import _messages as m
-from ._errors import LocalProtocolError, RemoteProtocolError
-from ._framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
+from .._errors import LocalProtocolError, RemoteProtocolError
+from . import messages as m
+from .framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
 
 __all__ = [
     "ADMIN",

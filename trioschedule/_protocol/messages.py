@@ -24,7 +24,7 @@ import attrs
 import cattrs
 from cattrs.strategies import configure_tagged_union
 
-from ._errors import LocalProtocolError, RemoteProtocolError
+from .._errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "PROTOCOL_VERSION",

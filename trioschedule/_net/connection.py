@@ -28,9 +28,9 @@ from typing import Any
 
 import trio
 
-from . import _messages as m
-from ._errors import ConnectionClosed, LocalProtocolError, RemoteProtocolError
-from ._protocol import ProtocolConnection
+from .._errors import ConnectionClosed, LocalProtocolError, RemoteProtocolError
+from .._protocol import messages as m
+from .._protocol.connection import ProtocolConnection
 
 __all__ = ["Connection", "describe_address", "describe_error"]
 

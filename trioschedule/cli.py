@@ -24,10 +24,10 @@ from typing import Any
 import trio
 
 from ._client import open_client
-from ._dispatcher import Dispatcher
+from ._dispatcher.dispatcher import Dispatcher
 from ._errors import AuthenticationError, ConnectionClosed, ProtocolError, Rejected, TaskError, TriosError
 from ._loading import load_object
-from ._security import client_ssl_context, server_ssl_context, token_from_env
+from ._net.security import client_ssl_context, server_ssl_context, token_from_env
 from ._util import single_error
 from ._worker import Worker
 

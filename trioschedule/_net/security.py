@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from ._protocol import ADMIN, CLIENT, WORKER
+from .._protocol.connection import ADMIN, CLIENT, WORKER
 
 __all__ = ["Secrets", "client_ssl_context", "server_ssl_context", "token_from_env", "warn_if_exposed"]
 
@@ -52,7 +52,7 @@ class Secrets:
 
     def for_role(self, role: str) -> str | None:
         """The secret for ``role``; raises if the role may not connect at all."""
-        from ._errors import AuthenticationError
+        from .._errors import AuthenticationError
 
         secret = {WORKER: self.worker, CLIENT: self.client, ADMIN: self.admin}.get(role)
         if secret is None and self.refuse_missing:
