@@ -1,0 +1,49 @@
+"""Defaults declared once: the constructors and the command line both read them.
+
+Seconds for durations, bytes for sizes.  Changing one here changes the Python
+API and the ``python -m trioschedule`` options together.
+"""
+
+from __future__ import annotations
+
+from ._protocol.framing import DEFAULT_MAX_FRAME_SIZE
+
+__all__ = [
+    "ADDRESS", "CANCEL_ON_EXIT", "CONCURRENCY", "CONNECT_TIMEOUT", "DRAIN_GRACE", "HANDSHAKE_TIMEOUT",
+    "HEARTBEAT_INTERVAL", "HEARTBEAT_TIMEOUT", "MAX_CLIENT_QUEUED", "MAX_CONNECTIONS", "MAX_FRAME_SIZE",
+    "MAX_LOSSES", "MAX_QUEUED", "MAX_RESULTS", "RECONNECT_INITIAL", "RECONNECT_MAX", "RESULT_TTL",
+    "RETRY_BACKOFF", "RETRY_BACKOFF_MAX", "SEND_TIMEOUT", "SESSION_GRACE", "CLI_STORE",
+]  # fmt: skip
+
+#: Where the command line listens and connects unless told otherwise (``TRIOSCHEDULE_ADDRESS`` overrides).
+ADDRESS = "127.0.0.1:7311"
+#: The command-line dispatcher's journal, in its working directory (the Python API keeps tasks in memory).
+CLI_STORE = "sqlite:trioschedule.sqlite3"
+
+# Liveness, for every peer.
+HEARTBEAT_INTERVAL = 2.0
+HEARTBEAT_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 10.0
+SEND_TIMEOUT = 30.0
+MAX_FRAME_SIZE = DEFAULT_MAX_FRAME_SIZE
+
+# Reconnecting (workers and clients): exponential backoff between these bounds.
+RECONNECT_INITIAL = 0.1
+RECONNECT_MAX = 5.0
+
+# The dispatcher.
+SESSION_GRACE = 5.0
+DRAIN_GRACE = 30.0
+MAX_CONNECTIONS = 10_000
+MAX_QUEUED = 1_000_000
+MAX_CLIENT_QUEUED = 1_000_000
+MAX_LOSSES = 3
+RETRY_BACKOFF = 0.5
+RETRY_BACKOFF_MAX = 60.0
+RESULT_TTL = 3600.0
+MAX_RESULTS = 10_000
+
+# Workers and clients.
+CONCURRENCY = 1
+CANCEL_ON_EXIT = False
