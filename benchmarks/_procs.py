@@ -258,7 +258,7 @@ class RoundTimeout(Exception):
 
 def _w3_connections(disp: Dispatcher) -> dict[str, tuple]:
     """Worker name -> (session id, connection, peer) for every session the dispatcher holds now."""
-    return {s.peer.name: (s.id, s.conn, s.peer) for s in disp._sessions.values()}
+    return {s.peer.name: (s.id, s.conn, s.peer) for s in disp._core.sessions.values()}  # noqa: SLF001 - a diagnostic
 
 
 def _w3_report(disp: BenchDispatcher, r: int, timeout: float, at_start: dict[str, tuple], round_t0: float) -> str:

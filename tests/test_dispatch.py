@@ -76,7 +76,7 @@ async def test_queuing_a_large_map_lets_other_tasks_run(autojump_clock, monkeypa
 
         async def probe() -> None:
             for _ in range(50):  # bounded: once it stops, the mock clock can jump
-                seen.append(len(d._tasks))  # noqa: SLF001
+                seen.append(len(d._core.tasks))  # noqa: SLF001
                 await trio.lowlevel.checkpoint()
 
         async with trio.open_nursery() as nursery:
@@ -95,7 +95,7 @@ async def test_map_tasks_are_forgotten_as_they_end_and_push_no_other_outcome_out
         kept = await d.submit("add", [20, 22])
         assert await kept.result() == 42
         assert await d.map("add", [(i, 1) for i in range(50)]) == [i + 1 for i in range(50)]
-        assert list(d._tasks) == [kept.id]  # noqa: SLF001
+        assert list(d._core.tasks) == [kept.id]  # noqa: SLF001
         assert await d.task(kept.id).result() == 42
         assert d.status()["tasks"]["done"] == 51
 
@@ -168,7 +168,7 @@ async def test_map_task_cancelled_by_id_ends_cancelled_in_its_place(autojump_clo
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run_map)
             await trio.testing.wait_all_tasks_blocked()
-            queued = [t for t in d._tasks.values() if t.name == "add"]  # noqa: SLF001
+            queued = [t for t in d._core.tasks.values() if t.name == "add"]  # noqa: SLF001
             assert d.cancel_nowait(queued[2].id, "not this one")
             await cluster.start_worker(MathWorker())
         assert results[:2] == [1, 2] and results[3:] == [4, 5]

@@ -86,7 +86,7 @@ async def test_a_finished_map_leaves_nothing_in_the_journal(tmp_path):
             assert await d.map("add", [(i, 1) for i in range(300)]) == [i + 1 for i in range(300)]
             await cluster.stop_dispatcher()
             restarted = await cluster.start_dispatcher(journaled(path))
-            assert list(restarted._tasks) == [kept.id]  # noqa: SLF001
+            assert list(restarted._core.tasks) == [kept.id]  # noqa: SLF001
             assert await restarted.task(kept.id).result() == 42
 
 

@@ -365,7 +365,7 @@ async def test_worker_drain_hands_back_prefetched_tasks(autojump_clock):
             await cluster.start_worker(Counting(name="b"))
             assert [await h.result() for h in handles] == [f"k{i} done" for i in range(4)]
             assert Counting.runs == {f"k{i}": 1 for i in range(4)}
-        tasks = cluster.dispatcher._tasks  # noqa: SLF001
+        tasks = cluster.dispatcher._core.tasks  # noqa: SLF001
         assert all(t.losses == 0 and t.failures == 0 for t in tasks.values())  # handing back burns nothing
 
 

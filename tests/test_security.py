@@ -31,7 +31,6 @@ from trioschedule import (
     QueueFull,
     Rejected,
     TriosError,
-    _protocol,
     client_ssl_context,
     open_client,
     server_ssl_context,
@@ -491,7 +490,7 @@ async def test_recorded_handshake_cannot_be_replayed(caplog):
         assert isinstance(frames[-1], m.Error)
         await blast.aclose()
 
-        assert len(dispatcher._tasks) == 1  # noqa: SLF001 - only the legitimate client's task
+        assert len(dispatcher._core.tasks) == 1  # noqa: SLF001 - only the legitimate client's task
         assert [role for role, _ in dispatcher.connected] == ["worker", "client"]
         await still_serving(port, token=TOKEN)
 
@@ -682,7 +681,7 @@ async def test_a_role_cannot_send_what_its_table_does_not_allow(role, message, c
         await logged(caplog, re.escape(raw.address) + r": closed: protocol error \(unexpected-message\)")
         await raw.aclose()
         assert not dispatcher.draining
-        assert "w" not in dispatcher._tasks  # noqa: SLF001
+        assert "w" not in dispatcher._core.tasks  # noqa: SLF001
         assert worker.messages == []
         await still_serving(port, token=SECRETS["client"])
 
@@ -860,7 +859,7 @@ async def test_raw_peer_sending_too_large_a_frame_gets_frame_too_large(caplog):
         assert [(type(f), f.code) for f in frames] == [(m.Error, "frame-too-large")]
         assert str(SMALL_FRAME) in frames[0].message
         await raw.aclose()
-        assert "big" not in dispatcher._tasks  # noqa: SLF001
+        assert "big" not in dispatcher._core.tasks  # noqa: SLF001
         await still_serving(port, token=TOKEN, max_frame_size=SMALL_FRAME)
 
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sized
 
 import attrs
-
-if TYPE_CHECKING:
-    from ._net.connection import Connection
 
 __all__ = ["Peer"]
 
@@ -34,15 +31,18 @@ class Peer:
     done: int = 0
     failed: int = 0
     connected: bool = True
-    _connection: Connection | None = attrs.field(default=None, repr=False, alias="connection")
-    _running: Any = attrs.field(default=None, repr=False, alias="running_tasks")
+    _running: Sized = attrs.field(default=(), repr=False, init=False)
 
     @property
     def running(self) -> int:
         """Task attempts currently assigned to this worker."""
-        return len(self._running) if self._running is not None else 0
+        return len(self._running)
 
-    def describe(self) -> dict[str, Any]:
+    def track_running(self, assigned: Sized) -> None:
+        """Report ``len(assigned)`` as :attr:`running` from now on (the dispatcher's live assignments)."""
+        self._running = assigned
+
+    def describe(self) -> dict[str, object]:
         """A JSON-ready summary (what ``status --json`` lists)."""
         return {
             "id": self.id,

@@ -1,0 +1,628 @@
+"""The scheduler: the task lifecycle, given events and the time, with no I/O.
+
+Every state change of every task happens in a method here, synchronously, so
+there is no await between reading a task's state and changing it.  The shell
+(``trioschedule._dispatcher``) calls these methods when something happens and
+then carries out what they left behind: :attr:`Scheduler.dirty_sessions` and
+:attr:`Scheduler.dirty_clients` to send, :attr:`Scheduler.ended` for the
+``on_task_done`` hook, :attr:`Scheduler.timers` to sleep on, and the
+journal's operations.  The legal state changes are ``tasks.TRANSITIONS``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from .._errors import QueueFull, Rejected
+from .._peer import Peer
+from .._protocol import messages as m
+from .._protocol.connection import WORKER
+from .journal import Journal
+from .placement import Placement
+from .recovery import recover
+from .sessions import ClientRecord, WorkerSession
+from .tasks import DELAYED, DONE, NO_KWARGS, QUEUED, RUNNING, IdSequence, Task, check_options
+from .timers import Timers
+
+if TYPE_CHECKING:
+    from .._store.base import StoredTask
+
+__all__ = ["Limits", "Scheduler"]
+
+log = logging.getLogger("trioschedule.dispatcher")
+
+
+class Limits:
+    """The scheduler's settings (the dispatcher's constructor arguments of the same names)."""
+
+    __slots__ = ("max_queued", "max_client_queued", "max_losses", "retry_backoff", "retry_backoff_max",
+                 "heartbeat_timeout", "cancel_timeout", "session_grace", "result_ttl", "max_results")  # fmt: skip
+
+    def __init__(self, *, max_queued: int, max_client_queued: int, max_losses: int, retry_backoff: float,
+                 retry_backoff_max: float, heartbeat_timeout: float, cancel_timeout: float, session_grace: float,
+                 result_ttl: float, max_results: int) -> None:  # fmt: skip
+        self.max_queued = max_queued
+        self.max_client_queued = max_client_queued
+        self.max_losses = max_losses
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+        self.heartbeat_timeout = heartbeat_timeout  # how long a running task may outlive its deadline unreported
+        self.cancel_timeout = cancel_timeout
+        self.session_grace = session_grace
+        self.result_ttl = result_ttl
+        self.max_results = max_results
+
+
+class Scheduler:
+    """Owns every task record, the queues, the worker sessions' assignments, retries, deadlines and timers.
+
+    ``clock`` is a monotonic clock in seconds (the shell passes trio's, so
+    tests run in virtual time), ``wall_clock`` gives ``time.time()``-style
+    timestamps for what is journaled or shown, and ``rng`` draws retry jitter.
+    """
+
+    def __init__(self, limits: Limits, journal: Journal, *, clock: Callable[[], float],
+                 wall_clock: Callable[[], float], rng: random.Random | None = None) -> None:  # fmt: skip
+        self.limits = limits
+        self.journal = journal
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.rng = rng or random.Random()
+        self.tasks: dict[str, Task] = {}
+        self.placement = Placement()
+        self.sessions: dict[str, WorkerSession] = {}
+        self.timers = Timers()
+        self.finished: deque[Task] = deque()  # ended tasks kept for reattaching, oldest first
+        self.ids = IdSequence(12)  # task ids unique to this dispatcher instance
+        self.unfinished = 0
+        self.running = 0
+        self.counts = {m.OK: 0, m.ERROR: 0, m.CANCELLED: 0, m.TIMEOUT: 0, m.LOST: 0}
+        self.draining = False
+        # What the shell carries out after each call:
+        self.dirty_sessions: set[WorkerSession] = set()  # have a buffer or control messages to send
+        self.dirty_clients: set[ClientRecord] = set()  # have outcomes to send
+        self.report_ended = False  # collect ``ended`` (the shell sets it if on_task_done is overridden)
+        self.ended: list[tuple[str, str, m.Outcome]] = []
+        self._seq = 0
+        self._journaling = journal.active
+
+    def journal_opened(self, active: bool) -> None:
+        """The journal became (in)active; tasks accepted before it opened are journaled whole now."""
+        self._journaling = active and self.journal.active
+        if self._journaling:
+            for task in list(self.tasks.values()):
+                self.journal.changed(task)
+
+    @property
+    def journaling(self) -> bool:
+        return self._journaling
+
+    def next_seq(self) -> int:
+        """The next submission order number (orders tasks of equal priority)."""
+        self._seq += 1
+        return self._seq
+
+    def recover(self, stored: list[StoredTask], source: str) -> None:
+        """Rebuild the state from the journal's rows after a restart (see :func:`.recovery.recover`)."""
+        recover(self, stored, source)
+
+    # ================================================================ submissions
+    def refusal(self, name: str) -> tuple[str, str] | None:
+        """Why a task of ``name`` cannot be accepted now, as (code, message), or None."""
+        if self.draining:
+            return ("draining", "the dispatcher is shutting down and accepts no new tasks")
+        if not name:
+            return ("bad-request", "a task name must not be empty")
+        return None
+
+    def new_task(self, task_id: str, name: str, args: Any, kwargs: Any, priority: int, retries: int | None,
+                 timeout: float | None, delay: float | None, owner: ClientRecord | None) -> Task:  # fmt: skip
+        """Record an accepted task (not yet queued: see :meth:`place`)."""
+        deadline = self.clock() + timeout if timeout is not None else None
+        self._seq += 1
+        wall = self.wall_clock()
+        task = Task(task_id, name, args, kwargs or NO_KWARGS, priority, retries, deadline, owner, self._seq, wall)
+        if delay:
+            task.state = DELAYED
+            task.not_before = wall + delay
+        self.tasks[task_id] = task
+        self.unfinished += 1
+        return task
+
+    def new_local_task(self, name: str, args: Iterable[Any], kwargs: dict[str, Any] | None, timeout: float | None,
+                       retries: int | None, delay: float | None, priority: int, task_id: str | None) -> Task:  # fmt: skip
+        """A task submitted inside the dispatcher's process: checked, recorded and placed.
+
+        Raises :class:`Rejected` or :class:`QueueFull` instead of queuing.
+        """
+        problem = self.refusal(name)
+        if problem is not None:
+            raise Rejected(problem[1], code=problem[0])
+        if self.unfinished >= self.limits.max_queued:
+            raise QueueFull()
+        check_options(timeout, retries, delay)
+        task_id = task_id or self.ids.next()
+        if task_id in self.tasks:
+            raise Rejected(f"a task with id {task_id!r} exists already", code="duplicate")
+        task = self.new_task(task_id, name, list(args), kwargs, priority, retries, timeout, delay, None)
+        if delay or not self._assign_at_once(task):
+            self.place(task, delay)
+            self._journal(task)  # durable soon (group commit); submit() waits for it
+            self.dispatch()
+        return task
+
+    def withdraw(self, task: Task) -> None:
+        """Forget a task recorded by :meth:`new_task` that could not be journaled (it was refused)."""
+        del self.tasks[task.id]
+        self.unfinished -= 1
+        if task.owner is not None:
+            task.owner.owned -= 1
+
+    def new_chunk(self, name: str, args_list: list[Any], priority: int, retries: int | None,
+                  deadline: float | None) -> list[Task]:  # fmt: skip
+        """The tasks of one ``map()`` chunk: the same options, ids from the dispatcher's sequence."""
+        count = len(args_list)
+        seq = self._seq + 1
+        self._seq += count
+        wall = self.wall_clock()
+        chunk = [
+            Task(task_id, name, args, NO_KWARGS, priority, retries, deadline, None, seq + i, wall)
+            for i, (task_id, args) in enumerate(zip(self.ids.take(count), args_list))
+        ]
+        self.tasks.update([(task.id, task) for task in chunk])
+        self.unfinished += count
+        return chunk
+
+    def place_chunk(self, name: str, chunk: list[Task], priority: int) -> None:
+        """Queue a ``map()`` chunk (tasks cancelled meanwhile stay finished) and dispatch."""
+        live = [task for task in chunk if task.state == QUEUED]
+        if live and live[0].deadline is not None:
+            for task in live:
+                self.timers.at(task.deadline, self.deadline_passed, task)  # type: ignore[arg-type]
+        self.placement.extend(name, live, priority)
+        self.dispatch()
+
+    def place(self, task: Task, delay: float | None) -> None:
+        """Queue a newly accepted task, or hold it back for ``delay`` seconds."""
+        if task.deadline is not None:
+            self.timers.at(task.deadline, self.deadline_passed, task)
+        if delay:
+            self._delay(task, delay)
+        else:
+            self.placement.enqueue(task)
+
+    def _assign_at_once(self, task: Task) -> bool:
+        """Give a new task straight to the least loaded worker with room, if none of its name are queued.
+
+        What queuing it and then dispatching would do, without the queue: a
+        single ``submit()``/``call()`` is latency, and this is its path.
+        """
+        if self.draining or self.placement.has_queued(task.name):
+            return False
+        best = self.placement.least_loaded(task.name)
+        if best is None:
+            return False
+        if task.deadline is not None:
+            self.timers.at(task.deadline, self.deadline_passed, task)
+        self._journal(task)  # as queued first: the journal's row for it
+        self._assign([task], best)
+        return True
+
+    # ================================================================ clients
+    def watch(self, task_id: str, client: ClientRecord) -> None:
+        """``client`` wants the outcome of ``task_id`` (unknown ids are answered as such at once)."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            client.pending.append(m.Outcome(id=task_id, status=m.UNKNOWN))
+            self.dirty_clients.add(client)
+        else:
+            self.watch_task(task, client)
+
+    def watch_task(self, task: Task, client: ClientRecord) -> None:
+        if task.outcome is not None:
+            client.pending.append(task.outcome)
+            self.dirty_clients.add(client)
+        elif task.watchers is None:
+            task.watchers = [client]
+        elif client not in task.watchers:
+            task.watchers.append(client)
+
+    def cancel_owned(self, client: ClientRecord, reason: str) -> None:
+        for task in list(self.tasks.values()):
+            if task.owner is client and task.state != DONE:
+                self.cancel(task.id, reason)
+
+    def client_left(self, client: ClientRecord) -> None:
+        self.dirty_clients.discard(client)
+
+    # ================================================================ workers
+    def attach_worker(self, conn: Any, hello: m.Hello, address: str) -> tuple[WorkerSession, bool]:
+        """Attach a worker's connection to its session: a new one, or the one it resumes.
+
+        A worker resumes its session (names it in its hello) whenever that
+        session is not attached elsewhere: back within the grace window, or
+        after the dispatcher itself restarted.  It keeps the tasks it still
+        holds; those it no longer holds go back to the queue; held tasks the
+        dispatcher had queued again (its journal lagged) are adopted, and
+        held tasks that ended or run elsewhere are cancelled on the worker.
+        """
+        peer = Peer(
+            id=uuid.uuid4().hex, role=WORKER, name=hello.name or f"{hello.role}-{hello.pid}", address=address,
+            pid=hello.pid, host=hello.host, connected_at=self.wall_clock(),
+        )  # fmt: skip
+        session = self.sessions.get(hello.session) if hello.session else None
+        resumed = hello.session is not None and (session is None or session.conn is None)
+        if not resumed:
+            session = WorkerSession(uuid.uuid4().hex, peer)
+            self.sessions[session.id] = session
+        else:
+            assert hello.session is not None
+            if session is None:  # a session from before a restart that the journal did not name
+                session = self.sessions[hello.session] = WorkerSession(hello.session, peer)
+            self._resume(session, peer, hello.running)
+        assert session is not None
+        session.names = peer.tasks = frozenset(hello.tasks)
+        session.window = max(1, hello.concurrency + hello.prefetch)
+        peer.concurrency = hello.concurrency
+        peer.prefetch = hello.prefetch
+        peer.track_running(session.assigned)
+        session.retries = dict(hello.retries)
+        session.no_retry = dict(hello.no_retry)
+        session.conn = conn
+        session.draining = False
+        self.placement.offer(session)
+        self.dispatch()
+        self.steal_for(session)
+        return session, resumed
+
+    def _resume(self, session: WorkerSession, peer: Peer, held: dict[str, int]) -> None:
+        for task in [t for t in session.assigned.values() if t.id not in held]:
+            self._requeue(session, task, lost=task.started)
+        peer.done, peer.failed = session.peer.done, session.peer.failed
+        session.peer = peer
+        session.detached_at = None
+        session.expiry += 1
+        for task_id, attempt in held.items():
+            known = self.tasks.get(task_id)
+            if known is not None and known.session is session:
+                known.attempt = max(known.attempt, attempt)
+            elif known is not None and known.state in (QUEUED, DELAYED) and attempt >= known.attempt:
+                known.state, known.session, known.attempt, known.started = RUNNING, session, attempt, True
+                known.not_before = None
+                session.assigned[known.id] = known
+                self.running += 1
+                self._journal(known)
+            else:
+                session.buffer_cancel.append(task_id)
+
+    def detach_worker(self, session: WorkerSession, clean: bool) -> None:
+        """The worker's connection ended; a clean goodbye or nothing assigned ends the session at once."""
+        session.conn = None
+        self.placement.withdraw(session)
+        if clean or not session.assigned:
+            self._expire_session(session)
+        else:
+            session.detached_at = self.clock()
+            session.expiry += 1
+            self.timers.at(self.clock() + self.limits.session_grace, self.expire_session_timer,
+                           (session, session.expiry))  # fmt: skip
+        log.info("worker %r detached with %d task(s) assigned", session.peer.name, len(session.assigned))
+
+    def expire_session_timer(self, arg: tuple[WorkerSession, int]) -> None:
+        session, expiry = arg
+        if session.conn is None and session.expiry == expiry:
+            self._expire_session(session)
+
+    def _expire_session(self, session: WorkerSession) -> None:
+        """The worker is gone for good: take its tasks back.
+
+        A task counts a loss if the worker said it started it.  A worker can
+        die before its "started" report leaves (a task that crashes it at
+        once), so the oldest unreported tasks, up to the worker's
+        concurrency, count as started too: a poison task cannot loop forever.
+        """
+        self.sessions.pop(session.id, None)
+        tasks = list(session.assigned.values())  # in assignment order
+        unreported_slots = max(0, session.peer.concurrency - sum(t.started for t in tasks))
+        for task in tasks:
+            lost = task.started
+            if not lost and unreported_slots:
+                lost, unreported_slots = True, unreported_slots - 1
+            self._requeue(session, task, lost=lost)
+        self.dispatch()
+
+    def on_results(self, session: WorkerSession, results: m.Results) -> None:
+        """A worker's Results frame: starts and outcomes of the attempts it holds."""
+        if results.seq > session.last_seq:
+            session.last_seq = results.seq
+        assigned = session.assigned
+        for task_id in results.started:
+            task = assigned.get(task_id)
+            if task is not None:
+                task.started = True
+        peer = session.peer
+        now, wall = self.clock(), self.wall_clock()
+        for outcome in results.results:
+            task = assigned.get(outcome.id)
+            if task is None or task.attempt != outcome.attempt:
+                continue  # a stale attempt, or a result already counted: report once
+            del assigned[outcome.id]
+            self.running -= 1
+            task.session = None
+            if outcome.status == m.OK:
+                peer.done += 1
+                self.finish(task, outcome, now, wall)
+            else:
+                peer.failed += 1
+                self._attempt_failed(session, task, outcome)
+        self.dispatch()
+        if len(assigned) < peer.concurrency:
+            self.steal_for(session)
+
+    def on_release(self, session: WorkerSession, release: m.Release) -> None:
+        """The worker hands back tasks it has not started (it is stopping, or was asked to)."""
+        if release.stopping:
+            session.draining = True
+        for task_id in release.ids:
+            task = session.assigned.get(task_id)
+            if task is not None and not task.started:
+                self._requeue(session, task, lost=False)
+        self.dispatch()
+
+    def steal_for(self, hungry: WorkerSession) -> None:
+        """Ask another worker to hand back prefetched tasks that ``hungry``'s idle runners could start now."""
+        idle = hungry.peer.concurrency - len(hungry.assigned)
+        if idle <= 0 or hungry.draining or hungry.conn is None or self.running == len(hungry.assigned):
+            return  # (the last: no other worker holds anything to hand over)
+        plan = self.placement.steal_for(hungry)
+        if plan is None:
+            return
+        donor, take = plan
+        for task in take:
+            task.reclaiming = True
+        self._control(donor, m.Reclaim(ids=tuple(t.id for t in take)))
+
+    def _attempt_failed(self, session: WorkerSession, task: Task, outcome: m.Outcome) -> None:
+        if outcome.status == m.CANCELLED and task.cancel_reason is None:
+            # Nobody asked: the worker gave the task up (it was stopping). Run it elsewhere.
+            self._return_to_queue(task, lost=True)
+            return
+        if outcome.status == m.ERROR and task.cancel_reason is None and not self.draining:
+            limit = task.retries if task.retries is not None else session.retries.get(task.name, 0)
+            error_type = outcome.error.type if outcome.error else ""
+            if task.failures < limit and error_type not in session.no_retry.get(task.name, ()):
+                task.failures += 1
+                backoff = min(self.limits.retry_backoff_max, self.limits.retry_backoff * 2 ** (task.failures - 1))
+                delay = self.rng.uniform(backoff / 2, backoff)  # "equal jitter": never retry at once
+                log.info("task %s (%s) failed with %s; retry %d/%d in %.2f s",
+                         task.id, task.name, error_type, task.failures, limit, delay)  # fmt: skip
+                self._delay(task, delay)
+                self._journal(task)
+                return
+        if task.cancel_reason is not None and outcome.status in (m.CANCELLED, m.ERROR):
+            outcome = m.Outcome(id=task.id, status=m.CANCELLED, attempt=outcome.attempt, reason=task.cancel_reason)
+        self.finish(task, outcome)
+
+    def unsendable(self, session: WorkerSession, task_id: str, attempt: int, exc: Exception) -> None:
+        """A task's spec could not be encoded into a frame: it ends with an error instead of vanishing."""
+        task = session.assigned.get(task_id)
+        if task is not None and task.attempt == attempt:
+            error = m.RemoteError(type="EncodingError", message=f"the task cannot be sent to a worker: {exc}")
+            self.finish(task, m.Outcome(id=task.id, status=m.ERROR, attempt=task.attempt, error=error))
+
+    # ================================================================ lifecycle
+    def _requeue(self, session: WorkerSession, task: Task, *, lost: bool) -> None:
+        """Take ``task`` back from ``session``; a started attempt counts as lost."""
+        del session.assigned[task.id]
+        self.running -= 1
+        self._return_to_queue(task, lost=lost)
+
+    def _return_to_queue(self, task: Task, *, lost: bool) -> None:
+        task.session = None
+        task.started = False
+        task.reclaiming = False
+        if task.cancel_reason is not None:
+            self.finish(task, m.Outcome(id=task.id, status=m.CANCELLED, attempt=task.attempt, reason=task.cancel_reason))
+            return
+        if lost:
+            task.losses += 1
+            if task.losses > self.limits.max_losses:
+                reason = f"the task's worker was lost {task.losses} times (limit {self.limits.max_losses})"
+                log.warning("task %s (%s) given up: %s", task.id, task.name, reason)
+                self.finish(task, m.Outcome(id=task.id, status=m.LOST, attempt=task.attempt, reason=reason))
+                return
+        # A delivery that never started costs nothing: only losses and failures are limited.
+        self.placement.enqueue(task, front=True)  # it waited its turn once already
+        self._journal(task)
+
+    def _delay(self, task: Task, delay: float) -> None:
+        task.state = DELAYED
+        task.not_before = self.wall_clock() + delay
+        self.timers.at(self.clock() + delay, self.delay_over, task)
+
+    def delay_over(self, task: Task) -> None:
+        if task.state == DELAYED:
+            task.not_before = None
+            self.placement.enqueue(task)
+            self.dispatch()
+
+    def deadline_passed(self, task: Task) -> None:
+        if task.state == DONE:
+            return
+        if task.state == RUNNING:
+            # The worker enforces the deadline itself and will report; if it has
+            # gone quiet, the dispatcher gives it up shortly after.
+            self.timers.at(self.clock() + self.limits.heartbeat_timeout, self._deadline_enforced, task)
+            return
+        self.finish(task, m.Outcome(id=task.id, status=m.TIMEOUT, attempt=task.attempt, reason="deadline passed while queued"))
+
+    def _deadline_enforced(self, task: Task) -> None:
+        session = task.session
+        if task.state == RUNNING and session is not None:
+            del session.assigned[task.id]
+            self.running -= 1
+            if session.conn is not None:
+                self._control(session, m.Cancel(id=task.id, reason="deadline passed"))
+            task.session = None
+            reason = "deadline passed; the worker did not report in time"
+            self.finish(task, m.Outcome(id=task.id, status=m.TIMEOUT, attempt=task.attempt, reason=reason))
+            self.dispatch()
+
+    def cancel(self, task_id: str, reason: str | None = None) -> bool:
+        """Cancel a task: at once if queued, over the wire if running.  False if unknown or ended."""
+        task = self.tasks.get(task_id)
+        if task is None or task.state == DONE:
+            return False
+        reason = reason or "cancelled"
+        session = task.session
+        if task.state == RUNNING and session is not None and session.conn is not None:
+            if task.cancel_reason is None:
+                task.cancel_reason = reason
+                self._control(session, m.Cancel(id=task.id, reason=reason))
+                self.timers.at(self.clock() + self.limits.cancel_timeout, self._cancel_unacknowledged, task)
+            return True
+        self.finish(task, m.Outcome(id=task.id, status=m.CANCELLED, attempt=task.attempt, reason=reason))
+        self.dispatch()
+        return True
+
+    def _cancel_unacknowledged(self, task: Task) -> None:
+        if task.state == RUNNING and task.cancel_reason is not None:
+            log.warning("task %s: the worker did not acknowledge its cancellation in time", task.id)
+            self.finish(task, m.Outcome(id=task.id, status=m.CANCELLED, attempt=task.attempt, reason=task.cancel_reason))
+            self.dispatch()
+
+    def lose_unfinished(self, reason: str) -> None:
+        """Without a journal, a stopping dispatcher ends every unfinished task as lost."""
+        for task in list(self.tasks.values()):
+            if task.state != DONE:
+                self.finish(task, m.Outcome(id=task.id, status=m.LOST, attempt=task.attempt, reason=reason))
+
+    def dispatch(self) -> None:
+        """Give queued tasks to workers that offer them and have room, least loaded first."""
+        if self.placement.ready and not self.draining:
+            self.placement.dispatch(self._assign)
+
+    def _assign(self, tasks: list[Task], session: WorkerSession) -> None:
+        """Hand ``tasks`` to ``session``: they go out in its next Run frame."""
+        assigned, buffer, journaling = session.assigned, session.buffer, self._journaling
+        spec_payload = m.spec_payload
+        now = self.clock()
+        first: list[str] | None = [] if journaling and self.journal.bulk_starts else None  # journaled as one
+        for task in tasks:
+            task.state = RUNNING
+            attempt = task.attempt = task.attempt + 1
+            task.session = session
+            task.started = False
+            assigned[task.id] = task
+            deadline = task.deadline
+            buffer.append(spec_payload(task.id, task.name, task.args, task.kwargs, attempt,
+                                       None if deadline is None else max(0.0, deadline - now)))  # fmt: skip
+            if journaling:
+                if first is not None and attempt == 1 and not task.failures and not task.losses:
+                    first.append(task.id)
+                else:
+                    self.journal.changed(task)
+        if first:
+            self.journal.started_first(first, session.id)
+        self.running += len(tasks)
+        self.dirty_sessions.add(session)
+
+    def finish(self, task: Task, outcome: m.Outcome, now: float | None = None, wall: float | None = None) -> None:
+        """Record the one outcome of ``task`` and tell everyone who waits for it.
+
+        ``now`` and ``wall`` (both clocks) may be passed in by a caller that
+        finishes many tasks at once.
+        """
+        if task.state == DONE:
+            return
+        if task.state == RUNNING and task.session is not None:
+            task.session.assigned.pop(task.id, None)
+            self.running -= 1
+            task.session = None
+        task.state = DONE
+        task.outcome = outcome
+        task.finished_at = self.wall_clock() if wall is None else wall
+        task.expires = (self.clock() if now is None else now) + self.limits.result_ttl
+        self.unfinished -= 1
+        counts = self.counts
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        if task.owner is not None:
+            task.owner.owned -= 1
+        task.args = task.kwargs = None  # type: ignore[assignment]  # not needed any more
+        # A map() task nobody else looked up goes with its outcome to map() alone:
+        # its id was never handed out, so it is not kept for reattaching (and a
+        # large map() does not push everyone else's outcomes out of max_results).
+        private = task.batch is not None and task.slot is None and not task.watchers
+        if task.slot is not None:
+            task.slot.set(outcome)
+        if task.batch is not None:
+            task.batch.one_done(task.batch_index, outcome)
+            task.batch = None
+        if task.watchers:
+            for client in task.watchers:
+                client.pending.append(outcome)
+                self.dirty_clients.add(client)
+            task.watchers = None
+        if private:
+            self._forget(task)  # journaled as forgotten: its outcome is never needed again
+        else:
+            finished = self.finished
+            finished.append(task)
+            if len(finished) > self.limits.max_results:
+                self._forget(finished.popleft())
+            if self._journaling:
+                self.journal.changed(task)
+        if self.report_ended:
+            self.ended.append((task.id, task.name, outcome))
+
+    def _forget(self, task: Task) -> None:
+        if self.tasks.get(task.id) is task:
+            del self.tasks[task.id]
+            if self._journaling:
+                self.journal.forget([task.id])
+
+    def start_purging(self) -> None:
+        """Begin forgetting outcomes older than ``result_ttl`` (checked every minute at most)."""
+        self.timers.at(self.clock() + min(60.0, self.limits.result_ttl), self.purge, None)
+
+    def purge(self, _: Any = None) -> None:
+        """Forget outcomes older than ``result_ttl``; runs every minute at most."""
+        now = self.clock()
+        finished = self.finished
+        while finished and finished[0].expires <= now:
+            self._forget(finished.popleft())
+        self.timers.at(now + min(60.0, self.limits.result_ttl), self.purge, None)
+
+    def _journal(self, task: Task) -> None:
+        if self._journaling:
+            self.journal.changed(task)
+
+    def _control(self, session: WorkerSession, message: Any) -> None:
+        """Queue a message other than Run for ``session``'s worker (dropped if it is not connected)."""
+        if session.conn is not None:
+            session.control.append(message)
+            self.dirty_sessions.add(session)
+
+    # ================================================================ reading
+    def queued_counts(self) -> tuple[int, int, dict[str, int]]:
+        """(queued, delayed, queued tasks of names no connected worker offers, by name)."""
+        queued = delayed = 0
+        waiting: dict[str, int] = {}
+        offered = self.placement.offered()
+        for task in self.tasks.values():
+            if task.state == QUEUED:
+                queued += 1
+                if task.name not in offered:
+                    waiting[task.name] = waiting.get(task.name, 0) + 1
+            elif task.state == DELAYED:
+                delayed += 1
+        return queued, delayed, waiting
+
+    def map_window(self, name: str, minimum: int, chunk: int) -> int:
+        """How many unfinished tasks one ``map()`` may have: twice what the workers offering ``name`` hold, or more."""
+        return max(minimum, 2 * self.placement.capacity(name) + chunk)
