@@ -23,7 +23,8 @@ from typing import Any
 import trio
 
 from .. import _defaults as defaults
-from .._core.scheduler import Limits, Scheduler
+from .._core.lifecycle import Limits
+from .._core.scheduler import Scheduler
 from .._core.tasks import check_options
 from .._errors import ConnectionClosed, Rejected, UnknownTaskId
 from .._handles import OutcomeSlot, TaskHandle, unwrap
