@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sized
+from typing import Any
 
 import attrs
 
@@ -42,7 +43,7 @@ class Peer:
         """Report ``len(assigned)`` as :attr:`running` from now on (the dispatcher's live assignments)."""
         self._running = assigned
 
-    def describe(self) -> dict[str, object]:
+    def describe(self) -> dict[str, Any]:
         """A JSON-ready summary (what ``status --json`` lists)."""
         return {
             "id": self.id,
