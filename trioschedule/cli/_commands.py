@@ -14,11 +14,12 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeVar
 
 import trio
 
-from .._client import open_client
+from .._client import Client, open_client
 from .._dispatcher.dispatcher import Dispatcher
 from .._errors import TaskError
 from .._net.security import client_ssl_context, server_ssl_context, token_from_env
@@ -31,6 +32,7 @@ from ._supervisor import supervise
 __all__ = ["COMMANDS", "UsageError", "build_dispatcher", "build_worker"]
 
 log = logging.getLogger("trioschedule")
+T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -140,7 +142,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 # ------------------------------------------------------------- helpers
-def _load_subclass(target: str, base: type[Any]) -> Any:
+def _load_subclass(target: str, base: type[T]) -> type[T]:
     cls = load_object(target)
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise UsageError(f"{target} is not a {base.__name__} subclass")
@@ -153,7 +155,7 @@ def _client_ssl(args: argparse.Namespace) -> Any:
     return client_ssl_context(args.tls_ca, certfile=args.tls_cert, keyfile=args.tls_key)
 
 
-def _open_client(args: argparse.Namespace, **options: Any) -> Any:
+def _open_client(args: argparse.Namespace, **options: Any) -> AbstractAsyncContextManager[Client]:
     host, port = args.address
     return open_client(host, port, token=token_from_env(args.token), ssl_context=_client_ssl(args), **options)
 
