@@ -79,6 +79,13 @@ def check(results: list, start: int, n: int) -> None:
         raise AssertionError(f"wrong results (len {len(results)}, expected {n})")
 
 
+def task_counts(args: argparse.Namespace, timed_runs: int, checked: int, status: dict) -> dict:
+    """W1/W2: what the producer submitted and verified, beside what the dispatcher counted (its status)."""
+    warmup = WARMUP + (LAT_WARMUP if args.lat_n else 0)
+    submitted = warmup + timed_runs * args.n + args.lat_n
+    return {"submitted": submitted, "checked": checked, "warmup": warmup, **status["tasks"]}
+
+
 def latency_summary(lat_ns: list[int]) -> dict:
     if not lat_ns:
         return {}
@@ -142,6 +149,7 @@ class BenchDispatcher(Dispatcher):
         self.waiting: set[str] = set()  # workers of this round that have not acknowledged it yet
         self.acks = 0
         self.stray: list[str] = []  # acknowledgements that matched no worker we wait for (diagnostics)
+        self.stray_count = 0  # all rounds: an acknowledgement twice, or from a worker not broadcast to
         self.all_acked = trio.Event()
 
     def start_round(self, r: int, names: set[str]) -> None:
@@ -155,8 +163,10 @@ class BenchDispatcher(Dispatcher):
                 self.acks += 1
                 if not self.waiting:
                     self.all_acked.set()
-            elif len(self.stray) < 20:
-                self.stray.append(name)
+            else:
+                self.stray_count += 1
+                if len(self.stray) < 20:
+                    self.stray.append(name)
 
 
 async def wait_workers(disp: Dispatcher, count: int) -> float:
@@ -206,6 +216,7 @@ async def mode_w12(disp: Dispatcher, args: argparse.Namespace) -> dict:
     await wait_workers(disp, args.workers)
     say("READY")
     check(await disp.map("add", [(i, 1) for i in range(WARMUP)]), 0, WARMUP)
+    checked = WARMUP
     if args.pause_before_w1:
         say("PAUSED")
         await trio.to_thread.run_sync(sys.stdin.readline)
@@ -219,6 +230,7 @@ async def mode_w12(disp: Dispatcher, args: argparse.Namespace) -> dict:
         w1.append(time.perf_counter() - t0)
         cpu += time.process_time() - c0
         check(res, 0, args.n)
+        checked += len(res)
     gc_meter.stop()
     after_w1 = journal_stats(disp)
     if args.pause_before_w1:
@@ -229,10 +241,12 @@ async def mode_w12(disp: Dispatcher, args: argparse.Namespace) -> dict:
         r = await disp.call("add", i, 1)
         dt = time.perf_counter_ns() - t0
         assert r == i + 1, r
+        checked += 1
         if i >= LAT_WARMUP:
             lat.append(dt)
     result = {"api": "Dispatcher.map / Dispatcher.call", "store": disp.store.url,
-              "w1": throughput_summary(args.n, w1), "w2": latency_summary(lat)}  # fmt: skip
+              "w1": throughput_summary(args.n, w1), "w2": latency_summary(lat),
+              "tasks": task_counts(args, len(w1), checked, disp.status())}  # fmt: skip
     if w1:
         # Where the dispatcher process's time went during the timed W1 runs (all its threads).
         result["w1"]["dispatcher_cpu_us_per_task"] = cpu / (len(w1) * args.n) * 1e6
@@ -301,6 +315,7 @@ async def mode_w3(disp: BenchDispatcher, args: argparse.Namespace) -> dict:
     say("READY")
     target = len(disp.workers)
     times = []
+    acks = 0  # over the timed rounds
     for r in range(args.rounds + 1):  # round 0 is the untimed warm-up
         at_start = {name: v for name, v in _w3_connections(disp).items() if v[1] is not None}
         disp.start_round(r, set(at_start))
@@ -315,10 +330,13 @@ async def mode_w3(disp: BenchDispatcher, args: argparse.Namespace) -> dict:
             raise RoundTimeout(_w3_report(disp, r, args.round_timeout, at_start, round_t0))
         if r:
             times.append(time.perf_counter() - t0)
+            acks += disp.acks
     ms = sorted(t * 1000.0 for t in times)
     return {
         "workers": target,
         "rounds": len(times),
+        "acks": acks,
+        "stray_acks": disp.stray_count,
         "connect_seconds": connect_s,
         "round_ms": ms,
         "median_ms": statistics.median(ms),
@@ -385,22 +403,28 @@ async def run_dispatcher(args: argparse.Namespace) -> int:
 async def run_client(args: argparse.Namespace) -> None:
     async with open_client(HOST, args.port) as client:
         check(await client.map("add", [(i, 1) for i in range(WARMUP)]), 0, WARMUP)
+        checked = WARMUP
         w1 = []
         for _ in range(args.runs if args.n else 0):
             t0 = time.perf_counter()
             res = await client.map("add", [(i, 1) for i in range(args.n)])
             w1.append(time.perf_counter() - t0)
             check(res, 0, args.n)
+            checked += len(res)
         lat = []
         for i in range(LAT_WARMUP + args.lat_n if args.lat_n else 0):
             t0 = time.perf_counter_ns()
             r = await client.call("add", i, 1)
             dt = time.perf_counter_ns() - t0
             assert r == i + 1, r
+            checked += 1
             if i >= LAT_WARMUP:
                 lat.append(dt)
+    async with open_client(HOST, args.port, role="admin") as admin:  # what the dispatcher counted, untimed
+        status = await admin.status()
     say("RESULT " + json.dumps({"api": "open_client: Client.map / Client.call", "pid": os.getpid(),
-                                "w1": throughput_summary(args.n, w1), "w2": latency_summary(lat)}))
+                                "w1": throughput_summary(args.n, w1), "w2": latency_summary(lat),
+                                "tasks": task_counts(args, len(w1), checked, status)}))  # fmt: skip
 
 
 def main() -> None:

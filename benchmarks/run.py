@@ -476,6 +476,10 @@ def assemble(opts: argparse.Namespace, raw: dict, machine: dict, started: float,
                 if key == "dispatcher_sqlite":
                     w2["p50_ratio_vs_memory"] = ratio(w2["p50_us"], (memory.get("w2") or {}).get("p50_us"))
                 out["w2"][key] = w2
+    # Per W1/W2 column: tasks submitted, results checked by the producer, outcomes counted by the dispatcher.
+    tasks = {key: res["tasks"] for key, res in variants if res and res.get("tasks")}
+    if tasks:
+        out["tasks"] = tasks
     if raw.get("w12_sqlite"):
         out["sqlite_journal"] = raw["w12_sqlite"].get("journal")
     if "w3" in opts.only:
@@ -548,6 +552,11 @@ def table(r: dict) -> str:
             lines.append(row)
         lines.append(f"(W1 N={p['n']}, runs={p['runs']}; W2 {p['lat_n']} round trips; ratio = ours / baseline: "
                      "W1 higher is better, W2 lower is better)")  # fmt: skip
+        counts = r.get("tasks") or {}
+        if counts:
+            lines.append("(results checked / done in the dispatcher's count, warm-up included: "
+                         + ", ".join(f"{t} {counts[k]['checked']:,}/{counts[k]['done']:,}" for k, t in present
+                                     if k in counts) + ")")  # fmt: skip
         if "dispatcher_window64" in w1:
             lines.append(f"(window 64 = Worker(prefetch={r.get('window64_prefetch')}): 64 tasks in flight per worker, "
                          "as in the baseline; "

@@ -22,7 +22,8 @@ import time
 
 import trio
 
-from trioschedule import TaskFailed, TaskTimeout, open_client
+from trioschedule import ConnectionClosed, TaskCancelled, TaskFailed, TaskTimeout, open_client
+from trioschedule.cli import format_status
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -50,9 +51,7 @@ async def wait_for_workers(port: int, count: int) -> None:
                     while len([w for w in (await admin.status())["workers"] if w["connected"]]) < count:
                         await trio.sleep(0.1)
                     return
-            except OSError:
-                await trio.sleep(0.1)
-            except Exception:
+            except (ConnectionClosed, OSError):  # the dispatcher is still starting
                 await trio.sleep(0.1)
 
 
@@ -108,7 +107,7 @@ async def client_side(port: int, worker_pids: list[int]) -> None:
         await handle.cancel("changed my mind")
         try:
             await handle.result()
-        except Exception as exc:
+        except TaskCancelled as exc:
             say(f"a running task cancelled over the wire: {type(exc).__name__}: {exc}")
 
         handle = await client.submit("no_such_task", timeout=1.0)
@@ -119,8 +118,6 @@ async def client_side(port: int, worker_pids: list[int]) -> None:
 
 
 async def show_status_and_stop(port: int) -> None:
-    from trioschedule.cli import format_status
-
     async with open_client("127.0.0.1", port, role="admin") as admin:
         print(format_status(await admin.status()), flush=True)
         grace = await admin.stop_dispatcher(grace=10)

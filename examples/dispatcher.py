@@ -19,6 +19,7 @@ import os
 import sys
 
 from trioschedule import Dispatcher
+from trioschedule.cli import DEFAULT_ADDRESS, main
 
 
 class JobDispatcher(Dispatcher):
@@ -41,8 +42,6 @@ class JobDispatcher(Dispatcher):
 
 
 if __name__ == "__main__":
-    from trioschedule.cli import DEFAULT_ADDRESS, main
-
     command, rest = (sys.argv[1] if len(sys.argv) > 1 else ""), sys.argv[2:]
     if command == "start":
         sys.exit(main(["dispatcher", f"{os.path.abspath(__file__)}:JobDispatcher", *rest]))

@@ -22,6 +22,7 @@ import time
 import trio
 
 from trioschedule import Worker, task
+from trioschedule.cli import main
 
 # The only external programs this worker will start: name -> fixed argv prefix.
 ALLOWED_COMMANDS = {
@@ -84,8 +85,6 @@ class JobWorker(Worker):
 
 
 if __name__ == "__main__":
-    from trioschedule.cli import main
-
     if sys.argv[1:2] != ["start"]:
         sys.exit(f"usage: python {sys.argv[0]} start [--connect HOST:PORT] [--processes N] [--concurrency N]")
     sys.exit(main(["worker", f"{os.path.abspath(__file__)}:JobWorker", *sys.argv[2:]]))

@@ -1,30 +1,61 @@
-"""benchmarks/run.py works end to end: tiny sizes, real processes, sane output.
+"""benchmarks/run.py works end to end: tiny sizes, real processes, every task accounted for.
 
-This never asserts on speed: only that every workload ran, produced positive
-numbers and the JSON has the keys docs/PERFORMANCE.md relies on.
+This never asserts on speed (a slow machine must not fail it).  It asserts
+that every workload ran to the end within a bounded time, that every result
+was checked and every task counted once by the dispatcher itself, that
+broadcasts were acknowledged once per worker, that the harness's own
+arithmetic is right, and that the JSON has the keys docs/PERFORMANCE.md
+relies on.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "benchmarks" / "run.py"
+PROCS = REPO / "benchmarks" / "_procs.py"
+NOT_DONE = ("queued", "delayed", "running", "failed", "cancelled", "timeout", "lost")
 
 
 def _positive(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
+def _run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(RUN), *args], cwd=str(REPO), capture_output=True, text=True,
+                          timeout=timeout, check=False)  # fmt: skip
+
+
+def _every_task_accounted_for(result: dict, variant: str) -> None:
+    """Each W1/W2 column: as many tasks submitted as asked, every result checked, every one done once."""
+    params, counts = result["params"], result["tasks"][variant]
+    n = params["n"] * params["runs"] if "w1" in result["only"] else 0
+    lat_n = params["lat_n"] if "w2" in result["only"] else 0
+    expected = n + lat_n + counts["warmup"]
+    assert counts["submitted"] == counts["checked"] == counts["done"] == expected, (variant, counts)
+    assert {key: counts[key] for key in NOT_DONE} == dict.fromkeys(NOT_DONE, 0), (variant, counts)
+
+
+@pytest.fixture(scope="module")
+def harness():
+    """benchmarks/_procs.py as a module: its helpers are checked here, without processes."""
+    spec = importlib.util.spec_from_file_location("trioschedule_bench_procs", PROCS)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_quick_benchmark_runs_and_reports(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, str(RUN), "--quick", "--json", str(out)],
-        cwd=str(REPO), capture_output=True, text=True, timeout=55,
-    )  # fmt: skip
+    proc = _run("--quick", "--json", str(out), timeout=55)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert "W1 throughput" in proc.stdout and "W4" in proc.stdout, proc.stdout
 
@@ -53,6 +84,8 @@ def test_quick_benchmark_runs_and_reports(tmp_path):
             assert _positive(w1["ratio_vs_baseline"]) and _positive(w2["p50_ratio_vs_baseline"])
         if variant != "client":  # measured inside the dispatcher process
             assert _positive(w1["dispatcher_cpu_us_per_task"]) and w1["gc"]["share_of_wall"] >= 0
+        _every_task_accounted_for(result, variant)
+    assert "results checked / done in the dispatcher's count" in proc.stdout
 
     # The SQLite column: a real journal was used, compared with the in-memory run, and then deleted.
     assert result["w1"]["dispatcher"]["store"] == "memory:"
@@ -68,6 +101,7 @@ def test_quick_benchmark_runs_and_reports(tmp_path):
     w3 = result["w3"]
     assert w3["workers"] == result["params"]["w3_workers"]
     assert w3["rounds"] == result["params"]["w3_rounds"]
+    assert w3["acks"] == w3["workers"] * w3["rounds"] and w3["stray_acks"] == 0, w3  # once per worker per round
     assert _positive(w3["median_ms"]) and _positive(w3["broadcasts_per_s"])
 
     w4 = result["w4"]
@@ -81,23 +115,20 @@ def test_quick_benchmark_runs_and_reports(tmp_path):
 
 def test_no_sqlite_skips_the_journal_column(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, str(RUN), "--quick", "--only", "w1", "--no-baseline", "--no-window64", "--no-sqlite",
-         "--json", str(out)],
-        cwd=str(REPO), capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    proc = _run("--quick", "--only", "w1", "--no-baseline", "--no-window64", "--no-sqlite", "--json", str(out),
+                timeout=30)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert set(result["w1"]) == {"dispatcher", "client"} and "sqlite_journal" not in result
     assert _positive(result["w1"]["dispatcher"]["median"])
+    assert set(result["tasks"]) == {"dispatcher", "client"}
+    for variant in ("dispatcher", "client"):  # W1 alone: no W2 round trips beyond the warm-up
+        _every_task_accounted_for(result, variant)
 
 
 def test_only_selects_workloads(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, str(RUN), "--quick", "--only", "w3", "--json", str(out)],
-        cwd=str(REPO), capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    proc = _run("--quick", "--only", "w3", "--json", str(out), timeout=30)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert "w3" in result and "w1" not in result and "w4" not in result
@@ -105,6 +136,26 @@ def test_only_selects_workloads(tmp_path):
 
 
 def test_unknown_workload_is_refused():
-    proc = subprocess.run([sys.executable, str(RUN), "--only", "w9"], capture_output=True, text=True, timeout=30)
+    proc = _run("--only", "w9", timeout=30)
     assert proc.returncode == 2
     assert "w9" in proc.stderr
+
+
+def test_the_harness_refuses_a_wrong_or_missing_result(harness):
+    harness.check([1, 2, 3], 0, 3)  # add(i, 1) for i in 0..2
+    harness.check([11, 12], 10, 2)
+    for results in ([1, 2, 4], [1, 2], [1, 2, 3, 4], [2, 3, 4], []):
+        with pytest.raises(AssertionError, match="wrong results"):
+            harness.check(results, 0, 3)
+
+
+def test_the_harness_arithmetic(harness):
+    values = [float(v) for v in range(1, 101)]
+    assert (harness.percentile(values, 50), harness.percentile(values, 99), harness.percentile(values, 100)) == (
+        50.0, 99.0, 100.0)  # nearest rank, as ../shared/bench/common.py computes it
+    assert harness.percentile([7.0], 99) == 7.0
+    summary = harness.latency_summary([3000, 1000, 2000, 4000])  # nanoseconds
+    assert summary == {"lat_n": 4, "p50_us": 2.0, "p99_us": 4.0, "mean_us": 2.5, "max_us": 4.0}
+    assert harness.latency_summary([]) == {} and harness.throughput_summary(10, []) == {}
+    summary = harness.throughput_summary(1000, [0.5, 2.0, 1.0])
+    assert summary["rates"] == [2000.0, 500.0, 1000.0] and summary["median"] == 1000.0 and summary["runs"] == 3

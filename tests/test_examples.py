@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 
@@ -15,6 +16,24 @@ async def _run(*argv: str, timeout: float = 90) -> tuple[int, str]:
         done = await trio.run_process([sys.executable, *argv], env=env(), cwd=ROOT, capture_stdout=True,
                                       capture_stderr=True, check=False)  # fmt: skip
     return done.returncode, done.stdout.decode() + done.stderr.decode()
+
+
+def test_examples_use_only_public_api():
+    """Users copy the examples: they must not lean on anything that may change without notice."""
+    directory = os.path.join(ROOT, "examples")
+    private = []
+    for filename in sorted(f for f in os.listdir(directory) if f.endswith(".py")):
+        with open(os.path.join(directory, filename)) as f:
+            tree = ast.parse(f.read(), filename)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            private += [f"{filename}: {name}" for name in names if name.startswith("trioschedule") and "._" in name]
+    assert not private, private
 
 
 async def test_demo_runs_and_reports_what_happened():
@@ -34,10 +53,8 @@ async def test_embedded_example():
 async def test_workerman_style_scripts(tmp_path):
     port = free_port()
     with processes(tmp_path) as procs:
-        procs.procs.append(
-            trio_popen([os.path.join(ROOT, "examples", "dispatcher.py"), "start", "--listen", f"127.0.0.1:{port}",
-                        "--store", "memory:"], tmp_path)  # fmt: skip
-        )
+        dispatcher = [os.path.join(ROOT, "examples", "dispatcher.py"), "start", "--listen", f"127.0.0.1:{port}"]
+        procs.procs.append(trio_popen([*dispatcher, "--store", "memory:"], tmp_path))
         procs.procs.append(trio_popen([os.path.join(ROOT, "examples", "worker.py"), "start", "--connect", f"127.0.0.1:{port}"], tmp_path))
 
         async def answered():

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sys
+from pathlib import Path
 
 import trio
 
@@ -12,8 +12,7 @@ from .processes import ROOT, env
 
 
 async def test_the_readme_tour_runs():
-    with open(os.path.join(ROOT, "README.md")) as f:
-        tour = re.findall(r"```python\n(.*?)```", f.read(), re.S)[0]
+    tour = re.findall(r"```python\n(.*?)```", Path(ROOT, "README.md").read_text(), re.DOTALL)[0]
     assert "trio.run(main)" in tour
     with trio.fail_after(60):
         done = await trio.run_process([sys.executable, "-c", tour], env=env(), cwd=ROOT, capture_stdout=True,

@@ -1,4 +1,4 @@
-"""``python -m trioschedule``: see trioschedule._cli."""
+"""``python -m trioschedule``: the command line, see :mod:`trioschedule.cli`."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Loading ``MODULE:CLASS`` from the command line: an importable module or a path to a .py file."""
+"""``MODULE:CLASS`` on the command line: an importable module or a path to a .py file."""
 
 from __future__ import annotations
 

@@ -1,0 +1,192 @@
+"""What each command does with its parsed arguments: build the object, run it, print the outcome.
+
+Each builder turns arguments into exactly the constructor call a Python user
+would write, so the command line adds nothing the API lacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeVar
+
+import trio
+
+from .._client import Client, open_client
+from .._dispatcher.dispatcher import Dispatcher
+from .._errors import TaskError
+from .._net.security import client_ssl_context, server_ssl_context, token_from_env
+from .._worker import Worker
+from ._format import format_status
+from ._loading import load_object
+from ._parser import parse_arg
+from ._supervisor import supervise
+
+__all__ = ["COMMANDS", "UsageError", "build_dispatcher", "build_worker"]
+
+log = logging.getLogger("trioschedule")
+T = TypeVar("T")
+
+
+class UsageError(Exception):
+    """Bad arguments or configuration: exit code 2 with the message."""
+
+
+# ---------------------------------------------------------- dispatcher
+def build_dispatcher(cls: type[Dispatcher], args: argparse.Namespace) -> Dispatcher:
+    """``cls(...)`` configured by the ``dispatcher`` command's options."""
+    if args.tls_key and not args.tls_cert:
+        raise UsageError("--tls-key needs --tls-cert")
+    ssl_context = server_ssl_context(args.tls_cert, args.tls_key, client_ca=args.tls_client_ca) if args.tls_cert else None
+    host, port = args.listen
+    return cls(
+        host, port, token=token_from_env(args.token), ssl_context=ssl_context, store=args.store,
+        heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
+        handshake_timeout=args.handshake_timeout, session_grace=args.session_grace, drain_grace=args.drain_grace,
+        max_connections=args.max_connections, max_queued=args.max_queued,
+        max_client_queued=args.max_client_queued, max_frame_size=args.max_frame_size,
+    )  # fmt: skip
+
+
+def run_dispatcher(args: argparse.Namespace) -> int:
+    dispatcher = build_dispatcher(_load_subclass(args.target, Dispatcher) if args.target else Dispatcher, args)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(dispatcher.serve)
+            _freeze_startup_objects()
+            print(f"trioschedule dispatcher listening on {args.listen[0]}:{bound} (pid {os.getpid()})", flush=True)
+
+    trio.run(_run_with_signals, run, dispatcher.stop)
+    return 0
+
+
+# -------------------------------------------------------------- worker
+def build_worker(cls: type[Worker], args: argparse.Namespace) -> Worker:
+    """``cls(...)`` configured by the ``worker`` command's options (one process's worth)."""
+    host, port = args.connect
+    options = {"prefetch": args.prefetch} if args.prefetch is not None else {}
+    return cls(
+        host, port, token=token_from_env(args.token), ssl_context=_client_ssl(args), concurrency=args.concurrency,
+        name=args.name, heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
+        drain_grace=args.drain_grace, **options,
+    )  # fmt: skip
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    cls = _load_subclass(args.target, Worker)
+    if args.concurrency < 1 or args.processes < 1:
+        raise UsageError("--concurrency and --processes must be at least 1")
+    if args.processes > 1:
+        return supervise(args)
+    worker = build_worker(cls, args)
+    _freeze_startup_objects()
+    trio.run(_run_with_signals, worker.run, worker.stop)
+    return 0
+
+
+# ------------------------------------------------------------- clients
+async def submit(args: argparse.Namespace) -> int:
+    kwargs = {}
+    for item in args.kwarg:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--kwarg expects NAME=VALUE, got {item!r}")
+        kwargs[key] = parse_arg(value)
+    # Options not given are left to Client.submit's own defaults.
+    options = {k: getattr(args, k) for k in ("timeout", "retries", "delay", "priority") if getattr(args, k) is not None}
+    async with _open_client(args, reconnect_attempts=5) as client:
+        handle = await client.submit(args.task, [parse_arg(a) for a in args.args], kwargs, **options)
+        if not args.wait:
+            print(handle.id, flush=True)
+            return 0
+        try:
+            value = await handle.result()
+        except TaskError as exc:
+            print(f"task {handle.id} failed: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(value), flush=True)
+        return 0
+
+
+async def status(args: argparse.Namespace) -> int:
+    async with _open_client(args, role="admin", reconnect_attempts=0) as client:
+        document = await client.status()
+    print(json.dumps(document, indent=2, sort_keys=True) if args.json else format_status(document))
+    return 0
+
+
+async def stop(args: argparse.Namespace) -> int:
+    async with _open_client(args, role="admin", reconnect_attempts=0) as client:
+        grace = await client.stop_dispatcher(args.grace)
+        host, port = args.address
+        print(f"dispatcher at {host}:{port} is stopping (grace {grace:g} s)", flush=True)
+    return 0
+
+
+#: Command name -> what runs it (given the parsed arguments; returns the exit code).
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "dispatcher": run_dispatcher,
+    "worker": run_worker,
+    "submit": lambda args: trio.run(submit, args),
+    "status": lambda args: trio.run(status, args),
+    "stop": lambda args: trio.run(stop, args),
+}
+
+
+# ------------------------------------------------------------- helpers
+def _load_subclass(target: str, base: type[T]) -> type[T]:
+    cls = load_object(target)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise UsageError(f"{target} is not a {base.__name__} subclass")
+    return cls
+
+
+def _client_ssl(args: argparse.Namespace) -> Any:
+    if not (args.tls_ca or args.tls_cert):
+        return None
+    return client_ssl_context(args.tls_ca, certfile=args.tls_cert, keyfile=args.tls_key)
+
+
+def _open_client(args: argparse.Namespace, **options: Any) -> AbstractAsyncContextManager[Client]:
+    host, port = args.address
+    return open_client(host, port, token=token_from_env(args.token), ssl_context=_client_ssl(args), **options)
+
+
+async def _run_with_signals(run: Callable[[], Awaitable[Any]], stop: Callable[[], Any]) -> None:
+    """Run ``run`` until it returns; the first SIGINT/SIGTERM calls ``stop()``, a second cancels."""
+    async with trio.open_nursery() as nursery:
+
+        async def watch_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                count = 0
+                async for signum in signals:
+                    count += 1
+                    if count == 1:
+                        log.info("%s: stopping gracefully (send it again to stop at once)", signal.Signals(signum).name)
+                        stop()
+                    else:
+                        log.warning("%s again: stopping now", signal.Signals(signum).name)
+                        nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch_signals)
+        await run()
+        nursery.cancel_scope.cancel()
+
+
+def _freeze_startup_objects() -> None:
+    """Move everything alive now (modules, classes, the user's code) out of the garbage collector's way.
+
+    The command owns its process, so it can do what an embedding application
+    should decide for itself: a full collection then no longer walks the
+    startup heap (docs/PERFORMANCE.md, "Garbage collection").
+    """
+    gc.collect()
+    gc.freeze()

@@ -1,0 +1,50 @@
+"""The human table that ``trioschedule status`` prints, in the spirit of Workerman's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["format_status"]
+
+_TASK_COUNTS = ("queued", "delayed", "running", "done", "failed", "cancelled", "timeout", "lost")
+_WORKER_COLUMNS = ("name", "host", "pid", "concurrency", "running", "done", "failed", "address", "state")
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """Render a status document (``Dispatcher.status()``, ``Client.status()``) as the ``status`` table.
+
+    The document is the same one ``trioschedule status --json`` prints; this
+    is only its human face, so scripts should read the JSON instead.
+    """
+    t = status["tasks"]
+    lines = [
+        f"trioschedule {status['name']}  pid {status['pid']}  {status['address']}  "
+        f"uptime {_duration(status['uptime'])}  store {status['store']}" + ("  DRAINING" if status["draining"] else ""),
+        "tasks: " + "  ".join(f"{key} {t[key]}" for key in _TASK_COUNTS),
+    ]
+    if status["waiting_for_worker"]:
+        waiting = ", ".join(f"{name} ({count})" for name, count in sorted(status["waiting_for_worker"].items()))
+        lines.append(f"waiting for a worker that offers them: {waiting}")
+    workers = status["workers"]
+    lines.append(f"workers: {len(workers)}   clients: {len(status['clients'])}")
+    if workers:
+        rows = [_worker_row(w) for w in workers]
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_WORKER_COLUMNS)]
+        lines.append("  ".join(h.ljust(w) for h, w in zip(_WORKER_COLUMNS, widths)))
+        lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
+    return "\n".join(lines)
+
+
+def _worker_row(w: dict[str, Any]) -> tuple[str, ...]:
+    state = "draining" if w["draining"] else ("connected" if w["connected"] else "detached")
+    return (w["name"], w["host"], str(w["pid"]), str(w["concurrency"]), str(w["running"]), str(w["done"]),
+            str(w["failed"]), w["address"], state)  # fmt: skip
+
+
+def _duration(seconds: float) -> str:
+    """``[Nd ]H:MM:SS``, whole seconds."""
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return (f"{days}d " if days else "") + f"{hours:d}:{minutes:02d}:{secs:02d}"

@@ -1,0 +1,142 @@
+"""The argument parser of ``python -m trioschedule``: every command, option and default.
+
+Every default that mirrors a constructor's comes from trioschedule._defaults,
+so ``--heartbeat-interval`` and ``Worker(heartbeat_interval=...)`` cannot
+drift apart.  Options left out here (``None``) are not passed on at all: the
+constructor or method then applies its own default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from .. import _defaults as defaults
+
+__all__ = ["DEFAULT_ADDRESS", "DEFAULT_STORE", "build_parser", "parse_address", "parse_arg"]
+
+#: Where ``dispatcher`` listens and ``worker`` connects unless told otherwise.
+DEFAULT_ADDRESS = defaults.ADDRESS
+#: The command-line dispatcher's journal, in its working directory (the Python API keeps tasks in memory).
+DEFAULT_STORE = defaults.CLI_STORE
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` -> (host, port).  A bare ``PORT`` means 127.0.0.1, an empty host 0.0.0.0."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port {number} is out of range")
+    return host, number
+
+
+def parse_arg(text: str) -> Any:
+    """A command-line task argument: JSON when it parses, else the string itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; ``main`` parses with it, and the tests read its defaults."""
+    parser = argparse.ArgumentParser(
+        prog="trioschedule", description="Distributed task scheduling on Trio: dispatcher, workers, clients."
+    )
+    parser.add_argument("--log-level", default=os.environ.get("TRIOSCHEDULE_LOG_LEVEL", "INFO"),
+                        help="logging level (default INFO)")  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _dispatcher_command(sub.add_parser("dispatcher", help="run a dispatcher"))
+    _worker_command(sub.add_parser("worker", help="run worker processes"))
+
+    p = sub.add_parser("submit", help="submit a task (and optionally wait for its result)")
+    p.add_argument("address", type=parse_address, metavar="HOST:PORT")
+    p.add_argument("task", metavar="TASK")
+    p.add_argument("args", nargs="*", metavar="ARG", help="arguments: JSON when they parse, else strings")
+    p.add_argument("--kwarg", action="append", default=[], metavar="NAME=VALUE",
+                   help="a keyword argument (JSON or string)")  # fmt: skip
+    p.add_argument("--wait", action="store_true", help="wait and print the result as JSON")
+    p.add_argument("--timeout", type=float, help="deadline in seconds from now, queueing included")
+    p.add_argument("--retries", type=int, help="retries after the task raises (default: the task's own)")
+    p.add_argument("--delay", type=float, help="seconds before it may start")
+    p.add_argument("--priority", type=int, help="higher runs first")
+    _security_args(p, server=False)
+
+    p = sub.add_parser("status", help="show a dispatcher's status")
+    p.add_argument("address", type=parse_address, metavar="HOST:PORT")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _security_args(p, server=False)
+
+    p = sub.add_parser("stop", help="stop a dispatcher gracefully")
+    p.add_argument("address", type=parse_address, metavar="HOST:PORT")
+    p.add_argument("--grace", type=float, help="seconds to let running tasks finish (default: the dispatcher's)")
+    _security_args(p, server=False)
+    return parser
+
+
+def _dispatcher_command(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", nargs="?", metavar="MODULE:CLASS",
+                   help="a Dispatcher subclass (default: the plain Dispatcher)")  # fmt: skip
+    p.add_argument("--listen", type=parse_address, default=parse_address(DEFAULT_ADDRESS), metavar="HOST:PORT",
+                   help=f"address to listen on (default {DEFAULT_ADDRESS}; port 0 picks a free one)")  # fmt: skip
+    p.add_argument("--store", default=DEFAULT_STORE,
+                   help=f"journal: sqlite:PATH or memory: (default {DEFAULT_STORE} in the working directory)")  # fmt: skip
+    _liveness_args(p)
+    p.add_argument("--handshake-timeout", type=float, default=defaults.HANDSHAKE_TIMEOUT, metavar="S",
+                   help="how long a new connection may take to say hello (default %(default)g)")  # fmt: skip
+    p.add_argument("--session-grace", type=float, default=defaults.SESSION_GRACE, metavar="S",
+                   help="how long a lost worker keeps its tasks (default %(default)g)")  # fmt: skip
+    p.add_argument("--drain-grace", type=float, default=defaults.DRAIN_GRACE, metavar="S",
+                   help="how long stop lets running tasks finish (default %(default)g)")  # fmt: skip
+    p.add_argument("--max-connections", type=int, default=defaults.MAX_CONNECTIONS,
+                   help="connections served at once (default %(default)d)")  # fmt: skip
+    p.add_argument("--max-queued", type=int, default=defaults.MAX_QUEUED,
+                   help="unfinished tasks accepted at once (default %(default)d)")  # fmt: skip
+    p.add_argument("--max-client-queued", type=int, default=defaults.MAX_CLIENT_QUEUED,
+                   help="unfinished tasks per client (default %(default)d)")  # fmt: skip
+    p.add_argument("--max-frame-size", type=int, default=defaults.MAX_FRAME_SIZE, metavar="BYTES",
+                   help="largest frame accepted (default %(default)d)")  # fmt: skip
+    _security_args(p, server=True)
+
+
+def _worker_command(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", metavar="MODULE:CLASS", help="a Worker subclass (module or path/to/file.py)")
+    p.add_argument("--connect", type=parse_address, default=parse_address(DEFAULT_ADDRESS), metavar="HOST:PORT",
+                   help=f"the dispatcher's address (default {DEFAULT_ADDRESS})")  # fmt: skip
+    p.add_argument("--concurrency", type=int, default=defaults.CONCURRENCY,
+                   help="tasks run at once per process (default %(default)d)")  # fmt: skip
+    p.add_argument("--prefetch", type=int, help="tasks sent ahead of time per process (default: the Worker's)")
+    p.add_argument("--processes", type=int, default=1, help="worker processes to run (restarted if they die)")
+    p.add_argument("--name", help="worker name shown in status")
+    _liveness_args(p)
+    p.add_argument("--drain-grace", type=float, default=defaults.DRAIN_GRACE, metavar="S",
+                   help="how long stop lets running tasks finish (default %(default)g)")  # fmt: skip
+    _security_args(p, server=False)
+
+
+def _liveness_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--heartbeat-interval", type=float, default=defaults.HEARTBEAT_INTERVAL, metavar="S",
+                   help="seconds between heartbeats (default %(default)g)")  # fmt: skip
+    p.add_argument("--heartbeat-timeout", type=float, default=defaults.HEARTBEAT_TIMEOUT, metavar="S",
+                   help="silence after which the peer counts as gone (default %(default)g)")  # fmt: skip
+
+
+def _security_args(parser: argparse.ArgumentParser, *, server: bool) -> None:
+    parser.add_argument("--token", help="shared secret (default: $TRIOSCHEDULE_TOKEN)")
+    if server:
+        parser.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
+        parser.add_argument("--tls-key", metavar="FILE", help="private key for --tls-cert (PEM)")
+        parser.add_argument("--tls-client-ca", metavar="FILE",
+                            help="require client certificates signed by this CA (mutual TLS)")  # fmt: skip
+    else:
+        parser.add_argument("--tls-ca", metavar="FILE", help="connect with TLS, trusting this CA (PEM)")
+        parser.add_argument("--tls-cert", metavar="FILE", help="client certificate for mutual TLS (PEM)")
+        parser.add_argument("--tls-key", metavar="FILE", help="private key for --tls-cert (PEM)")
