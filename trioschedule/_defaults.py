@@ -15,7 +15,7 @@ __all__ = [
     "RETRY_BACKOFF", "RETRY_BACKOFF_MAX", "SEND_TIMEOUT", "SESSION_GRACE", "CLI_STORE",
 ]  # fmt: skip
 
-#: Where the command line listens and connects unless told otherwise (``TRIOSCHEDULE_ADDRESS`` overrides).
+#: Where the command line listens and connects unless told otherwise.
 ADDRESS = "127.0.0.1:7311"
 #: The command-line dispatcher's journal, in its working directory (the Python API keeps tasks in memory).
 CLI_STORE = "sqlite:trioschedule.sqlite3"
