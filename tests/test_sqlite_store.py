@@ -18,9 +18,10 @@ import attrs
 import pytest
 import trio
 
+from trioschedule import StoreError
 from trioschedule._store import sqlite as _sqlite
 from trioschedule._store.base import StoredTask, open_store
-from trioschedule._store.sqlite import Migration, SQLiteStore, StoreError, StoreStatistics
+from trioschedule._store.sqlite import Migration, SQLiteStore, StoreStatistics
 
 
 def new_task(task_id: str, **fields) -> StoredTask:

@@ -38,10 +38,10 @@ from typing import Any
 import attrs
 import trio
 
-from .._errors import TriosError
+from .._errors import StoreError
 from .base import NewTask, Store, StoredTask
 
-__all__ = ["MIGRATIONS", "Migration", "SQLiteStore", "StoreError", "StoreStatistics"]
+__all__ = ["MIGRATIONS", "Migration", "SQLiteStore", "StoreStatistics"]
 
 log = logging.getLogger("trioschedule.store")
 
@@ -80,20 +80,6 @@ def _json_encoder() -> Callable[[Any], str]:
 
 
 _quote: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]  # a str as JSON
-
-
-class StoreError(TriosError):
-    """The journal cannot be used; the message says why and what to do.
-
-    ``code`` names the problem: ``"locked"`` (another dispatcher uses it),
-    ``"newer-version"``, ``"not-a-journal"``, ``"corrupt"``, ``"unsupported"``
-    (the filesystem cannot do what the journal needs), ``"io"`` (opening or
-    writing failed).
-    """
-
-    def __init__(self, message: str, *, code: str = "io") -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @attrs.frozen(kw_only=True)
