@@ -20,7 +20,7 @@ import trio
 
 from trioschedule import StoreError
 from trioschedule._store import sqlite as _sqlite
-from trioschedule._store.base import StoredTask, open_store
+from trioschedule._store.base import StoredTask
 from trioschedule._store.sqlite import Migration, SQLiteStore, StoreStatistics
 
 
@@ -452,11 +452,6 @@ async def test_misuse_is_a_runtime_error(tmp_path):
 def test_bad_arguments(path, kwargs):
     with pytest.raises(ValueError):
         SQLiteStore(path, **kwargs)
-
-
-def test_open_store_makes_an_sqlite_store(tmp_path):
-    store = open_store(f"sqlite:{tmp_path / 'j.sqlite'}")
-    assert isinstance(store, SQLiteStore) and store.url == f"sqlite:{tmp_path / 'j.sqlite'}"
 
 
 async def test_unencodable_tasks(tmp_path, caplog):
