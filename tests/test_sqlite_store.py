@@ -19,7 +19,7 @@ import pytest
 import trio
 
 from trioschedule import StoreError
-from trioschedule._store import sqlite as _sqlite
+from trioschedule._store.sqlite import store as _sqlite
 from trioschedule._store.base import StoredTask
 from trioschedule._store.sqlite import Migration, SQLiteStore, StoreStatistics
 

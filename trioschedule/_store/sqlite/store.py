@@ -38,8 +38,8 @@ from typing import Any
 import attrs
 import trio
 
-from .._errors import StoreError
-from .base import NewTask, Store, StoredTask
+from ..._errors import StoreError
+from ..base import NewTask, Store, StoredTask
 
 __all__ = ["MIGRATIONS", "Migration", "SQLiteStore", "StoreStatistics"]
 
