@@ -19,9 +19,10 @@ import pytest
 import trio
 
 from trioschedule import StoreError
-from trioschedule._store.sqlite import store as _sqlite
 from trioschedule._store.base import StoredTask
 from trioschedule._store.sqlite import Migration, SQLiteStore, StoreStatistics
+from trioschedule._store.sqlite import checkpoint as _checkpoint
+from trioschedule._store.sqlite import schema as _schema
 
 
 def new_task(task_id: str, **fields) -> StoredTask:
@@ -113,7 +114,7 @@ async def test_update_inserts_and_latest_state_wins(tmp_path):
 
 
 async def test_add_is_durable_when_it_returns(tmp_path, monkeypatch):
-    monkeypatch.setattr(_sqlite, "_GENERATION_SECONDS", 3600.0)  # no checkpoint while we look
+    monkeypatch.setattr(_checkpoint, "GENERATION_SECONDS", 3600.0)  # no checkpoint while we look
     path = tmp_path / "j.sqlite"
     store = SQLiteStore(path, commit_interval=60)
     await store.open()
@@ -311,7 +312,7 @@ async def test_a_newer_format_is_refused_and_left_alone(tmp_path):
     message = str(info.value)
     assert info.value.code == "newer-version"
     assert "version 99" in message and "newer trioschedule" in message
-    assert f"up to {len(_sqlite.MIGRATIONS)}" in message
+    assert f"up to {len(_schema.MIGRATIONS)}" in message
     assert pragma(path, "user_version") == 99
 
 
@@ -359,8 +360,8 @@ async def test_another_programs_database_is_refused_untouched(tmp_path):
 async def test_a_new_file_gets_the_current_version(tmp_path):
     path = tmp_path / "j.sqlite"
     await reopen(path)
-    assert pragma(path, "user_version") == len(_sqlite.MIGRATIONS) == 4
-    assert pragma(path, "application_id") == _sqlite.APPLICATION_ID
+    assert pragma(path, "user_version") == len(_schema.MIGRATIONS) == 4
+    assert pragma(path, "application_id") == _schema.APPLICATION_ID
     assert pragma(path, "journal_mode") == "wal"
 
 
@@ -370,7 +371,7 @@ async def test_an_older_journal_is_migrated_forward(tmp_path, monkeypatch):
     await store.open()
     await store.add([new_task("old")])
     await store.close()
-    current = len(_sqlite.MIGRATIONS)
+    current = len(_schema.MIGRATIONS)
     assert pragma(path, "user_version") == current
 
     def backfill(conn: sqlite3.Connection) -> None:
@@ -379,7 +380,7 @@ async def test_an_older_journal_is_migrated_forward(tmp_path, monkeypatch):
     newer = Migration(
         version=current + 1, description="add a note", steps=("ALTER TABLE tasks ADD COLUMN note TEXT", backfill)
     )
-    monkeypatch.setattr(_sqlite, "MIGRATIONS", (*_sqlite.MIGRATIONS, newer))
+    monkeypatch.setattr(_schema, "MIGRATIONS", (*_schema.MIGRATIONS, newer))
     rows = await reopen(path)
     assert [r.id for r in rows] == ["old"]
     assert pragma(path, "user_version") == current + 1
@@ -396,9 +397,9 @@ async def test_an_older_journal_is_migrated_forward(tmp_path, monkeypatch):
 async def test_a_failing_migration_changes_nothing(tmp_path, monkeypatch):
     path = tmp_path / "j.sqlite"
     await reopen(path)
-    current = len(_sqlite.MIGRATIONS)
+    current = len(_schema.MIGRATIONS)
     broken = Migration(version=current + 1, description="broken", steps=("ALTER TABLE tasks ADD COLUMN x", "NOT SQL"))
-    monkeypatch.setattr(_sqlite, "MIGRATIONS", (*_sqlite.MIGRATIONS, broken))
+    monkeypatch.setattr(_schema, "MIGRATIONS", (*_schema.MIGRATIONS, broken))
     with pytest.raises(StoreError, match="cannot open the journal"):
         await reopen(path)
     assert pragma(path, "user_version") == current
@@ -570,8 +571,8 @@ async def test_narrow_updates_checkpoints_and_recovery_match_a_model(tmp_path, m
     """
     import random
 
-    monkeypatch.setattr(_sqlite, "_GENERATION_OPS", 7 if seed % 4 else 10**9)  # or only the one at close
-    monkeypatch.setattr(_sqlite, "_SLICE", 3)
+    monkeypatch.setattr(_checkpoint, "GENERATION_OPS", 7 if seed % 4 else 10**9)  # or only the one at close
+    monkeypatch.setattr(_checkpoint, "SLICE", 3)
     rng = random.Random(seed)
     path = tmp_path / "j.sqlite"
     store = SQLiteStore(path, commit_interval=rng.choice([0.0, 0.001, 60]))
@@ -658,7 +659,7 @@ async def test_narrow_updates_checkpoints_and_recovery_match_a_model(tmp_path, m
 
 
 async def test_tasks_that_come_and_go_between_checkpoints_never_reach_the_table(tmp_path, monkeypatch):
-    monkeypatch.setattr(_sqlite, "_GENERATION_SECONDS", 3600.0)
+    monkeypatch.setattr(_checkpoint, "GENERATION_SECONDS", 3600.0)
     path = tmp_path / "j.sqlite"
     store = SQLiteStore(path, commit_interval=60)  # only add() and flush() commit
     await store.open()
@@ -684,7 +685,7 @@ async def test_tasks_that_come_and_go_between_checkpoints_never_reach_the_table(
 
 
 async def test_recovery_replays_the_change_log_in_order(tmp_path, monkeypatch):
-    monkeypatch.setattr(_sqlite, "_GENERATION_SECONDS", 3600.0)
+    monkeypatch.setattr(_checkpoint, "GENERATION_SECONDS", 3600.0)
     path = tmp_path / "j.sqlite"
     store = SQLiteStore(path)
     await store.open()
@@ -708,9 +709,9 @@ async def test_a_version_1_journal_is_migrated_with_its_tasks(tmp_path):
     """Version 1 kept one column per field; version 2 one JSON array per task, and the change log."""
     path = tmp_path / "v1.sqlite"
     conn = sqlite3.connect(path)
-    for step in _sqlite.MIGRATIONS[0].steps:
+    for step in _schema.MIGRATIONS[0].steps:
         conn.execute(step)
-    conn.execute(f"PRAGMA application_id = {_sqlite.APPLICATION_ID}")
+    conn.execute(f"PRAGMA application_id = {_schema.APPLICATION_ID}")
     conn.execute("PRAGMA user_version = 1")
     columns = ("id, name, args, kwargs, priority, retries, deadline, not_before, state, attempt, failures, losses, "
                "session, outcome, submitted_at, finished_at")  # fmt: skip
@@ -724,7 +725,7 @@ async def test_a_version_1_journal_is_migrated_with_its_tasks(tmp_path):
     conn.commit()
     conn.close()
     rows = await reopen(path)
-    assert pragma(path, "user_version") == len(_sqlite.MIGRATIONS)
+    assert pragma(path, "user_version") == len(_schema.MIGRATIONS)
     assert [r.id for r in rows] == ["q", "r", "d"]
     assert rows[0] == StoredTask(  # every float exactly as it was
         id="q", name="mail", args=["ünï", {"n": [1, 2.5, None]}], kwargs={"to": "ops"}, priority=7, retries=3,
@@ -742,7 +743,7 @@ async def test_a_version_1_journal_is_migrated_with_its_tasks(tmp_path):
 
 async def test_outcomes_come_back_from_the_change_log_exactly(tmp_path, monkeypatch):
     """The usual outcome is journaled without its dict (format 3); every other shape as it is."""
-    monkeypatch.setattr(_sqlite, "_GENERATION_SECONDS", 3600.0)
+    monkeypatch.setattr(_checkpoint, "GENERATION_SECONDS", 3600.0)
     path = tmp_path / "j.sqlite"
     outcomes = {
         "usual": {"id": "usual", "status": "ok", "attempt": 1, "value": {"n": [1, 0.1, None], "s": "ünï"}},
@@ -791,11 +792,11 @@ _OLDER_CHANGE_LOGS = {
 
 @pytest.mark.parametrize("version", sorted(_OLDER_CHANGE_LOGS))
 async def test_an_older_change_log_is_replayed_after_the_migration(tmp_path, monkeypatch, version):
-    monkeypatch.setattr(_sqlite, "_GENERATION_SECONDS", 3600.0)
+    monkeypatch.setattr(_checkpoint, "GENERATION_SECONDS", 3600.0)
     path = tmp_path / "j.sqlite"
     await journal_with_changes(path, _OLDER_CHANGE_LOGS[version], version)
     rows = {r.id: r for r in await reopen(path)}
-    assert pragma(path, "user_version") == len(_sqlite.MIGRATIONS)
+    assert pragma(path, "user_version") == len(_schema.MIGRATIONS)
     assert rows["a"].state == "done" and rows["a"].outcome == {"id": "a", "status": "ok", "attempt": 1, "value": 3}
     assert rows["a"].finished_at == 2000.5
     assert (rows["b"].state, rows["b"].session, rows["b"].args) == ("running", "s1", [2])
@@ -814,7 +815,7 @@ async def test_a_group_that_does_not_decode_is_refused_as_corrupt(tmp_path, chan
 
 
 async def test_tasks_accepted_together_are_one_group_and_recover_one_by_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(_sqlite, "_GENERATION_SECONDS", 3600.0)  # no checkpoint: recovery reads the change log
+    monkeypatch.setattr(_checkpoint, "GENERATION_SECONDS", 3600.0)  # no checkpoint: recovery reads the change log
     path = tmp_path / "j.sqlite"
     store = SQLiteStore(path)
     await store.open()
@@ -842,7 +843,7 @@ async def test_tasks_accepted_together_are_one_group_and_recover_one_by_one(tmp_
 
 
 async def test_a_change_log_that_does_not_decode_is_refused_as_corrupt(tmp_path, monkeypatch):
-    monkeypatch.setattr(_sqlite, "_GENERATION_SECONDS", 3600.0)
+    monkeypatch.setattr(_checkpoint, "GENERATION_SECONDS", 3600.0)
     path = tmp_path / "j.sqlite"
     store = SQLiteStore(path)
     await store.open()
