@@ -15,6 +15,7 @@ from ._errors import ProtocolError as ProtocolError
 from ._errors import QueueFull as QueueFull
 from ._errors import Rejected as Rejected
 from ._errors import RemoteProtocolError as RemoteProtocolError
+from ._errors import StoreError as StoreError
 from ._errors import TaskCancelled as TaskCancelled
 from ._errors import TaskError as TaskError
 from ._errors import TaskFailed as TaskFailed
@@ -32,7 +33,6 @@ from ._store.base import MemoryStore as MemoryStore
 from ._store.base import Store as Store
 from ._store.base import StoredTask as StoredTask
 from ._store.sqlite import SQLiteStore as SQLiteStore
-from ._store.sqlite import StoreError as StoreError
 from ._store.sqlite import StoreStatistics as StoreStatistics
 from ._task import TaskOptions as TaskOptions
 from ._task import task as task

@@ -12,7 +12,9 @@ tree says *whose* fault a failure is, because that decides what to do next:
 * :class:`TaskError` and its subclasses: a task ended without a value
   (it raised, was cancelled, timed out or was lost);
 * :class:`Rejected`: the dispatcher refused a submission (it is draining, its
-  queue is full, a limit was exceeded).
+  queue is full, a limit was exceeded);
+* :class:`StoreError`: the dispatcher's journal cannot be used (locked by
+  another dispatcher, written by a newer version, corrupt, or a write failed).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = [
     "QueueFull",
     "Rejected",
     "RemoteProtocolError",
+    "StoreError",
     "TaskCancelled",
     "TaskError",
     "TaskFailed",
@@ -96,6 +99,22 @@ class QueueFull(Rejected):
 
     def __init__(self, message: str = "the dispatcher's queue is full; retry later or use the waiting submit()") -> None:
         super().__init__(message, code="queue-full")
+
+
+class StoreError(TriosError):
+    """The journal cannot be used; the message says why and what to do.
+
+    ``code`` names the problem: ``"locked"`` (another dispatcher uses it),
+    ``"newer-version"``, ``"not-a-journal"``, ``"corrupt"``, ``"unsupported"``
+    (the filesystem cannot do what the journal needs), ``"io"`` (opening or
+    writing failed).  Every failure a store reports from ``open``, ``add``,
+    ``flush`` and ``close`` is one of these, so a caller catches this class
+    alone to tell "the journal broke" from its own mistakes.
+    """
+
+    def __init__(self, message: str, *, code: str = "io") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class UnknownTaskId(TriosError, KeyError):

@@ -1,9 +1,12 @@
-"""Where a dispatcher journals its tasks.
+"""Where a dispatcher journals its tasks: the :class:`Store` interface and the records it journals.
 
 The dispatcher keeps every live task in memory and tells its store about each
 state change.  :class:`MemoryStore` (the Python API's default) forgets
 everything; a durable store writes a journal so that a restarted dispatcher
 picks up where the old one died.  The contract is in docs/STORE.md.
+
+This module knows no implementation: stores are chosen by URL scheme in
+:mod:`.registry`, which imports them.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["MemoryStore", "NewTask", "Store", "StoredTask", "new_stored_task", "open_store"]
+__all__ = ["MemoryStore", "NewTask", "Store", "StoredTask", "new_stored_task"]
 
 
 @attrs.define(kw_only=True)
@@ -55,15 +58,30 @@ def new_stored_task(
 
 
 class Store:
-    """The journal interface.  The base class is the in-memory store: it keeps nothing.
+    """The journal interface.  The base class keeps nothing (see :class:`MemoryStore`).
 
     ``add`` must return only once the tasks are durable; ``update`` may be
     buffered, but the store must keep updates to one task in order, and
-    ``flush``/``close`` make everything buffered durable.
+    ``flush``/``close`` make everything buffered durable.  Failures of the
+    journal itself (``open``, ``add``, ``flush``, ``close``) are raised as
+    :class:`~trioschedule.StoreError`.
+
+    Who owns the waiting tasks is the seam :attr:`owns_queue` names.  Today
+    the dispatcher does: it keeps every live task, the queue and the timers in
+    memory, and the store only journals what happened to them, to hand it all
+    back at :meth:`open` after a restart.  A store shared by several
+    dispatchers would own them instead (claims, leases; docs/STORE.md): such a
+    store sets ``owns_queue = True`` and the dispatcher would take work from
+    it rather than from its own queue.  No store sets it yet; it marks where
+    that change plugs in.
     """
 
+    #: True if the store survives a restart (the dispatcher skips journaling when False).
     durable = False
+    #: Names the store in logs and ``status``.
     url = "memory:"
+    #: True if the store, not the dispatcher, holds the waiting tasks (see the class docstring).
+    owns_queue = False
 
     async def open(self) -> list[StoredTask]:
         """Prepare the store and return the tasks to recover (unfinished and retained finished ones)."""
@@ -145,19 +163,18 @@ class Store:
         """Flush and release the store."""
 
 
-MemoryStore = Store
+class MemoryStore(Store):
+    """``memory:``, the Python API's default: keeps nothing.
+
+    A dispatcher with this store loses its queue when it stops, and says so:
+    unfinished tasks end as ``lost`` when it drains.
+    """
 
 
-def open_store(spec: str | Store | None) -> Store:
-    """A store from a URL-ish string (``memory:``, ``sqlite:PATH``), an instance, or None (memory)."""
-    if spec is None:
-        return MemoryStore()
-    if isinstance(spec, Store):
-        return spec
-    if spec in ("memory", "memory:"):
-        return MemoryStore()
-    if spec.startswith("sqlite:"):
-        from .sqlite import SQLiteStore
+def __getattr__(name: str) -> Any:
+    # Transitional, until the dispatcher imports open_store from .registry (issue 12): remove then.
+    if name == "open_store":
+        from .registry import open_store
 
-        return SQLiteStore(spec[len("sqlite:") :])
-    raise ValueError(f"unknown store {spec!r}: use 'memory:' or 'sqlite:PATH'")
+        return open_store
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
