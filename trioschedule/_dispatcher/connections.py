@@ -18,7 +18,7 @@ from .._errors import (
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
-    TriosError,
+    StoreError,
 )
 from .._net.connection import Connection, describe_address
 from .._peer import Peer
@@ -280,7 +280,7 @@ class ConnectionHandler:
         if new:
             try:
                 await self.journal.add_new([task for task, _ in new])
-            except TriosError as exc:  # the journal failed: refuse, never pretend
+            except StoreError as exc:  # the journal failed: refuse, never pretend
                 log.error("journal %s failed; refusing %d submission(s): %s", self.d.store.url, len(new), exc)
                 for task, _ in new:
                     core.withdraw(task)

@@ -34,7 +34,8 @@ from .._net.security import Secrets, warn_if_exposed
 from .._peer import Peer
 from .._protocol import messages as m
 from .._protocol.framing import encode_frame
-from .._store.base import Store, open_store
+from .._store.base import Store
+from .._store.registry import open_store
 from .batch import Batch
 from .connections import ConnectionHandler
 from .effects import Effects

@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._core.tasks import DELAYED, DONE, QUEUED, RUNNING, Task
+from .._errors import StoreError
 from .._protocol import messages as m
 from .._store.base import Store, StoredTask
-from .._store.sqlite import StoreError  # moves to _errors with the store split
 
 __all__ = ["StoreJournal"]
 

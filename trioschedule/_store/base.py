@@ -170,11 +170,3 @@ class MemoryStore(Store):
     unfinished tasks end as ``lost`` when it drains.
     """
 
-
-def __getattr__(name: str) -> Any:
-    # Transitional, until the dispatcher imports open_store from .registry (issue 12): remove then.
-    if name == "open_store":
-        from .registry import open_store
-
-        return open_store
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
