@@ -19,10 +19,11 @@ from typing import Any
 
 import trio
 
-from ._errors import AuthenticationError, ConnectionClosed, LocalProtocolError, ProtocolError, Rejected
+from ._errors import AuthenticationError, ConnectionClosed, ProtocolError, Rejected
 from ._handles import OutcomeSlot, TaskHandle, values_of
 from ._net.connection import Connection
-from ._net.peerconn import Backoff, open_connection
+from ._net.peerconn import Backoff, open_connection, stay_connected
+from ._net.splitting import send_split
 from ._protocol import messages as m
 from ._protocol.connection import ADMIN, CLIENT
 from ._protocol.framing import DEFAULT_MAX_FRAME_SIZE
@@ -171,7 +172,7 @@ class Client:
         new = m.new_submission
         subs = [
             new(task_id, name, list(item) if type(item) is tuple or type(item) is list else [item], {},
-                timeout, retries, None, priority)  # fmt: skip
+                timeout, retries, None, priority)
             for task_id, item in zip(self._ids.take(len(items)), items)
         ]
         slots = await self._submit(subs, True)
@@ -255,30 +256,23 @@ class Client:
 
     def _send_submissions(self, conn: Connection, subs: list[m.Submission], wait: bool,
                           wake: bool = True) -> list[tuple[m.Submission, Exception]]:  # fmt: skip
-        """Send in frames of up to SUBMIT_CHUNK, halving a frame that comes out too large.
+        """Send in frames of up to SUBMIT_CHUNK, halving a frame that comes out too large (:func:`send_split`).
 
         Returns the submissions that cannot be sent at all (arguments that are
         not JSON, or too large for the dispatcher's frame limit), with why.
+        What a closed connection did not take is sent again after reconnecting.
         """
         unsendable: list[tuple[m.Submission, Exception]] = []
-        try:
-            for start in range(0, len(subs), SUBMIT_CHUNK):
-                self._send_chunk(conn, subs[start : start + SUBMIT_CHUNK], wait, unsendable, wake)
-        except ConnectionClosed:
-            pass  # sent again after reconnecting
-        return unsendable
 
-    def _send_chunk(self, conn: Connection, chunk: list[m.Submission], wait: bool,
-                    unsendable: list[tuple[m.Submission, Exception]], wake: bool) -> None:  # fmt: skip
-        try:
+        def send(chunk: list[m.Submission]) -> None:
             conn.send(m.Submit(tasks=tuple(chunk), wait=wait), wake=wake)
-        except LocalProtocolError as exc:
-            if len(chunk) == 1:
-                unsendable.append((chunk[0], exc))
-                return
-            middle = len(chunk) // 2
-            self._send_chunk(conn, chunk[:middle], wait, unsendable, wake)
-            self._send_chunk(conn, chunk[middle:], wait, unsendable, wake)
+
+        def refuse(sub: m.Submission, exc: Exception) -> None:
+            unsendable.append((sub, exc))
+
+        for start in range(0, len(subs), SUBMIT_CHUNK):
+            send_split(send, subs[start : start + SUBMIT_CHUNK], refuse)
+        return unsendable
 
     def _send_quietly(self, message: Any) -> None:
         if self._conn is not None:
@@ -318,57 +312,57 @@ class Client:
 
     # ============================================================ connection
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        first = True
-        attempts = 0
-        while not self._closing:
-            try:
-                conn, welcome = await open_connection(
-                    self.host, self.port, role=self.role, token=self.token, ssl_context=self.ssl_context,
-                    max_frame_size=self.max_frame_size, connect_timeout=self.connect_timeout, connector=self.connector,
-                    name=self.name, host=socket.gethostname(), pid=os.getpid(),
-                )  # fmt: skip
-            except (AuthenticationError, ProtocolError) as exc:
-                if first:
-                    raise
-                self._fail(exc)
-                return
-            except (OSError, ConnectionClosed, trio.TooSlowError) as exc:
-                if first:
-                    raise ConnectionClosed(f"cannot reach the dispatcher at {self.host}:{self.port}: {exc}") from None
-                attempts += 1
-                if self.reconnect_attempts is not None and attempts > self.reconnect_attempts:
-                    self._fail(ConnectionClosed(f"gave up reconnecting to {self.host}:{self.port} after {attempts} attempts"))
-                    return
-                delay = self._backoff.next_delay()
-                log.info("cannot reach the dispatcher at %s:%s (%s); retrying in %.2f s", self.host, self.port, exc, delay)
-                await trio.sleep(delay)
-                continue
-            attempts = 0
-            self._backoff.reset()
-            self.dispatcher_name = welcome.name
-            self._conn = conn
-            self._resend(conn)
-            self._connected.set()
-            if first:
-                task_status.started()
-                first = False
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_until_closed, conn.run_writer, nursery.cancel_scope)
-                    heartbeat = partial(conn.run_heartbeat, self.heartbeat_interval, self.heartbeat_timeout)
-                    nursery.start_soon(_until_closed, heartbeat, nursery.cancel_scope)
-                    await _until_closed(partial(self._reader, conn), nursery.cancel_scope)
-            finally:
-                self._conn = None
-                self._connected = trio.Event()
-                with trio.CancelScope(shield=True):
-                    await conn.aclose()
-            for _, slot in self._replies:
-                slot.set(ConnectionClosed("the connection closed before the dispatcher replied"))  # type: ignore[arg-type]
-            self._replies.clear()
-            if not self._closing:
-                log.info("lost the dispatcher (%s); reconnecting", conn.closed_reason)
-                await trio.sleep(self._backoff.next_delay())
+        await stay_connected(
+            self._connect, self._serve, retry=self._retry, backoff=self._backoff,
+            done=lambda: self._closing, log=log, task_status=task_status,
+        )  # fmt: skip
+
+    async def _connect(self) -> tuple[Connection, m.Welcome]:
+        return await open_connection(
+            self.host, self.port, role=self.role, token=self.token, ssl_context=self.ssl_context,
+            max_frame_size=self.max_frame_size, connect_timeout=self.connect_timeout, connector=self.connector,
+            name=self.name, host=socket.gethostname(), pid=os.getpid(),
+        )  # fmt: skip
+
+    def _retry(self, exc: Exception, attempts: int, connected_once: bool) -> str | None:
+        """The first connection must succeed (open_client raises); later, keep trying up to ``reconnect_attempts``.
+
+        Giving up fails every pending submission and outcome (None: stop).
+        """
+        if isinstance(exc, (AuthenticationError, ProtocolError)):
+            if not connected_once:
+                raise exc
+            self._fail(exc)
+            return None
+        if not connected_once:
+            raise ConnectionClosed(f"cannot reach the dispatcher at {self.host}:{self.port}: {exc}") from None
+        if self.reconnect_attempts is not None and attempts > self.reconnect_attempts:
+            self._fail(ConnectionClosed(f"gave up reconnecting to {self.host}:{self.port} after {attempts} attempts"))
+            return None
+        return f"cannot reach the dispatcher at {self.host}:{self.port} ({exc})"
+
+    async def _serve(self, conn: Connection, welcome: m.Welcome, ready: Callable[[], None]) -> None:
+        self.dispatcher_name = welcome.name
+        self._conn = conn
+        self._resend(conn)
+        self._connected.set()
+        ready()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_until_closed, conn.run_writer, nursery.cancel_scope)
+                heartbeat = partial(conn.run_heartbeat, self.heartbeat_interval, self.heartbeat_timeout)
+                nursery.start_soon(_until_closed, heartbeat, nursery.cancel_scope)
+                await _until_closed(partial(self._reader, conn), nursery.cancel_scope)
+        finally:
+            self._conn = None
+            self._connected = trio.Event()
+            with trio.CancelScope(shield=True):
+                await conn.aclose()
+        for _, slot in self._replies:
+            slot.set(ConnectionClosed("the connection closed before the dispatcher replied"))  # type: ignore[arg-type]
+        self._replies.clear()
+        if not self._closing:
+            log.info("lost the dispatcher (%s); reconnecting", conn.closed_reason)
 
     def _resend(self, conn: Connection) -> None:
         """After (re)connecting: submit what was never accepted, watch what is still awaited."""

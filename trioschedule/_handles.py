@@ -66,7 +66,7 @@ class TaskHandle:
     them may wait on the same task.
     """
 
-    __slots__ = ("id", "name", "_owner", "_slot")
+    __slots__ = ("_owner", "_slot", "id", "name")
 
     def __init__(self, owner: _Owner, task_id: str, name: str = "", slot: OutcomeSlot | None = None) -> None:
         self._owner = owner
@@ -106,7 +106,7 @@ class TaskHandle:
 class OutcomeSlot:
     """One task's outcome as it becomes known, with an event to wait on."""
 
-    __slots__ = ("outcome", "_event")
+    __slots__ = ("_event", "outcome")
 
     def __init__(self) -> None:
         self.outcome: m.Outcome | None = None

@@ -12,7 +12,6 @@ import functools
 import logging
 import os
 import socket
-import sys
 import traceback
 import types
 from collections import deque
@@ -24,16 +23,14 @@ import trio
 from ._errors import AuthenticationError, ConnectionClosed, LocalProtocolError, ProtocolError
 from ._hooks import HookRunner
 from ._net.connection import Connection
-from ._net.peerconn import Backoff, open_connection
+from ._net.peerconn import Backoff, open_connection, stay_connected
+from ._net.splitting import send_split
 from ._protocol import messages as m
 from ._protocol.connection import WORKER
 from ._protocol.framing import DEFAULT_MAX_FRAME_SIZE, encode_frame
 from ._task import TaskOptions, collect_tasks
-from ._util import single_error
+from ._util import one_error
 from ._util import until_closed as _until_closed
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["Worker"]
 
@@ -41,7 +38,7 @@ log = logging.getLogger("trioschedule.worker")
 
 
 class _Running:
-    __slots__ = ("spec", "scope", "cancel_reason")
+    __slots__ = ("cancel_reason", "scope", "spec")
 
     def __init__(self, spec: m.TaskSpec, scope: trio.CancelScope) -> None:
         self.spec = spec
@@ -63,7 +60,7 @@ class _ReadTurn:
     anything, or when reading fails (the reader then raises that error).
     """
 
-    __slots__ = ("conn", "runner", "wanted", "reader_lot", "reader_scope", "error", "goodbye", "shared")
+    __slots__ = ("conn", "error", "goodbye", "reader_lot", "reader_scope", "runner", "shared", "wanted")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -91,7 +88,7 @@ def _resume(coro: Any, trap: Any) -> Any:
     while True:
         try:
             sent = yield trap
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - thrown into the coroutine, as await would
             try:
                 trap = coro.throw(exc)
             except StopIteration as stop:
@@ -216,63 +213,48 @@ class Worker:
         if not self.tasks:
             log.warning("%s has no @task methods: it will never run anything", type(self).__name__)
         try:
-            async with trio.open_nursery() as nursery:
+            async with one_error() as nursery:  # refused credentials come out alone, not in a group
                 await self._hooks.call_now(self.on_start)
                 nursery.start_soon(self._hooks.run)
                 for _ in range(self.concurrency):
                     nursery.start_soon(self._runner)
                 nursery.start_soon(self._drain_on_stop, nursery.cancel_scope)
-                await self._connect_forever(task_status)
+                await stay_connected(
+                    self._connect, self._serve, retry=self._retry, backoff=self._backoff,
+                    done=self._stop.is_set, log=log, pause=self._pause, task_status=task_status,
+                )  # fmt: skip
                 nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:  # raise the one error (refused credentials...), not a group
-            single = single_error(group)
-            if single is None:
-                raise
-            raise single from None
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self._hooks.call_now(self.on_stop)
 
     # ============================================================ connection
-    async def _connect_forever(self, task_status: trio.TaskStatus[None]) -> None:
-        attempts = 0
-        started = False
-        while not self._stop.is_set():
-            try:
-                conn, welcome = await open_connection(
-                    self.host, self.port, role=WORKER, token=self.token, ssl_context=self.ssl_context,
-                    max_frame_size=self.max_frame_size, connect_timeout=self.connect_timeout, connector=self.connector,
-                    name=self.name, host=socket.gethostname(), pid=os.getpid(),
-                    tasks=tuple(self.tasks), concurrency=self.concurrency, prefetch=self.prefetch,
-                    session=self._session, running=self._held(),
-                    retries={n: o.retries for n, (_, o) in self.tasks.items() if o.retries},
-                    no_retry={n: o.no_retry for n, (_, o) in self.tasks.items() if o.no_retry},
-                )  # fmt: skip
-            except AuthenticationError:
-                raise
-            except ProtocolError as exc:
-                if exc.code in ("version-mismatch", "bad-role"):
-                    raise
-                await self._retry(f"protocol error while connecting: {exc}")
-                attempts += 1
-            except (OSError, ConnectionClosed, trio.TooSlowError) as exc:
-                attempts += 1
-                if self.reconnect_attempts is not None and attempts > self.reconnect_attempts:
-                    raise ConnectionClosed(f"gave up after {attempts} attempts to reach {self.host}:{self.port}: {exc}") from None
-                await self._retry(f"cannot reach the dispatcher at {self.host}:{self.port}: {exc}")
-            else:
-                attempts = 0
-                self._backoff.reset()
-                if not started:
-                    task_status.started()
-                    started = True
-                await self._serve(conn, welcome)
-                if not self._stop.is_set():
-                    await trio.sleep(self._backoff.next_delay())
+    async def _connect(self) -> tuple[Connection, m.Welcome]:
+        """One attempt: the Hello says which tasks we offer and which we still hold (to resume a session)."""
+        return await open_connection(
+            self.host, self.port, role=WORKER, token=self.token, ssl_context=self.ssl_context,
+            max_frame_size=self.max_frame_size, connect_timeout=self.connect_timeout, connector=self.connector,
+            name=self.name, host=socket.gethostname(), pid=os.getpid(),
+            tasks=tuple(self.tasks), concurrency=self.concurrency, prefetch=self.prefetch,
+            session=self._session, running=self._held(),
+            retries={n: o.retries for n, (_, o) in self.tasks.items() if o.retries},
+            no_retry={n: o.no_retry for n, (_, o) in self.tasks.items() if o.no_retry},
+        )  # fmt: skip
 
-    async def _retry(self, why: str) -> None:
-        delay = self._backoff.next_delay()
-        log.info("%s; retrying in %.2f s", why, delay)
+    def _retry(self, exc: Exception, attempts: int, connected_once: bool) -> str:
+        """A worker keeps trying (up to ``reconnect_attempts``) unless retrying cannot help."""
+        if isinstance(exc, AuthenticationError):
+            raise exc
+        if isinstance(exc, ProtocolError):
+            if exc.code in ("version-mismatch", "bad-role"):
+                raise exc
+            return f"protocol error while connecting: {exc}"
+        if self.reconnect_attempts is not None and attempts > self.reconnect_attempts:
+            raise ConnectionClosed(f"gave up after {attempts} attempts to reach {self.host}:{self.port}: {exc}") from None
+        return f"cannot reach the dispatcher at {self.host}:{self.port}: {exc}"
+
+    async def _pause(self, delay: float) -> None:
+        """Wait ``delay`` before the next attempt, or until told to stop."""
         with trio.move_on_after(delay):
             await self._stop.wait()
 
@@ -285,7 +267,8 @@ class Worker:
             held.update((o.id, o.attempt) for o in frame.results)
         return held
 
-    async def _serve(self, conn: Connection, welcome: m.Welcome) -> None:
+    async def _serve(self, conn: Connection, welcome: m.Welcome, ready: Callable[[], None]) -> None:
+        ready()
         if welcome.resumed and welcome.session == self._session:
             log.info("resumed session %s with the dispatcher %s", welcome.session[:8], welcome.name)
             for frame in self._unacked:
@@ -430,30 +413,38 @@ class Worker:
         self._send_results(conn, started, results, wake)
 
     def _send_results(self, conn: Connection, started: tuple[str, ...], results: list[m.Outcome], wake: bool = True) -> None:
-        """One Results frame, kept until acknowledged (so a broken connection loses nothing).
-
-        A frame that cannot be encoded is halved; a result that cannot be
-        sent even alone (not JSON, too large) is reported as the task's error.
-        """
+        """One Results frame, kept until acknowledged (so a broken connection loses nothing)."""
         frame = m.new_results(self._seq + 1, started, tuple(results))
         try:
             conn.send(frame, wake=wake)
         except LocalProtocolError:
-            if len(results) > 1:
-                middle = len(results) // 2
-                self._send_results(conn, started, results[:middle], wake)
-                self._send_results(conn, (), results[middle:], wake)
-                return
-            encodable = [_encodable(outcome, self.max_frame_size) for outcome in results]
-            frame = m.Results(seq=self._seq + 1, started=started, results=tuple(encodable))
-            try:
-                conn.send(frame)
-            except ConnectionClosed:
-                pass
+            self._send_results_split(conn, started, results, wake)
+            return
         except ConnectionClosed:
             pass  # resent from _unacked when the session resumes
         self._seq += 1
         self._unacked.append(frame)
+
+    def _send_results_split(self, conn: Connection, started: tuple[str, ...], results: list[m.Outcome], wake: bool) -> None:
+        """Results that do not fit one frame: halved by :func:`send_split`, ``started`` in the first part sent.
+
+        A result that cannot be sent even alone (not JSON, too large) is
+        reported as the task's error.
+        """
+        pending = started
+
+        def send(part: list[m.Outcome]) -> None:
+            nonlocal pending
+            frame = m.new_results(self._seq + 1, pending, tuple(part))
+            try:
+                conn.send(frame, wake=wake)
+            except ConnectionClosed:
+                pass  # resent from _unacked when the session resumes
+            self._seq += 1
+            self._unacked.append(frame)
+            pending = ()
+
+        send_split(send, results, lambda outcome, _: send([_encodable(outcome, self.max_frame_size)]))
 
     # =============================================================== running
     async def _runner(self) -> None:
@@ -513,7 +504,7 @@ class Worker:
         """Read and act on the next batch from the dispatcher, in a runner that holds the read turn."""
         try:
             messages = await turn.conn.receive_batch()
-        except Exception as exc:  # the connection failed or was closed: the reader raises it, as if it had read
+        except Exception as exc:  # noqa: BLE001 - the connection failed or closed: the reader raises it, as if it had read
             turn.give_back(error=exc)
             return
         if not self._handle(turn.conn, messages):
@@ -575,7 +566,7 @@ class Worker:
                     else:
                         reason = f"the task ran past its deadline ({spec.timeout:g} s left when it started)"
                         outcome = m.Outcome(id=task_id, status=m.TIMEOUT, attempt=spec.attempt, reason=reason)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the task's failure is its outcome
             self.failed += 1
             outcome = m.Outcome(id=task_id, status=m.ERROR, attempt=spec.attempt, error=describe_exception(exc))
         if outcome is None:

@@ -76,7 +76,7 @@ class _End(trio.abc.Stream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         while self._link.stalled:
-            await self._link._flowing.wait()  # noqa: SLF001
+            await self._link._flowing.wait()
         if self._link.cut_off:
             raise trio.BrokenResourceError("the link was cut")
         await self._send.send_all(data)
@@ -88,7 +88,7 @@ class _End(trio.abc.Stream):
         if self._held is None:
             self._held = bytes(await self._receive.receive_some(max_bytes))
         while self._link.stalled:  # a cancelled wait here keeps the bytes for the next call, as a socket would
-            await self._link._flowing.wait()  # noqa: SLF001
+            await self._link._flowing.wait()
         if self._link.cut_off:
             raise trio.BrokenResourceError("the link was cut")
         data, self._held = self._held, None
@@ -139,7 +139,7 @@ class Cluster:
                 link.stall()
             self.links.setdefault(owner, []).append(link)
             try:
-                listener._send.send_nowait(link.dispatcher_end)  # noqa: SLF001
+                listener._send.send_nowait(link.dispatcher_end)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 raise OSError("connection refused: the dispatcher is not running") from None
             await trio.lowlevel.checkpoint()
@@ -226,11 +226,11 @@ class Cluster:
         """A connected :class:`Client` on the in-memory network (options as for ``open_client``)."""
         client = Client("memory", 0, **options)
         client.connector = self._connector(client)
-        async with background(client._run):  # noqa: SLF001
+        async with background(client._run):
             try:
                 yield client
             finally:
-                await client._close()  # noqa: SLF001
+                await client._close()
 
 
 @asynccontextmanager
