@@ -63,6 +63,25 @@ class _Acceptance:
         self.event.set()
 
 
+class _Outcomes:
+    """The client's :class:`~trioschedule._handles.OutcomeSource`: what its task handles ask."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    async def wait_outcome(self, task_id: str) -> m.Outcome:
+        return await self._client.task(task_id).outcome()
+
+    def peek_outcome(self, task_id: str) -> m.Outcome | None:
+        slot = self._client._slots.get(task_id)
+        return slot.outcome if slot is not None else None
+
+    async def cancel_task(self, task_id: str, reason: str | None) -> None:
+        (await self._client._connection()).send(m.Cancel(id=task_id, reason=reason))
+
+
 class Client:
     """A connection to a dispatcher for submitting tasks; use :func:`open_client` to get one."""
 
@@ -114,6 +133,7 @@ class Client:
         self._fatal: BaseException | None = None
         self.dispatcher_name = ""
         self._ids = IdSequence()  # one random 128-bit prefix per client
+        self._outcomes = _Outcomes(self)
 
     # ============================================================ public API
     async def submit(
@@ -143,7 +163,7 @@ class Client:
             timeout=timeout, retries=retries, delay=delay, priority=priority,
         )  # fmt: skip
         [slot] = await self._submit([sub], wait)
-        return TaskHandle(self, sub.id, name, slot)
+        return TaskHandle(self._outcomes, sub.id, name, slot)
 
     async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Submit ``name(*args, **kwargs)`` and wait for its value (raises if the task failed)."""
@@ -188,7 +208,7 @@ class Client:
         if slot is None:
             slot = self._slots[task_id] = OutcomeSlot()
             self._send_quietly(m.Watch(ids=(task_id,)))
-        return TaskHandle(self, task_id, "", slot)
+        return TaskHandle(self._outcomes, task_id, "", slot)
 
     async def broadcast(self, message: Any) -> None:
         """Deliver ``message`` to every connected worker's ``on_message``."""
@@ -299,16 +319,6 @@ class Client:
         if isinstance(reply, BaseException):
             raise reply
         return reply
-
-    async def _wait_outcome(self, task_id: str) -> m.Outcome:
-        return await self.task(task_id).outcome()
-
-    def _peek_outcome(self, task_id: str) -> m.Outcome | None:
-        slot = self._slots.get(task_id)
-        return slot.outcome if slot is not None else None
-
-    async def _cancel_task(self, task_id: str, reason: str | None) -> None:
-        (await self._connection()).send(m.Cancel(id=task_id, reason=reason))
 
     # ============================================================ connection
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -9,7 +9,7 @@ import trio
 from ._errors import TaskCancelled, TaskFailed, TaskLost, TaskTimeout, UnknownTaskId
 from ._protocol import messages as m
 
-__all__ = ["TaskHandle", "unwrap", "values_of"]
+__all__ = ["OutcomeSlot", "OutcomeSource", "TaskHandle", "to_exception", "unwrap", "values_of"]
 
 
 def unwrap(outcome: m.Outcome) -> Any:
@@ -53,23 +53,40 @@ def values_of(outcomes: list[m.Outcome], return_exceptions: bool) -> list[Any]:
     return values
 
 
-class _Owner(Protocol):
-    async def _wait_outcome(self, task_id: str) -> m.Outcome: ...
-    async def _cancel_task(self, task_id: str, reason: str | None) -> None: ...
-    def _peek_outcome(self, task_id: str) -> m.Outcome | None: ...
+class OutcomeSource(Protocol):
+    """Where a :class:`TaskHandle` learns how its task ended, and asks to cancel it: the handle's one seam.
+
+    The dispatcher knows its tasks itself; a client asks its dispatcher over
+    the connection.  Each gives its handles an object with these three
+    methods (not itself, so that no private method of the Dispatcher or the
+    Client is called from outside, and neither grows a public one).
+    """
+
+    async def wait_outcome(self, task_id: str) -> m.Outcome:
+        """Wait for task ``task_id`` to end and return its outcome (``UNKNOWN`` if there is no such task)."""
+        ...
+
+    def peek_outcome(self, task_id: str) -> m.Outcome | None:
+        """The outcome if it is known here already, else None (never waits)."""
+        ...
+
+    async def cancel_task(self, task_id: str, reason: str | None) -> None:
+        """Ask for the task to be cancelled; returns once the request is taken (the outcome tells what happened)."""
+        ...
 
 
 class TaskHandle:
     """A submitted task: ``await handle.result()`` gives its value or raises.
 
     Handles are cheap and hold no connection of their own; any number of
-    them may wait on the same task.
+    them may wait on the same task.  ``slot``, when the submitter has one,
+    is where the outcome will land: waiting on it needs no call to ``source``.
     """
 
-    __slots__ = ("_owner", "_slot", "id", "name")
+    __slots__ = ("_slot", "_source", "id", "name")
 
-    def __init__(self, owner: _Owner, task_id: str, name: str = "", slot: OutcomeSlot | None = None) -> None:
-        self._owner = owner
+    def __init__(self, source: OutcomeSource, task_id: str, name: str = "", slot: OutcomeSlot | None = None) -> None:
+        self._source = source
         self._slot = slot
         self.id = task_id
         self.name = name
@@ -82,7 +99,7 @@ class TaskHandle:
         """Wait for the task to end and return its raw :class:`Outcome` (never raises for the task)."""
         if self._slot is not None:
             return await self._slot.wait()
-        return await self._owner._wait_outcome(self.id)
+        return await self._source.wait_outcome(self.id)
 
     async def cancel(self, reason: str | None = None) -> None:
         """Cancel the task if it has not ended: at once when queued, over the wire when running.
@@ -91,13 +108,13 @@ class TaskHandle:
         raises :class:`~trioschedule.TaskCancelled` with ``reason`` (unless
         the task ended first, in which case its real outcome stands).
         """
-        await self._owner._cancel_task(self.id, reason)
+        await self._source.cancel_task(self.id, reason)
 
     def done(self) -> bool:
         """True once the outcome is known here."""
         if self._slot is not None and self._slot.outcome is not None:
             return True
-        return self._owner._peek_outcome(self.id) is not None
+        return self._source.peek_outcome(self.id) is not None
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self.name or 'task'} {self.id}>"
