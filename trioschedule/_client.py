@@ -321,7 +321,15 @@ class Client:
         return reply
 
     # ============================================================ connection
-    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, then stay connected (reconnecting with backoff) until :meth:`aclose`.
+
+        For running a client in a nursery of your own: ``await
+        nursery.start(client.run)`` returns once connected, or raises
+        :class:`ConnectionClosed` or :class:`AuthenticationError` as
+        :func:`open_client` would.  :func:`open_client` is this, in a nursery
+        of its own, with :meth:`aclose` on the way out.
+        """
         await stay_connected(
             self._connect, self._serve, retry=self._retry, backoff=self._backoff,
             done=lambda: self._closing, log=log, task_status=task_status,
@@ -435,7 +443,12 @@ class Client:
                     log.info("the dispatcher said goodbye: %s", message.reason)
                     return
 
-    async def _close(self) -> None:
+    async def aclose(self) -> None:
+        """Leave: say goodbye to the dispatcher (waiting at most 2 s), close the connection, stop reconnecting.
+
+        Tasks still running are kept, unless ``cancel_on_exit`` was set.
+        :meth:`run` returns once the connection is closed.
+        """
         self._closing = True
         conn = self._conn
         if conn is not None and not conn.closed:
@@ -445,6 +458,7 @@ class Client:
                     await conn.flush()
                 except ConnectionClosed:
                     pass
+                await conn.aclose()
 
 
 @asynccontextmanager
@@ -465,8 +479,8 @@ async def open_client(
     out unchanged, never wrapped in an exception group.
     """
     client = Client(host, port, token=token, ssl_context=ssl_context, **options)
-    async with background(client._run):
+    async with background(client.run):
         try:
             yield client
         finally:
-            await client._close()
+            await client.aclose()
