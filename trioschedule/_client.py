@@ -19,6 +19,7 @@ from typing import Any
 
 import trio
 
+from . import _defaults as defaults
 from ._errors import AuthenticationError, ConnectionClosed, ProtocolError, Rejected
 from ._handles import OutcomeSlot, TaskHandle, values_of
 from ._net.connection import Connection
@@ -26,7 +27,6 @@ from ._net.peerconn import Backoff, open_connection, stay_connected
 from ._net.splitting import send_split
 from ._protocol import messages as m
 from ._protocol.connection import ADMIN, CLIENT
-from ._protocol.framing import DEFAULT_MAX_FRAME_SIZE
 from ._util import IdSequence, background
 from ._util import check_options as _check_options
 from ._util import until_closed as _until_closed
@@ -94,14 +94,14 @@ class Client:
         ssl_context: Any = None,
         role: str = CLIENT,
         name: str | None = None,
-        cancel_on_exit: bool = False,
-        heartbeat_interval: float = 2.0,
-        heartbeat_timeout: float = 10.0,
-        connect_timeout: float = 10.0,
-        reconnect_initial: float = 0.1,
-        reconnect_max: float = 5.0,
-        reconnect_attempts: int | None = None,
-        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        cancel_on_exit: bool = defaults.CANCEL_ON_EXIT,
+        heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL,
+        heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT,
+        connect_timeout: float = defaults.CONNECT_TIMEOUT,
+        reconnect_initial: float = defaults.RECONNECT_INITIAL,
+        reconnect_max: float = defaults.RECONNECT_MAX,
+        reconnect_attempts: int | None = defaults.RECONNECT_ATTEMPTS,
+        max_frame_size: int = defaults.MAX_FRAME_SIZE,
     ) -> None:
         if role not in (CLIENT, ADMIN):
             raise ValueError("role must be 'client' or 'admin'")
@@ -463,8 +463,8 @@ class Client:
 
 @asynccontextmanager
 async def open_client(
-    host: str = "127.0.0.1",
-    port: int = 7311,
+    host: str = defaults.HOST,
+    port: int = defaults.PORT,
     *,
     token: str | None = None,
     ssl_context: Any = None,

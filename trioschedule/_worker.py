@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from . import _defaults as defaults
 from ._errors import AuthenticationError, ConnectionClosed, LocalProtocolError, ProtocolError
 from ._hooks import HookRunner
 from ._net.connection import Connection
@@ -27,7 +28,7 @@ from ._net.peerconn import Backoff, open_connection, stay_connected
 from ._net.splitting import send_split
 from ._protocol import messages as m
 from ._protocol.connection import WORKER
-from ._protocol.framing import DEFAULT_MAX_FRAME_SIZE, encode_frame
+from ._protocol.framing import encode_frame
 from ._task import TaskOptions, collect_tasks
 from ._util import one_error
 from ._util import until_closed as _until_closed
@@ -117,22 +118,22 @@ class Worker:
 
     def __init__(
         self,
-        host: str = "127.0.0.1",
-        port: int = 7311,
+        host: str = defaults.HOST,
+        port: int = defaults.PORT,
         *,
         token: str | None = None,
         ssl_context: Any = None,
-        concurrency: int = 1,
+        concurrency: int = defaults.CONCURRENCY,
         prefetch: int | None = None,
         name: str | None = None,
-        heartbeat_interval: float = 2.0,
-        heartbeat_timeout: float = 10.0,
-        connect_timeout: float = 10.0,
-        reconnect_initial: float = 0.1,
-        reconnect_max: float = 5.0,
-        reconnect_attempts: int | None = None,
-        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-        drain_grace: float = 30.0,
+        heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL,
+        heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT,
+        connect_timeout: float = defaults.CONNECT_TIMEOUT,
+        reconnect_initial: float = defaults.RECONNECT_INITIAL,
+        reconnect_max: float = defaults.RECONNECT_MAX,
+        reconnect_attempts: int | None = defaults.RECONNECT_ATTEMPTS,
+        max_frame_size: int = defaults.MAX_FRAME_SIZE,
+        drain_grace: float = defaults.DRAIN_GRACE,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -141,7 +142,9 @@ class Worker:
         self.token = token
         self.ssl_context = ssl_context
         self.concurrency = concurrency
-        self.prefetch = max(128, 4 * concurrency) if prefetch is None else prefetch
+        if prefetch is None:
+            prefetch = max(defaults.PREFETCH_MIN, defaults.PREFETCH_PER_RUNNER * concurrency)
+        self.prefetch = prefetch
         self.name = name or f"{type(self).__name__}@{socket.gethostname()}:{os.getpid()}"
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout

@@ -28,6 +28,7 @@ from typing import Any
 
 import trio
 
+from .. import _defaults as defaults
 from .._errors import ConnectionClosed, LocalProtocolError, RemoteProtocolError
 from .._protocol import messages as m
 from .._protocol.connection import ProtocolConnection
@@ -85,7 +86,7 @@ class Connection:
         stream: trio.abc.Stream,
         protocol: ProtocolConnection,
         *,
-        send_timeout: float = 30.0,
+        send_timeout: float = defaults.SEND_TIMEOUT,
         max_outbox: int = DEFAULT_MAX_OUTBOX,
         address: str | None = None,
     ) -> None:
