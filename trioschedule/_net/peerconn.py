@@ -80,30 +80,7 @@ async def open_connection(
                 except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
                     raise ConnectionClosed(f"TLS handshake with {host}:{port} failed: {describe_error(exc)}") from None
             conn = Connection(stream, ProtocolConnection(role, max_frame_size=max_frame_size), send_timeout=send_timeout)
-            nonce = new_nonce() if token else None
-            await conn.send_now(m.Hello(version=m.PROTOCOL_VERSION, role=role, nonce=nonce, **hello))
-            try:
-                reply = await conn.receive_one(m.Challenge, m.Welcome)
-                challenge = None
-                if isinstance(reply, m.Challenge):
-                    if not token or nonce is None:
-                        raise AuthenticationError(
-                            "the dispatcher requires a token: pass token= or set TRIOSCHEDULE_TOKEN"
-                        )
-                    challenge = reply.nonce
-                    await conn.send_now(m.Auth(proof=peer_proof(token, role, nonce, challenge)))
-                    reply = await conn.receive_one(m.Welcome)
-            except ConnectionClosed as exc:
-                if exc.code == "auth-failed":
-                    raise AuthenticationError(f"the dispatcher refused our credentials: {exc.reason}") from None
-                if exc.code in FATAL_CODES:
-                    raise RemoteProtocolError(exc.reason, code=exc.code) from None
-                raise
-            if token:
-                if challenge is None or nonce is None:
-                    raise AuthenticationError("the dispatcher did not ask for a token, so it cannot prove who it is; refusing it")
-                if not proofs_match(dispatcher_proof(token, role, nonce, challenge), reply.proof):
-                    raise AuthenticationError("the dispatcher's proof is wrong: it does not know our token")
+            reply = await _handshake(conn, role, token, hello)
             if reply.max_frame_size:
                 conn.protocol.max_send_size = min(max_frame_size, reply.max_frame_size)
         except BaseException:
@@ -111,6 +88,33 @@ async def open_connection(
                 await stream.aclose()
             raise
     return conn, reply
+
+
+async def _handshake(conn: Connection, role: str, token: str | None, hello: dict[str, Any]) -> m.Welcome:
+    """Hello, then the token's challenge and proofs both ways if there is a token; returns the Welcome."""
+    nonce = new_nonce() if token else None
+    await conn.send_now(m.Hello(version=m.PROTOCOL_VERSION, role=role, nonce=nonce, **hello))
+    try:
+        reply = await conn.receive_one(m.Challenge, m.Welcome)
+        challenge = None
+        if isinstance(reply, m.Challenge):
+            if not token or nonce is None:
+                raise AuthenticationError("the dispatcher requires a token: pass token= or set TRIOSCHEDULE_TOKEN")
+            challenge = reply.nonce
+            await conn.send_now(m.Auth(proof=peer_proof(token, role, nonce, challenge)))
+            reply = await conn.receive_one(m.Welcome)
+    except ConnectionClosed as exc:
+        if exc.code == "auth-failed":
+            raise AuthenticationError(f"the dispatcher refused our credentials: {exc.reason}") from None
+        if exc.code in FATAL_CODES:
+            raise RemoteProtocolError(exc.reason, code=exc.code) from None
+        raise
+    if token:
+        if challenge is None or nonce is None:
+            raise AuthenticationError("the dispatcher did not ask for a token, so it cannot prove who it is; refusing it")
+        if not proofs_match(dispatcher_proof(token, role, nonce, challenge), reply.proof):
+            raise AuthenticationError("the dispatcher's proof is wrong: it does not know our token")
+    return reply  # type: ignore[no-any-return]
 
 
 #: What a failed attempt to connect may raise; the caller's ``retry`` decides what each one means.
