@@ -8,10 +8,9 @@ last write into a single ``send_all``, and a liveness task
 Over plain TCP (a ``trio.SocketStream``) the connection reads and writes the
 socket itself: a ``send`` that the kernel takes at once needs no cancel scope
 and no trip through the scheduler, and a read that finds data waiting costs
-one checkpoint instead of trio's two plus its context managers.  That is
-most of what a frame costs (measured: a send and a receive through the
-stream API take about 17 us of CPU here, through the socket 2.6 us plus one
-checkpoint).  TLS and in-memory streams go through the stream API.
+one checkpoint instead of trio's two plus its context managers: that is
+most of what a frame costs (docs/PERFORMANCE.md has the figures).  TLS and
+in-memory streams go through the stream API.
 
 Every way a stream can fail, from a reset socket to a TLS error, becomes one
 :class:`ConnectionClosed` with a reason; a send cancelled half way marks the
