@@ -44,7 +44,6 @@ class Running:
         self.cancel_reason: str | None = None
 
 
-
 class TaskRunner:
     """Runs the tasks the dispatcher sends and reports how each ended; the base of :class:`~trioschedule.Worker`.
 
@@ -178,7 +177,11 @@ class TaskRunner:
         self._send_results(conn, started, results, wake)
 
     def _send_results(self, conn: Connection, started: tuple[str, ...], results: list[m.Outcome], wake: bool = True) -> None:
-        """One Results frame, kept until acknowledged (so a broken connection loses nothing)."""
+        """One Results frame, kept until acknowledged (so a broken connection loses nothing).
+
+        This is the usual case, spelled out; the parts of a split are sent
+        and kept the same way by :meth:`_send_results_split`.
+        """
         frame = m.new_results(self._seq + 1, started, tuple(results))
         try:
             conn.send(frame, wake=wake)
