@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from . import _defaults as defaults
-from ._errors import AuthenticationError, ConnectionClosed, ProtocolError, Rejected
+from ._errors import AuthenticationError, ConnectionClosed, ProtocolError, QueueFull, Rejected
 from ._handles import OutcomeSlot, TaskHandle, values_of
 from ._net.connection import Connection
 from ._net.peerconn import Backoff, open_connection, stay_connected
@@ -83,7 +83,12 @@ class _Outcomes:
 
 
 class Client:
-    """A connection to a dispatcher for submitting tasks; use :func:`open_client` to get one."""
+    """A connection to a dispatcher for submitting tasks.
+
+    :func:`open_client` gives one, connected for the length of a block; to run
+    one in a nursery of your own, ``await nursery.start(client.run)`` and
+    ``await client.aclose()`` when done.
+    """
 
     def __init__(
         self,
@@ -267,8 +272,6 @@ class Client:
         if first_rejection is not None:
             for sub in subs:
                 self._slots.pop(sub.id, None)
-            from ._errors import QueueFull
-
             if first_rejection.code == "queue-full":
                 raise QueueFull(first_rejection.message)
             raise Rejected(first_rejection.message, code=first_rejection.code)
