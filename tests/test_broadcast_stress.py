@@ -9,7 +9,9 @@ the frames, and reconnect under a new session: benchmarks/run.py's W3 then
 waited forever for an acknowledgement (a broadcast is fire-and-forget).
 
 The worker's first read is delayed here (``SlowFirstRead``), which makes that
-coalescing certain instead of a matter of scheduling luck.
+coalescing certain instead of a matter of scheduling luck.  What the
+connection itself does with frames behind the Welcome is tested in
+tests/net/test_connection.py.
 """
 
 from __future__ import annotations
@@ -18,11 +20,6 @@ import trio
 import trio.testing
 
 from trioschedule import Dispatcher, Worker, task
-from trioschedule._errors import RemoteProtocolError
-from trioschedule._net.connection import Connection
-from trioschedule._protocol import messages as m
-from trioschedule._protocol.connection import CLIENT, DISPATCHER, WORKER, ProtocolConnection
-from trioschedule._protocol.framing import encode_frame
 from trioschedule.testing import open_cluster
 
 from .conftest import quick_dispatcher
@@ -96,48 +93,6 @@ async def broadcast_once_connected(dispatcher: Dispatcher, message: object) -> i
     while not dispatcher.workers:
         await trio.sleep(0.001)
     return dispatcher.broadcast_nowait(message)
-
-
-# ------------------------------------------------------------ the connection
-async def _handshaken_pair(role: str = WORKER) -> tuple[Connection, Connection]:
-    """(dispatcher side, peer side) of a memory connection, the Hello already across."""
-    a, b = trio.testing.memory_stream_pair()
-    disp = Connection(a, ProtocolConnection(DISPATCHER))
-    peer = Connection(b, ProtocolConnection(role))
-    await peer.send_now(m.Hello(version=m.PROTOCOL_VERSION, role=role, name="w"))
-    assert type(await disp.receive_one(m.Hello)) is m.Hello
-    return disp, peer
-
-
-async def test_frames_right_behind_the_welcome_are_kept_for_the_reader():
-    with trio.fail_after(5):
-        disp, peer = await _handshaken_pair()
-        welcome = m.Welcome(version=m.PROTOCOL_VERSION, session="s1", heartbeat=1.0, timeout=5.0, name="d")
-        disp.send(welcome)
-        disp.send(m.Message(data={"round": 0}))
-        disp.send(m.Message(data={"round": 1}))
-        await disp.flush()  # one write: the peer reads all three frames at once
-        reply = await peer.receive_one(m.Challenge, m.Welcome)
-        assert type(reply) is m.Welcome and reply.session == "s1"
-        assert not peer.closed
-        assert [msg.data for msg in await peer.receive_batch()] == [{"round": 0}, {"round": 1}]
-
-
-async def test_a_peer_that_does_not_wait_for_our_answer_is_still_refused():
-    """Only what follows a completed handshake is kept: a message pipelined behind the Hello is refused."""
-    with trio.fail_after(5):
-        a, b = trio.testing.memory_stream_pair()
-        disp = Connection(a, ProtocolConnection(DISPATCHER))
-        hello = encode_frame(m.encode(m.Hello(version=m.PROTOCOL_VERSION, role=CLIENT, name="c")))
-        early = encode_frame(m.encode(m.Heartbeat()))
-        await b.send_all(hello + early)  # both at once: the client did not wait for the Welcome
-        try:
-            await disp.receive_one(m.Hello)
-        except RemoteProtocolError as exc:
-            assert exc.code == "unexpected-message"
-        else:
-            raise AssertionError("a Submit before the Welcome was accepted")
-        assert disp.closed
 
 
 # ---------------------------------------------------------------- end to end

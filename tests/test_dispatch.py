@@ -183,7 +183,7 @@ async def test_failure_carries_type_message_and_traceback(autojump_clock):
             assert info.value.remote_type == "ValueError"
             assert info.value.remote_message == "it broke"
             assert 'raise ValueError(message)' in info.value.remote_traceback
-            assert "trioschedule/_worker.py" not in info.value.remote_traceback
+            assert "trioschedule/_worker" not in info.value.remote_traceback
 
 
 async def test_unknown_task_name_waits_until_a_worker_offers_it(autojump_clock):

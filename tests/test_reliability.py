@@ -218,7 +218,7 @@ async def test_cancel_queued_and_running(autojump_clock):
 async def test_an_idle_runner_reads_and_a_task_that_waits_hands_reading_back(autojump_clock):
     """An idle runner reads the connection itself (no hand-over for a task that never waits); a task
     that waits gives reading back at once, so a Cancel and the dispatcher's heartbeats still get in."""
-    from trioschedule._worker import _UNCLAIMED
+    from trioschedule._worker.readturn import UNCLAIMED as _UNCLAIMED
 
     worker = MathWorker(heartbeat_interval=1.0, heartbeat_timeout=5.0)
     async with open_cluster(quick_dispatcher(), worker) as cluster:
@@ -246,7 +246,7 @@ async def test_an_idle_runner_reads_and_a_task_that_waits_hands_reading_back(aut
 
 
 async def test_a_cut_connection_while_a_runner_reads_reconnects(autojump_clock):
-    from trioschedule._worker import _UNCLAIMED
+    from trioschedule._worker.readturn import UNCLAIMED as _UNCLAIMED
 
     worker = MathWorker()
     async with open_cluster(quick_dispatcher(), worker) as cluster:

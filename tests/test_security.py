@@ -243,7 +243,7 @@ async def test_mutual_tls_worker_and_client_run_tasks(pki):
             async with open_client(HOST, port, ssl_context=client_tls(pki), role="admin") as admin:
                 status = await admin.status()
         # Over TLS the worker's reader keeps reading: a cancelled SSLStream read is not always
-        # safe, so its runners never ask for the read turn (see _worker._ReadTurn).
+        # safe, so its runners never ask for the read turn (see _worker/readturn.py).
         turn = worker._turn  # noqa: SLF001
         assert turn is not None and not turn.shared and turn.runner is None and not turn.wanted
         assert [w["connected"] for w in status["workers"]] == [True]

@@ -19,13 +19,14 @@ from typing import Any
 
 import trio
 
-from ._errors import AuthenticationError, ConnectionClosed, LocalProtocolError, ProtocolError, Rejected
+from . import _defaults as defaults
+from ._errors import AuthenticationError, ConnectionClosed, ProtocolError, QueueFull, Rejected
 from ._handles import OutcomeSlot, TaskHandle, values_of
 from ._net.connection import Connection
-from ._net.peerconn import Backoff, open_connection
+from ._net.peerconn import Backoff, open_connection, stay_connected
+from ._net.splitting import send_split
 from ._protocol import messages as m
 from ._protocol.connection import ADMIN, CLIENT
-from ._protocol.framing import DEFAULT_MAX_FRAME_SIZE
 from ._util import IdSequence, background
 from ._util import check_options as _check_options
 from ._util import until_closed as _until_closed
@@ -62,8 +63,32 @@ class _Acceptance:
         self.event.set()
 
 
+class _Outcomes:
+    """The client's :class:`~trioschedule._handles.OutcomeSource`: what its task handles ask."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    async def wait_outcome(self, task_id: str) -> m.Outcome:
+        return await self._client.task(task_id).outcome()
+
+    def peek_outcome(self, task_id: str) -> m.Outcome | None:
+        slot = self._client._slots.get(task_id)
+        return slot.outcome if slot is not None else None
+
+    async def cancel_task(self, task_id: str, reason: str | None) -> None:
+        (await self._client._connection()).send(m.Cancel(id=task_id, reason=reason))
+
+
 class Client:
-    """A connection to a dispatcher for submitting tasks; use :func:`open_client` to get one."""
+    """A connection to a dispatcher for submitting tasks.
+
+    :func:`open_client` gives one, connected for the length of a block; to run
+    one in a nursery of your own, ``await nursery.start(client.run)`` and
+    ``await client.aclose()`` when done.
+    """
 
     def __init__(
         self,
@@ -74,14 +99,14 @@ class Client:
         ssl_context: Any = None,
         role: str = CLIENT,
         name: str | None = None,
-        cancel_on_exit: bool = False,
-        heartbeat_interval: float = 2.0,
-        heartbeat_timeout: float = 10.0,
-        connect_timeout: float = 10.0,
-        reconnect_initial: float = 0.1,
-        reconnect_max: float = 5.0,
-        reconnect_attempts: int | None = None,
-        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        cancel_on_exit: bool = defaults.CANCEL_ON_EXIT,
+        heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL,
+        heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT,
+        connect_timeout: float = defaults.CONNECT_TIMEOUT,
+        reconnect_initial: float = defaults.RECONNECT_INITIAL,
+        reconnect_max: float = defaults.RECONNECT_MAX,
+        reconnect_attempts: int | None = defaults.RECONNECT_ATTEMPTS,
+        max_frame_size: int = defaults.MAX_FRAME_SIZE,
     ) -> None:
         if role not in (CLIENT, ADMIN):
             raise ValueError("role must be 'client' or 'admin'")
@@ -113,6 +138,7 @@ class Client:
         self._fatal: BaseException | None = None
         self.dispatcher_name = ""
         self._ids = IdSequence()  # one random 128-bit prefix per client
+        self._outcomes = _Outcomes(self)
 
     # ============================================================ public API
     async def submit(
@@ -142,7 +168,7 @@ class Client:
             timeout=timeout, retries=retries, delay=delay, priority=priority,
         )  # fmt: skip
         [slot] = await self._submit([sub], wait)
-        return TaskHandle(self, sub.id, name, slot)
+        return TaskHandle(self._outcomes, sub.id, name, slot)
 
     async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Submit ``name(*args, **kwargs)`` and wait for its value (raises if the task failed)."""
@@ -171,7 +197,7 @@ class Client:
         new = m.new_submission
         subs = [
             new(task_id, name, list(item) if type(item) is tuple or type(item) is list else [item], {},
-                timeout, retries, None, priority)  # fmt: skip
+                timeout, retries, None, priority)
             for task_id, item in zip(self._ids.take(len(items)), items)
         ]
         slots = await self._submit(subs, True)
@@ -187,7 +213,7 @@ class Client:
         if slot is None:
             slot = self._slots[task_id] = OutcomeSlot()
             self._send_quietly(m.Watch(ids=(task_id,)))
-        return TaskHandle(self, task_id, "", slot)
+        return TaskHandle(self._outcomes, task_id, "", slot)
 
     async def broadcast(self, message: Any) -> None:
         """Deliver ``message`` to every connected worker's ``on_message``."""
@@ -246,8 +272,6 @@ class Client:
         if first_rejection is not None:
             for sub in subs:
                 self._slots.pop(sub.id, None)
-            from ._errors import QueueFull
-
             if first_rejection.code == "queue-full":
                 raise QueueFull(first_rejection.message)
             raise Rejected(first_rejection.message, code=first_rejection.code)
@@ -255,30 +279,23 @@ class Client:
 
     def _send_submissions(self, conn: Connection, subs: list[m.Submission], wait: bool,
                           wake: bool = True) -> list[tuple[m.Submission, Exception]]:  # fmt: skip
-        """Send in frames of up to SUBMIT_CHUNK, halving a frame that comes out too large.
+        """Send in frames of up to SUBMIT_CHUNK, halving a frame that comes out too large (:func:`send_split`).
 
         Returns the submissions that cannot be sent at all (arguments that are
         not JSON, or too large for the dispatcher's frame limit), with why.
+        What a closed connection did not take is sent again after reconnecting.
         """
         unsendable: list[tuple[m.Submission, Exception]] = []
-        try:
-            for start in range(0, len(subs), SUBMIT_CHUNK):
-                self._send_chunk(conn, subs[start : start + SUBMIT_CHUNK], wait, unsendable, wake)
-        except ConnectionClosed:
-            pass  # sent again after reconnecting
-        return unsendable
 
-    def _send_chunk(self, conn: Connection, chunk: list[m.Submission], wait: bool,
-                    unsendable: list[tuple[m.Submission, Exception]], wake: bool) -> None:  # fmt: skip
-        try:
+        def send(chunk: list[m.Submission]) -> None:
             conn.send(m.Submit(tasks=tuple(chunk), wait=wait), wake=wake)
-        except LocalProtocolError as exc:
-            if len(chunk) == 1:
-                unsendable.append((chunk[0], exc))
-                return
-            middle = len(chunk) // 2
-            self._send_chunk(conn, chunk[:middle], wait, unsendable, wake)
-            self._send_chunk(conn, chunk[middle:], wait, unsendable, wake)
+
+        def refuse(sub: m.Submission, exc: Exception) -> None:
+            unsendable.append((sub, exc))
+
+        for start in range(0, len(subs), SUBMIT_CHUNK):
+            send_split(send, subs[start : start + SUBMIT_CHUNK], refuse)
+        return unsendable
 
     def _send_quietly(self, message: Any) -> None:
         if self._conn is not None:
@@ -306,69 +323,67 @@ class Client:
             raise reply
         return reply
 
-    async def _wait_outcome(self, task_id: str) -> m.Outcome:
-        return await self.task(task_id).outcome()
-
-    def _peek_outcome(self, task_id: str) -> m.Outcome | None:
-        slot = self._slots.get(task_id)
-        return slot.outcome if slot is not None else None
-
-    async def _cancel_task(self, task_id: str, reason: str | None) -> None:
-        (await self._connection()).send(m.Cancel(id=task_id, reason=reason))
-
     # ============================================================ connection
-    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        first = True
-        attempts = 0
-        while not self._closing:
-            try:
-                conn, welcome = await open_connection(
-                    self.host, self.port, role=self.role, token=self.token, ssl_context=self.ssl_context,
-                    max_frame_size=self.max_frame_size, connect_timeout=self.connect_timeout, connector=self.connector,
-                    name=self.name, host=socket.gethostname(), pid=os.getpid(),
-                )  # fmt: skip
-            except (AuthenticationError, ProtocolError) as exc:
-                if first:
-                    raise
-                self._fail(exc)
-                return
-            except (OSError, ConnectionClosed, trio.TooSlowError) as exc:
-                if first:
-                    raise ConnectionClosed(f"cannot reach the dispatcher at {self.host}:{self.port}: {exc}") from None
-                attempts += 1
-                if self.reconnect_attempts is not None and attempts > self.reconnect_attempts:
-                    self._fail(ConnectionClosed(f"gave up reconnecting to {self.host}:{self.port} after {attempts} attempts"))
-                    return
-                delay = self._backoff.next_delay()
-                log.info("cannot reach the dispatcher at %s:%s (%s); retrying in %.2f s", self.host, self.port, exc, delay)
-                await trio.sleep(delay)
-                continue
-            attempts = 0
-            self._backoff.reset()
-            self.dispatcher_name = welcome.name
-            self._conn = conn
-            self._resend(conn)
-            self._connected.set()
-            if first:
-                task_status.started()
-                first = False
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_until_closed, conn.run_writer, nursery.cancel_scope)
-                    heartbeat = partial(conn.run_heartbeat, self.heartbeat_interval, self.heartbeat_timeout)
-                    nursery.start_soon(_until_closed, heartbeat, nursery.cancel_scope)
-                    await _until_closed(partial(self._reader, conn), nursery.cancel_scope)
-            finally:
-                self._conn = None
-                self._connected = trio.Event()
-                with trio.CancelScope(shield=True):
-                    await conn.aclose()
-            for _, slot in self._replies:
-                slot.set(ConnectionClosed("the connection closed before the dispatcher replied"))  # type: ignore[arg-type]
-            self._replies.clear()
-            if not self._closing:
-                log.info("lost the dispatcher (%s); reconnecting", conn.closed_reason)
-                await trio.sleep(self._backoff.next_delay())
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, then stay connected (reconnecting with backoff) until :meth:`aclose`.
+
+        For running a client in a nursery of your own: ``await
+        nursery.start(client.run)`` returns once connected, or raises
+        :class:`ConnectionClosed` or :class:`AuthenticationError` as
+        :func:`open_client` would.  :func:`open_client` is this, in a nursery
+        of its own, with :meth:`aclose` on the way out.
+        """
+        await stay_connected(
+            self._connect, self._serve, retry=self._retry, backoff=self._backoff,
+            done=lambda: self._closing, log=log, task_status=task_status,
+        )  # fmt: skip
+
+    async def _connect(self) -> tuple[Connection, m.Welcome]:
+        return await open_connection(
+            self.host, self.port, role=self.role, token=self.token, ssl_context=self.ssl_context,
+            max_frame_size=self.max_frame_size, connect_timeout=self.connect_timeout, connector=self.connector,
+            name=self.name, host=socket.gethostname(), pid=os.getpid(),
+        )  # fmt: skip
+
+    def _retry(self, exc: Exception, attempts: int, connected_once: bool) -> str | None:
+        """The first connection must succeed (open_client raises); later, keep trying up to ``reconnect_attempts``.
+
+        Giving up fails every pending submission and outcome (None: stop).
+        """
+        if isinstance(exc, (AuthenticationError, ProtocolError)):
+            if not connected_once:
+                raise exc
+            self._fail(exc)
+            return None
+        if not connected_once:
+            raise ConnectionClosed(f"cannot reach the dispatcher at {self.host}:{self.port}: {exc}") from None
+        if self.reconnect_attempts is not None and attempts > self.reconnect_attempts:
+            self._fail(ConnectionClosed(f"gave up reconnecting to {self.host}:{self.port} after {attempts} attempts"))
+            return None
+        return f"cannot reach the dispatcher at {self.host}:{self.port} ({exc})"
+
+    async def _serve(self, conn: Connection, welcome: m.Welcome, ready: Callable[[], None]) -> None:
+        self.dispatcher_name = welcome.name
+        self._conn = conn
+        self._resend(conn)
+        self._connected.set()
+        ready()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_until_closed, conn.run_writer, nursery.cancel_scope)
+                heartbeat = partial(conn.run_heartbeat, self.heartbeat_interval, self.heartbeat_timeout)
+                nursery.start_soon(_until_closed, heartbeat, nursery.cancel_scope)
+                await _until_closed(partial(self._reader, conn), nursery.cancel_scope)
+        finally:
+            self._conn = None
+            self._connected = trio.Event()
+            with trio.CancelScope(shield=True):
+                await conn.aclose()
+        for _, slot in self._replies:
+            slot.set(ConnectionClosed("the connection closed before the dispatcher replied"))  # type: ignore[arg-type]
+        self._replies.clear()
+        if not self._closing:
+            log.info("lost the dispatcher (%s); reconnecting", conn.closed_reason)
 
     def _resend(self, conn: Connection) -> None:
         """After (re)connecting: submit what was never accepted, watch what is still awaited."""
@@ -431,7 +446,12 @@ class Client:
                     log.info("the dispatcher said goodbye: %s", message.reason)
                     return
 
-    async def _close(self) -> None:
+    async def aclose(self) -> None:
+        """Leave: say goodbye to the dispatcher (waiting at most 2 s), close the connection, stop reconnecting.
+
+        Tasks still running are kept, unless ``cancel_on_exit`` was set.
+        :meth:`run` returns once the connection is closed.
+        """
         self._closing = True
         conn = self._conn
         if conn is not None and not conn.closed:
@@ -441,12 +461,13 @@ class Client:
                     await conn.flush()
                 except ConnectionClosed:
                     pass
+                await conn.aclose()
 
 
 @asynccontextmanager
 async def open_client(
-    host: str = "127.0.0.1",
-    port: int = 7311,
+    host: str = defaults.HOST,
+    port: int = defaults.PORT,
     *,
     token: str | None = None,
     ssl_context: Any = None,
@@ -461,8 +482,8 @@ async def open_client(
     out unchanged, never wrapped in an exception group.
     """
     client = Client(host, port, token=token, ssl_context=ssl_context, **options)
-    async with background(client._run):
+    async with background(client.run):
         try:
             yield client
         finally:
-            await client._close()
+            await client.aclose()

@@ -13,6 +13,7 @@ __all__ = [
     "HEARTBEAT_INTERVAL", "HEARTBEAT_TIMEOUT", "MAX_CLIENT_QUEUED", "MAX_CONNECTIONS", "MAX_FRAME_SIZE",
     "MAX_LOSSES", "MAX_QUEUED", "MAX_RESULTS", "RECONNECT_INITIAL", "RECONNECT_MAX", "RESULT_TTL",
     "RETRY_BACKOFF", "RETRY_BACKOFF_MAX", "SEND_TIMEOUT", "SESSION_GRACE", "CLI_STORE",
+    "HOST", "PORT", "PREFETCH_MIN", "PREFETCH_PER_RUNNER", "RECONNECT_ATTEMPTS",
 ]  # fmt: skip
 
 #: Where the command line listens and connects unless told otherwise.
@@ -45,5 +46,15 @@ RESULT_TTL = 3600.0
 MAX_RESULTS = 10_000
 
 # Workers and clients.
+#: Where workers and clients connect unless told otherwise, in the Python API (the command line reads ADDRESS).
+HOST = "127.0.0.1"
+PORT = 7311
 CONCURRENCY = 1
 CANCEL_ON_EXIT = False
+#: Failed attempts in a row before a worker or client gives up reconnecting (None: never).
+RECONNECT_ATTEMPTS: int | None = None
+#: Tasks a worker takes ahead of its runners: at least PREFETCH_MIN, or PREFETCH_PER_RUNNER per runner.
+#: Small tasks need a deep pipeline to be fast, and the dispatcher takes unstarted tasks back for any
+#: worker that goes idle, so they never wait behind a long one.
+PREFETCH_MIN = 128
+PREFETCH_PER_RUNNER = 4

@@ -9,7 +9,7 @@ import trio
 from ._errors import TaskCancelled, TaskFailed, TaskLost, TaskTimeout, UnknownTaskId
 from ._protocol import messages as m
 
-__all__ = ["TaskHandle", "unwrap", "values_of"]
+__all__ = ["OutcomeSlot", "OutcomeSource", "TaskHandle", "to_exception", "unwrap", "values_of"]
 
 
 def unwrap(outcome: m.Outcome) -> Any:
@@ -53,23 +53,71 @@ def values_of(outcomes: list[m.Outcome], return_exceptions: bool) -> list[Any]:
     return values
 
 
-class _Owner(Protocol):
+class OutcomeSource(Protocol):
+    """Where a :class:`TaskHandle` learns how its task ended, and asks to cancel it: the handle's one seam.
+
+    The dispatcher knows its tasks itself; a client asks its dispatcher over
+    the connection.  Each gives its handles an object with these three
+    methods (not itself, so that no private method of the Dispatcher or the
+    Client is called from outside, and neither grows a public one).
+    """
+
+    async def wait_outcome(self, task_id: str) -> m.Outcome:
+        """Wait for task ``task_id`` to end and return its outcome (``UNKNOWN`` if there is no such task)."""
+        ...
+
+    def peek_outcome(self, task_id: str) -> m.Outcome | None:
+        """The outcome if it is known here already, else None (never waits)."""
+        ...
+
+    async def cancel_task(self, task_id: str, reason: str | None) -> None:
+        """Ask for the task to be cancelled; returns once the request is taken (the outcome tells what happened)."""
+        ...
+
+
+class _OldOwner(Protocol):
     async def _wait_outcome(self, task_id: str) -> m.Outcome: ...
     async def _cancel_task(self, task_id: str, reason: str | None) -> None: ...
     def _peek_outcome(self, task_id: str) -> m.Outcome | None: ...
+
+
+class _OldOwnerSource:
+    """TEMPORARY bridge, to be reverted when the Dispatcher passes an OutcomeSource to TaskHandle.
+
+    Until then the Dispatcher passes itself, with the old private methods.
+    """
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner: _OldOwner) -> None:
+        self._owner = owner
+
+    async def wait_outcome(self, task_id: str) -> m.Outcome:
+        return await self._owner._wait_outcome(task_id)
+
+    def peek_outcome(self, task_id: str) -> m.Outcome | None:
+        return self._owner._peek_outcome(task_id)
+
+    async def cancel_task(self, task_id: str, reason: str | None) -> None:
+        await self._owner._cancel_task(task_id, reason)
 
 
 class TaskHandle:
     """A submitted task: ``await handle.result()`` gives its value or raises.
 
     Handles are cheap and hold no connection of their own; any number of
-    them may wait on the same task.
+    them may wait on the same task.  ``slot``, when the submitter has one,
+    is where the outcome will land: waiting on it needs no call to ``source``.
     """
 
-    __slots__ = ("id", "name", "_owner", "_slot")
+    __slots__ = ("_slot", "_source", "id", "name")
 
-    def __init__(self, owner: _Owner, task_id: str, name: str = "", slot: OutcomeSlot | None = None) -> None:
-        self._owner = owner
+    def __init__(
+        self, source: OutcomeSource | _OldOwner, task_id: str, name: str = "", slot: OutcomeSlot | None = None
+    ) -> None:
+        if not hasattr(source, "wait_outcome"):  # TEMPORARY: see _OldOwnerSource
+            source = _OldOwnerSource(source)  # type: ignore[arg-type]
+        self._source: OutcomeSource = source  # type: ignore[assignment]
         self._slot = slot
         self.id = task_id
         self.name = name
@@ -82,7 +130,7 @@ class TaskHandle:
         """Wait for the task to end and return its raw :class:`Outcome` (never raises for the task)."""
         if self._slot is not None:
             return await self._slot.wait()
-        return await self._owner._wait_outcome(self.id)
+        return await self._source.wait_outcome(self.id)
 
     async def cancel(self, reason: str | None = None) -> None:
         """Cancel the task if it has not ended: at once when queued, over the wire when running.
@@ -91,13 +139,13 @@ class TaskHandle:
         raises :class:`~trioschedule.TaskCancelled` with ``reason`` (unless
         the task ended first, in which case its real outcome stands).
         """
-        await self._owner._cancel_task(self.id, reason)
+        await self._source.cancel_task(self.id, reason)
 
     def done(self) -> bool:
         """True once the outcome is known here."""
         if self._slot is not None and self._slot.outcome is not None:
             return True
-        return self._owner._peek_outcome(self.id) is not None
+        return self._source.peek_outcome(self.id) is not None
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self.name or 'task'} {self.id}>"
@@ -106,7 +154,7 @@ class TaskHandle:
 class OutcomeSlot:
     """One task's outcome as it becomes known, with an event to wait on."""
 
-    __slots__ = ("outcome", "_event")
+    __slots__ = ("_event", "outcome")
 
     def __init__(self) -> None:
         self.outcome: m.Outcome | None = None

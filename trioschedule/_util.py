@@ -15,7 +15,7 @@ from ._errors import ConnectionClosed, ProtocolError
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["IdSequence", "background", "check_options", "single_error", "until_closed"]
+__all__ = ["IdSequence", "background", "check_options", "one_error", "single_error", "until_closed"]
 
 
 def single_error(group: BaseExceptionGroup) -> BaseException | None:  # type: ignore[type-arg]
@@ -34,23 +34,31 @@ def single_error(group: BaseExceptionGroup) -> BaseException | None:  # type: ig
 
 
 @asynccontextmanager
-async def background(*runs: Callable[..., Awaitable[Any]]) -> AsyncIterator[trio.Nursery]:
-    """Run each ``run`` (started with ``nursery.start``) beside the body, then cancel them.
+async def one_error() -> AsyncIterator[trio.Nursery]:
+    """A nursery that lets out one exception, never a group: trioschedule's exception-group policy.
 
-    Every public context manager of trioschedule leaves the same way: the
-    body's own exception comes out unchanged, and a single failure of a
-    background task comes out alone, never wrapped in an exception group.
+    Every public context manager and every ``serve``/``run`` coroutine leaves
+    through this, so a caller writes ``except AuthenticationError:`` and not
+    ``except* AuthenticationError:``:
+
+    * the body's own exception comes out unchanged (it cancels the nursery
+      first, as a nursery body's exception does), whatever the background
+      tasks raised meanwhile;
+    * a single failure of a background task comes out alone, not in a group
+      of one, also when the body was merely cancelled because of it;
+    * several real failures at once come out as the group, since none of them
+      can be chosen over the others.  Cancelled never counts as a failure.
+
+    The body runs inside the nursery: ``async with one_error() as nursery:``
+    is ``async with trio.open_nursery() as nursery:`` with this policy.
     """
     error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            for run in runs:
-                await nursery.start(run)
             try:
                 yield nursery
-            except BaseException as exc:  # re-raised below, outside the nursery
+            except BaseException as exc:  # noqa: BLE001 - raised again below, outside the nursery
                 error = exc
-            finally:
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # A background task failed.  If the body was merely cancelled because
@@ -62,6 +70,21 @@ async def background(*runs: Callable[..., Awaitable[Any]]) -> AsyncIterator[trio
             raise
     if error is not None:
         raise error
+
+
+@asynccontextmanager
+async def background(*runs: Callable[..., Awaitable[Any]]) -> AsyncIterator[trio.Nursery]:
+    """Run each ``run`` (started with ``nursery.start``) beside the body, then cancel them.
+
+    Exceptions leave as :func:`one_error` says.
+    """
+    async with one_error() as nursery:
+        for run in runs:
+            await nursery.start(run)
+        try:
+            yield nursery
+        finally:
+            nursery.cancel_scope.cancel()
 
 
 def check_options(timeout: float | None, retries: int | None, delay: float | None) -> None:
@@ -91,7 +114,7 @@ class IdSequence:
     dispatcher or client keeps ids from different sources apart just as well.
     """
 
-    __slots__ = ("prefix", "count")
+    __slots__ = ("count", "prefix")
 
     def __init__(self, prefix_length: int = 32) -> None:
         self.prefix = uuid.uuid4().hex[:prefix_length]

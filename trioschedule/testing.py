@@ -66,6 +66,10 @@ class Link:
     def resume(self) -> None:
         self._flowing.set()
 
+    async def wait_flowing(self) -> None:
+        """Return once the link lets data through (at once unless stalled)."""
+        await self._flowing.wait()
+
 
 class _End(trio.abc.Stream):
     def __init__(self, link: Link, send: Any, receive: Any) -> None:
@@ -76,7 +80,7 @@ class _End(trio.abc.Stream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         while self._link.stalled:
-            await self._link._flowing.wait()  # noqa: SLF001
+            await self._link.wait_flowing()
         if self._link.cut_off:
             raise trio.BrokenResourceError("the link was cut")
         await self._send.send_all(data)
@@ -88,7 +92,7 @@ class _End(trio.abc.Stream):
         if self._held is None:
             self._held = bytes(await self._receive.receive_some(max_bytes))
         while self._link.stalled:  # a cancelled wait here keeps the bytes for the next call, as a socket would
-            await self._link._flowing.wait()  # noqa: SLF001
+            await self._link.wait_flowing()
         if self._link.cut_off:
             raise trio.BrokenResourceError("the link was cut")
         data, self._held = self._held, None
@@ -106,6 +110,13 @@ class _End(trio.abc.Stream):
 class _MemoryListener(trio.abc.Listener[trio.abc.Stream]):
     def __init__(self) -> None:
         self._send, self._receive = trio.open_memory_channel[trio.abc.Stream](float("inf"))
+
+    def put_nowait(self, stream: trio.abc.Stream) -> None:
+        """Queue ``stream`` for :meth:`accept`: the dispatcher's end of a new connection.
+
+        Raises ``trio.BrokenResourceError`` once the listener is closed.
+        """
+        self._send.send_nowait(stream)
 
     async def accept(self) -> trio.abc.Stream:
         return await self._receive.receive()
@@ -139,7 +150,7 @@ class Cluster:
                 link.stall()
             self.links.setdefault(owner, []).append(link)
             try:
-                listener._send.send_nowait(link.dispatcher_end)  # noqa: SLF001
+                listener.put_nowait(link.dispatcher_end)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 raise OSError("connection refused: the dispatcher is not running") from None
             await trio.lowlevel.checkpoint()
@@ -226,11 +237,11 @@ class Cluster:
         """A connected :class:`Client` on the in-memory network (options as for ``open_client``)."""
         client = Client("memory", 0, **options)
         client.connector = self._connector(client)
-        async with background(client._run):  # noqa: SLF001
+        async with background(client.run):
             try:
                 yield client
             finally:
-                await client._close()  # noqa: SLF001
+                await client.aclose()
 
 
 @asynccontextmanager

@@ -8,10 +8,9 @@ last write into a single ``send_all``, and a liveness task
 Over plain TCP (a ``trio.SocketStream``) the connection reads and writes the
 socket itself: a ``send`` that the kernel takes at once needs no cancel scope
 and no trip through the scheduler, and a read that finds data waiting costs
-one checkpoint instead of trio's two plus its context managers.  That is
-most of what a frame costs (measured: a send and a receive through the
-stream API take about 17 us of CPU here, through the socket 2.6 us plus one
-checkpoint).  TLS and in-memory streams go through the stream API.
+one checkpoint instead of trio's two plus its context managers: that is
+most of what a frame costs (docs/PERFORMANCE.md has the figures).  TLS and
+in-memory streams go through the stream API.
 
 Every way a stream can fail, from a reset socket to a TLS error, becomes one
 :class:`ConnectionClosed` with a reason; a send cancelled half way marks the
@@ -28,6 +27,7 @@ from typing import Any
 
 import trio
 
+from .. import _defaults as defaults
 from .._errors import ConnectionClosed, LocalProtocolError, RemoteProtocolError
 from .._protocol import messages as m
 from .._protocol.connection import ProtocolConnection
@@ -85,7 +85,7 @@ class Connection:
         stream: trio.abc.Stream,
         protocol: ProtocolConnection,
         *,
-        send_timeout: float = 30.0,
+        send_timeout: float = defaults.SEND_TIMEOUT,
         max_outbox: int = DEFAULT_MAX_OUTBOX,
         address: str | None = None,
     ) -> None:

@@ -1,4 +1,9 @@
-"""The peer side of a connection: connect, say hello, authenticate, back off and retry."""
+"""The peer side of a connection: connect, say hello, authenticate, back off and retry.
+
+Workers and clients differ only in what they do with a connection and in
+which failures are worth another attempt; :func:`stay_connected` is the one
+loop around :class:`Backoff` and :func:`open_connection` they share.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,17 @@ import logging
 import random
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
-from .._errors import AuthenticationError, ConnectionClosed, RemoteProtocolError
+from .. import _defaults as defaults
+from .._errors import AuthenticationError, ConnectionClosed, ProtocolError, RemoteProtocolError
 from .._protocol import messages as m
 from .._protocol.connection import ProtocolConnection, dispatcher_proof, new_nonce, peer_proof, proofs_match
-from .._protocol.framing import DEFAULT_MAX_FRAME_SIZE
 from .connection import Connection, describe_error
 
-__all__ = ["Backoff", "FATAL_CODES", "open_connection"]
+__all__ = ["CONNECT_ERRORS", "FATAL_CODES", "Backoff", "Retry", "open_connection", "stay_connected"]
 
 log = logging.getLogger("trioschedule")
 
@@ -27,7 +32,7 @@ FATAL_CODES = frozenset({"auth-failed", "version-mismatch", "bad-role"})
 class Backoff:
     """Exponential backoff with full jitter: ``uniform(0, min(maximum, initial * 2**n))``."""
 
-    def __init__(self, initial: float = 0.1, maximum: float = 5.0) -> None:
+    def __init__(self, initial: float = defaults.RECONNECT_INITIAL, maximum: float = defaults.RECONNECT_MAX) -> None:
         self.initial = initial
         self.maximum = maximum
         self.failures = 0
@@ -49,9 +54,9 @@ async def open_connection(
     role: str,
     token: str | None,
     ssl_context: ssl.SSLContext | None,
-    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-    send_timeout: float = 30.0,
-    connect_timeout: float = 10.0,
+    max_frame_size: int = defaults.MAX_FRAME_SIZE,
+    send_timeout: float = defaults.SEND_TIMEOUT,
+    connect_timeout: float = defaults.CONNECT_TIMEOUT,
     connector: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
     **hello: Any,
 ) -> tuple[Connection, m.Welcome]:
@@ -75,30 +80,7 @@ async def open_connection(
                 except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
                     raise ConnectionClosed(f"TLS handshake with {host}:{port} failed: {describe_error(exc)}") from None
             conn = Connection(stream, ProtocolConnection(role, max_frame_size=max_frame_size), send_timeout=send_timeout)
-            nonce = new_nonce() if token else None
-            await conn.send_now(m.Hello(version=m.PROTOCOL_VERSION, role=role, nonce=nonce, **hello))
-            try:
-                reply = await conn.receive_one(m.Challenge, m.Welcome)
-                challenge = None
-                if isinstance(reply, m.Challenge):
-                    if not token or nonce is None:
-                        raise AuthenticationError(
-                            "the dispatcher requires a token: pass token= or set TRIOSCHEDULE_TOKEN"
-                        )
-                    challenge = reply.nonce
-                    await conn.send_now(m.Auth(proof=peer_proof(token, role, nonce, challenge)))
-                    reply = await conn.receive_one(m.Welcome)
-            except ConnectionClosed as exc:
-                if exc.code == "auth-failed":
-                    raise AuthenticationError(f"the dispatcher refused our credentials: {exc.reason}") from None
-                if exc.code in FATAL_CODES:
-                    raise RemoteProtocolError(exc.reason, code=exc.code) from None
-                raise
-            if token:
-                if challenge is None or nonce is None:
-                    raise AuthenticationError("the dispatcher did not ask for a token, so it cannot prove who it is; refusing it")
-                if not proofs_match(dispatcher_proof(token, role, nonce, challenge), reply.proof):
-                    raise AuthenticationError("the dispatcher's proof is wrong: it does not know our token")
+            reply = await _handshake(conn, role, token, hello)
             if reply.max_frame_size:
                 conn.protocol.max_send_size = min(max_frame_size, reply.max_frame_size)
         except BaseException:
@@ -106,3 +88,91 @@ async def open_connection(
                 await stream.aclose()
             raise
     return conn, reply
+
+
+async def _handshake(conn: Connection, role: str, token: str | None, hello: dict[str, Any]) -> m.Welcome:
+    """Hello, then the token's challenge and proofs both ways if there is a token; returns the Welcome."""
+    nonce = new_nonce() if token else None
+    await conn.send_now(m.Hello(version=m.PROTOCOL_VERSION, role=role, nonce=nonce, **hello))
+    try:
+        reply = await conn.receive_one(m.Challenge, m.Welcome)
+        challenge = None
+        if isinstance(reply, m.Challenge):
+            if not token or nonce is None:
+                raise AuthenticationError("the dispatcher requires a token: pass token= or set TRIOSCHEDULE_TOKEN")
+            challenge = reply.nonce
+            await conn.send_now(m.Auth(proof=peer_proof(token, role, nonce, challenge)))
+            reply = await conn.receive_one(m.Welcome)
+    except ConnectionClosed as exc:
+        if exc.code == "auth-failed":
+            raise AuthenticationError(f"the dispatcher refused our credentials: {exc.reason}") from None
+        if exc.code in FATAL_CODES:
+            raise RemoteProtocolError(exc.reason, code=exc.code) from None
+        raise
+    if token:
+        if challenge is None or nonce is None:
+            raise AuthenticationError("the dispatcher did not ask for a token, so it cannot prove who it is; refusing it")
+        if not proofs_match(dispatcher_proof(token, role, nonce, challenge), reply.proof):
+            raise AuthenticationError("the dispatcher's proof is wrong: it does not know our token")
+    return reply  # type: ignore[no-any-return]
+
+
+#: What a failed attempt to connect may raise; the caller's ``retry`` decides what each one means.
+CONNECT_ERRORS = (OSError, ConnectionClosed, trio.TooSlowError, ProtocolError, AuthenticationError)
+
+
+class Retry(Protocol):
+    """A caller's policy for a failed attempt to connect (see :func:`stay_connected`)."""
+
+    def __call__(self, exc: Exception, attempts: int, connected_once: bool) -> str | None: ...
+
+
+async def stay_connected(
+    connect: Callable[[], Awaitable[tuple[Connection, m.Welcome]]],
+    serve: Callable[[Connection, m.Welcome, Callable[[], None]], Awaitable[None]],
+    *,
+    retry: Retry,
+    backoff: Backoff,
+    done: Callable[[], bool],
+    log: logging.Logger,
+    pause: Callable[[float], Awaitable[Any]] = trio.sleep,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Connect, serve the connection, and connect again after a pause, until ``done()``.
+
+    ``connect()`` makes one attempt.  When it fails, ``retry(exc, attempts,
+    connected_once)`` decides: it raises to stop with an error, returns None
+    to stop quietly, or returns why we retry, which is logged with the delay;
+    ``attempts`` counts the failures since the last connection.  ``pause``
+    waits out the delay (the worker's also ends when it is told to stop).
+
+    ``serve(conn, welcome, ready)`` owns a connection until it ends, and calls
+    ``ready()`` once it is set up: the first time, that is when
+    ``task_status.started()`` fires.  Between connections the loop waits a
+    delay from ``backoff`` too, so a dispatcher that accepts and at once drops
+    its peers is not hammered.
+    """
+    attempts = 0
+    connected_once = False
+    while not done():
+        try:
+            conn, welcome = await connect()
+        except CONNECT_ERRORS as exc:
+            attempts += 1
+            why = retry(exc, attempts, connected_once)
+            if why is None:
+                return
+            delay = backoff.next_delay()
+            log.info("%s; retrying in %.2f s", why, delay)
+            await pause(delay)
+            continue
+        attempts = 0
+        backoff.reset()
+        await serve(conn, welcome, task_status.started if not connected_once else _already_started)
+        connected_once = True
+        if not done():
+            await trio.sleep(backoff.next_delay())
+
+
+def _already_started() -> None:
+    """``ready`` after the first connection: ``task_status.started()`` fired then."""

@@ -15,10 +15,11 @@ import trio.testing
 import trustme
 
 from trioschedule import ConnectionClosed
+from trioschedule._errors import RemoteProtocolError
 from trioschedule._net.connection import Connection, describe_address, plain_socket
 from trioschedule._protocol import messages as m
-from trioschedule._protocol.connection import CLIENT, DISPATCHER, ProtocolConnection
-from trioschedule._protocol.framing import DEFAULT_MAX_FRAME_SIZE
+from trioschedule._protocol.connection import CLIENT, DISPATCHER, WORKER, ProtocolConnection
+from trioschedule._protocol.framing import DEFAULT_MAX_FRAME_SIZE, encode_frame
 
 HOST = "127.0.0.1"
 
@@ -95,7 +96,7 @@ async def test_heartbeats_are_sent_when_quiet_and_silence_closes(autojump_clock)
 
 async def test_a_broken_stream_is_one_connection_closed_with_a_reason():
     a, b = trio.testing.memory_stream_pair()
-    server, client = _ready_pair(a, b)
+    server, _client = _ready_pair(a, b)
     await b.aclose()
     with pytest.raises(ConnectionClosed, match="peer closed the connection|connection broke"):
         await server.receive_batch()
@@ -509,3 +510,46 @@ async def test_describe_address_names_tcp_peers_and_survives_unix_sockets() -> N
     for stream in (client, server, trio.SocketStream(a), trio.SocketStream(b)):
         await stream.aclose()
     await listener.aclose()
+
+
+# ------------------------------------------------ frames behind the handshake
+# (see tests/test_broadcast_stress.py: the dispatcher may send right behind its Welcome)
+async def _handshaken_pair(role: str = WORKER) -> tuple[Connection, Connection]:
+    """(dispatcher side, peer side) of a memory connection, the Hello already across."""
+    a, b = trio.testing.memory_stream_pair()
+    disp = Connection(a, ProtocolConnection(DISPATCHER))
+    peer = Connection(b, ProtocolConnection(role))
+    await peer.send_now(m.Hello(version=m.PROTOCOL_VERSION, role=role, name="w"))
+    assert type(await disp.receive_one(m.Hello)) is m.Hello
+    return disp, peer
+
+
+async def test_frames_right_behind_the_welcome_are_kept_for_the_reader():
+    with trio.fail_after(5):
+        disp, peer = await _handshaken_pair()
+        welcome = m.Welcome(version=m.PROTOCOL_VERSION, session="s1", heartbeat=1.0, timeout=5.0, name="d")
+        disp.send(welcome)
+        disp.send(m.Message(data={"round": 0}))
+        disp.send(m.Message(data={"round": 1}))
+        await disp.flush()  # one write: the peer reads all three frames at once
+        reply = await peer.receive_one(m.Challenge, m.Welcome)
+        assert type(reply) is m.Welcome and reply.session == "s1"
+        assert not peer.closed
+        assert [msg.data for msg in await peer.receive_batch()] == [{"round": 0}, {"round": 1}]
+
+
+async def test_a_peer_that_does_not_wait_for_our_answer_is_still_refused():
+    """Only what follows a completed handshake is kept: a message pipelined behind the Hello is refused."""
+    with trio.fail_after(5):
+        a, b = trio.testing.memory_stream_pair()
+        disp = Connection(a, ProtocolConnection(DISPATCHER))
+        hello = encode_frame(m.encode(m.Hello(version=m.PROTOCOL_VERSION, role=CLIENT, name="c")))
+        early = encode_frame(m.encode(m.Heartbeat()))
+        await b.send_all(hello + early)  # both at once: the client did not wait for the Welcome
+        try:
+            await disp.receive_one(m.Hello)
+        except RemoteProtocolError as exc:
+            assert exc.code == "unexpected-message"
+        else:
+            raise AssertionError("a Submit before the Welcome was accepted")
+        assert disp.closed

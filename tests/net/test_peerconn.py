@@ -1,0 +1,115 @@
+"""stay_connected: the one reconnect loop of workers and clients, and the Backoff it waits by."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import trio
+
+from trioschedule._errors import AuthenticationError, ConnectionClosed
+from trioschedule._net.peerconn import Backoff, stay_connected
+
+log = logging.getLogger("trioschedule.test")
+
+
+class FixedBackoff(Backoff):
+    """Delays 1, 2, 3... seconds (reset to 1 after a connection), so that timings can be checked."""
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        return float(self.failures)
+
+
+class Peer:
+    """Scripted attempts: an exception fails the attempt, anything else is a connection served for 10 s."""
+
+    def __init__(self, *script: Any) -> None:
+        self.script = list(script)
+        self.attempts: list[float] = []  # trio time of each attempt
+        self.served: list[Any] = []
+        self.retries: list[tuple[str, int, bool]] = []
+
+    async def connect(self) -> tuple[Any, Any]:
+        self.attempts.append(trio.current_time())
+        step = self.script.pop(0)
+        if isinstance(step, BaseException):
+            raise step
+        return step, "welcome"
+
+    async def serve(self, conn: Any, welcome: Any, ready: Any) -> None:
+        self.served.append(conn)
+        ready()
+        await trio.sleep(10)
+
+    def retry(self, exc: Exception, attempts: int, connected_once: bool) -> str | None:
+        self.retries.append((type(exc).__name__, attempts, connected_once))
+        if isinstance(exc, AuthenticationError):
+            raise exc
+        return f"cannot reach it: {exc}"
+
+    def done(self) -> bool:
+        return not self.script
+
+
+async def test_failed_attempts_are_logged_and_retried_after_the_backoff_delay(autojump_clock, caplog):
+    caplog.set_level(logging.INFO, logger="trioschedule.test")
+    peer = Peer(OSError("refused"), ConnectionClosed("reset"), "conn")
+    start = trio.current_time()
+    await stay_connected(peer.connect, peer.serve, retry=peer.retry, backoff=FixedBackoff(), done=peer.done, log=log)
+    assert [t - start for t in peer.attempts] == [0, 1, 3]
+    assert peer.served == ["conn"]
+    assert peer.retries == [("OSError", 1, False), ("ConnectionClosed", 2, False)]
+    assert [r.getMessage() for r in caplog.records] == [
+        "cannot reach it: refused; retrying in 1.00 s",
+        "cannot reach it: reset; retrying in 2.00 s",
+    ]
+
+
+async def test_started_fires_on_the_first_connection_only_and_the_count_restarts(autojump_clock):
+    peer = Peer("first", OSError("refused"), "second", "third")
+    async with trio.open_nursery() as nursery:
+        start = trio.current_time()
+        await nursery.start(lambda task_status: stay_connected(
+            peer.connect, peer.serve, retry=peer.retry, backoff=FixedBackoff(), done=peer.done, log=log,
+            task_status=task_status))  # fmt: skip
+        assert peer.served == ["first"] and trio.current_time() == start
+    assert peer.served == ["first", "second", "third"]
+    # Served 10 s, paused 1 s (the backoff after a connection), failed, paused 2 s; after "second"
+    # connected, the backoff started over: 10 s served, then 1 s.
+    assert [t - start for t in peer.attempts] == [0, 11, 13, 24]
+    assert peer.retries == [("OSError", 1, True)]
+
+
+async def test_the_retry_policy_stops_the_loop_with_its_error_or_quietly(autojump_clock):
+    peer = Peer(OSError("refused"), AuthenticationError("wrong token"), "never")
+    with pytest.raises(AuthenticationError, match="wrong token"):
+        await stay_connected(peer.connect, peer.serve, retry=peer.retry, backoff=FixedBackoff(), done=peer.done, log=log)
+    assert peer.retries == [("OSError", 1, False), ("AuthenticationError", 2, False)]
+
+    quiet = Peer(OSError("refused"), "never")
+    await stay_connected(quiet.connect, quiet.serve, retry=lambda *_: None, backoff=FixedBackoff(), done=quiet.done, log=log)
+    assert quiet.served == [] and quiet.script == ["never"]
+
+
+async def test_pause_is_the_callers_wait(autojump_clock):
+    paused: list[float] = []
+
+    async def pause(delay: float) -> None:
+        paused.append(delay)
+
+    peer = Peer(OSError("a"), OSError("b"), "conn")
+    await stay_connected(
+        peer.connect, peer.serve, retry=peer.retry, backoff=FixedBackoff(), done=peer.done, log=log, pause=pause
+    )
+    assert paused == [1.0, 2.0]
+    assert peer.attempts[0] == peer.attempts[2]  # nothing waited but the pause
+
+
+def test_backoff_is_exponential_with_full_jitter_and_resets():
+    backoff = Backoff(0.1, 1.0)
+    for ceiling in (0.1, 0.2, 0.4, 0.8, 1.0, 1.0):
+        assert 0 <= backoff.next_delay() <= ceiling
+    backoff.reset()
+    assert backoff.failures == 0 and backoff.next_delay() <= 0.1
