@@ -75,33 +75,6 @@ class OutcomeSource(Protocol):
         ...
 
 
-class _OldOwner(Protocol):
-    async def _wait_outcome(self, task_id: str) -> m.Outcome: ...
-    async def _cancel_task(self, task_id: str, reason: str | None) -> None: ...
-    def _peek_outcome(self, task_id: str) -> m.Outcome | None: ...
-
-
-class _OldOwnerSource:
-    """TEMPORARY bridge, to be reverted when the Dispatcher passes an OutcomeSource to TaskHandle.
-
-    Until then the Dispatcher passes itself, with the old private methods.
-    """
-
-    __slots__ = ("_owner",)
-
-    def __init__(self, owner: _OldOwner) -> None:
-        self._owner = owner
-
-    async def wait_outcome(self, task_id: str) -> m.Outcome:
-        return await self._owner._wait_outcome(task_id)
-
-    def peek_outcome(self, task_id: str) -> m.Outcome | None:
-        return self._owner._peek_outcome(task_id)
-
-    async def cancel_task(self, task_id: str, reason: str | None) -> None:
-        await self._owner._cancel_task(task_id, reason)
-
-
 class TaskHandle:
     """A submitted task: ``await handle.result()`` gives its value or raises.
 
@@ -112,12 +85,8 @@ class TaskHandle:
 
     __slots__ = ("_slot", "_source", "id", "name")
 
-    def __init__(
-        self, source: OutcomeSource | _OldOwner, task_id: str, name: str = "", slot: OutcomeSlot | None = None
-    ) -> None:
-        if not hasattr(source, "wait_outcome"):  # TEMPORARY: see _OldOwnerSource
-            source = _OldOwnerSource(source)  # type: ignore[arg-type]
-        self._source: OutcomeSource = source  # type: ignore[assignment]
+    def __init__(self, source: OutcomeSource, task_id: str, name: str = "", slot: OutcomeSlot | None = None) -> None:
+        self._source = source
         self._slot = slot
         self.id = task_id
         self.name = name
