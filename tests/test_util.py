@@ -99,3 +99,26 @@ async def test_background_lets_a_failure_to_start_out_alone(autojump_clock):
     with pytest.raises(ConnectionError, match="cannot reach it"):
         async with background(run):
             pytest.fail("the body must not run")
+
+
+async def test_a_body_cancelled_by_its_own_nursery_ends_quietly(autojump_clock):
+    """A child that ends the nursery on purpose (a connection closing, say) cancels the body: nothing escapes."""
+    try:
+        async with one_error() as nursery:
+
+            async def close_soon() -> None:
+                await trio.sleep(1)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(close_soon)
+            await trio.sleep_forever()
+    except trio.Cancelled:  # (pytest-trio would let an escaped Cancelled pass as a success)
+        pytest.fail("the body's Cancelled escaped the nursery that was cancelled")
+    assert trio.current_time() == pytest.approx(1)
+
+
+async def test_an_outer_cancellation_still_reaches_the_caller(autojump_clock):
+    with trio.move_on_after(1) as outer:
+        async with one_error():
+            await trio.sleep_forever()
+    assert outer.cancelled_caught

@@ -57,6 +57,8 @@ async def one_error() -> AsyncIterator[trio.Nursery]:
         async with trio.open_nursery() as nursery:
             try:
                 yield nursery
+            except trio.Cancelled:
+                raise  # the nursery's own scope absorbs it if it was the one cancelled
             except BaseException as exc:  # noqa: BLE001 - raised again below, outside the nursery
                 error = exc
                 nursery.cancel_scope.cancel()

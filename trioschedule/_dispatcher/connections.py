@@ -16,7 +16,6 @@ from .._errors import (
     AuthenticationError,
     ConnectionClosed,
     LocalProtocolError,
-    ProtocolError,
     RemoteProtocolError,
     StoreError,
 )
@@ -33,7 +32,7 @@ from .._protocol.connection import (
     peer_proof,
     proofs_match,
 )
-from .._util import until_closed
+from .._util import one_error, until_closed
 
 if TYPE_CHECKING:
     from .dispatcher import Dispatcher
@@ -157,17 +156,11 @@ class ConnectionHandler:
                 session.buffer_cancel.clear()
                 self.effects.flush()
             await self.hooks.call_now(d.on_connect, peer)
-            failure: BaseException | None = None
-            async with trio.open_nursery() as nursery:
+            async with one_error() as nursery:  # serve()'s ConnectionClosed or ProtocolError comes out as it is
                 nursery.start_soon(until_closed, conn.run_writer, nursery.cancel_scope)
                 nursery.start_soon(until_closed, heartbeats, nursery.cancel_scope)
-                try:
-                    clean = await serve()
-                except (ConnectionClosed, ProtocolError) as exc:  # raised below, unwrapped
-                    failure = exc
+                clean = await serve()
                 nursery.cancel_scope.cancel()
-            if failure is not None:
-                raise failure
             if not clean and conn.closed_reason:
                 raise ConnectionClosed(conn.closed_reason)
         finally:

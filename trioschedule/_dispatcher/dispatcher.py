@@ -36,6 +36,7 @@ from .._protocol import messages as m
 from .._protocol.framing import encode_frame
 from .._store.base import Store
 from .._store.registry import open_store
+from .._util import one_error
 from .batch import Batch
 from .connections import ConnectionHandler
 from .effects import Effects
@@ -243,10 +244,10 @@ class Dispatcher:
 
     async def _run(self, listeners: list[trio.abc.Listener[Any]], task_status: trio.TaskStatus[int]) -> None:
         self._started_at = time.time()
-        async with trio.open_nursery() as nursery:
+        async with one_error() as nursery:
             nursery.start_soon(self._run_timers)
             nursery.start_soon(self._hooks.run)
-            async with trio.open_nursery() as connections:
+            async with one_error() as connections:
                 accepting = trio.CancelScope()
 
                 async def accept() -> None:
@@ -550,11 +551,6 @@ class _DispatcherOutcomes:
 
     async def cancel_task(self, task_id: str, reason: str | None) -> None:
         self._dispatcher.cancel_nowait(task_id, reason)
-
-    # The names TaskHandle uses until the OutcomeSource seam lands everywhere.
-    _wait_outcome = wait_outcome
-    _peek_outcome = peek_outcome
-    _cancel_task = cancel_task
 
 
 def _bound_port(listeners: list[Any], default: int) -> int:
