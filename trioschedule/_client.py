@@ -20,6 +20,8 @@ from typing import Any
 import trio
 
 from . import _defaults as defaults
+from ._core.tasks import IdSequence
+from ._core.tasks import check_options as _check_options
 from ._errors import AuthenticationError, ConnectionClosed, ProtocolError, QueueFull, Rejected
 from ._handles import OutcomeSlot, TaskHandle, values_of
 from ._net.connection import Connection
@@ -27,8 +29,7 @@ from ._net.peerconn import Backoff, open_connection, stay_connected
 from ._net.splitting import send_split
 from ._protocol import messages as m
 from ._protocol.connection import ADMIN, CLIENT
-from ._util import IdSequence, background
-from ._util import check_options as _check_options
+from ._util import background
 from ._util import until_closed as _until_closed
 
 __all__ = ["Client", "open_client"]

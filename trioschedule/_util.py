@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,7 +14,7 @@ from ._errors import ConnectionClosed, ProtocolError
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["IdSequence", "background", "check_options", "one_error", "single_error", "until_closed"]
+__all__ = ["background", "one_error", "single_error", "until_closed"]
 
 
 def single_error(group: BaseExceptionGroup) -> BaseException | None:  # type: ignore[type-arg]
@@ -89,16 +88,6 @@ async def background(*runs: Callable[..., Awaitable[Any]]) -> AsyncIterator[trio
             nursery.cancel_scope.cancel()
 
 
-def check_options(timeout: float | None, retries: int | None, delay: float | None) -> None:
-    """Refuse submit options that make no sense, before anything is sent or queued."""
-    if timeout is not None and not timeout > 0:
-        raise ValueError("timeout must be a positive number of seconds")
-    if retries is not None and retries < 0:
-        raise ValueError("retries must be >= 0")
-    if delay is not None and delay < 0:
-        raise ValueError("delay must be >= 0")
-
-
 async def until_closed(fn: Callable[[], Any], scope: trio.CancelScope) -> None:
     """Run one of a connection's tasks; when it ends for any reason, end the connection."""
     try:
@@ -108,26 +97,3 @@ async def until_closed(fn: Callable[[], Any], scope: trio.CancelScope) -> None:
     finally:
         scope.cancel()
 
-
-class IdSequence:
-    """Task ids: a random prefix, then a counter in hex.
-
-    ``uuid4()`` per task costs more than a small task; a random prefix per
-    dispatcher or client keeps ids from different sources apart just as well.
-    """
-
-    __slots__ = ("count", "prefix")
-
-    def __init__(self, prefix_length: int = 32) -> None:
-        self.prefix = uuid.uuid4().hex[:prefix_length]
-        self.count = 0
-
-    def next(self) -> str:
-        self.count += 1
-        return f"{self.prefix}-{self.count:x}"
-
-    def take(self, n: int) -> list[str]:
-        """The next ``n`` ids, in order."""
-        prefix, first = self.prefix, self.count + 1
-        self.count += n
-        return [f"{prefix}-{i:x}" for i in range(first, first + n)]
