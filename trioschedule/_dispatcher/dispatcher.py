@@ -18,7 +18,7 @@ import random
 import socket
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 import trio
 
@@ -49,6 +49,29 @@ log = logging.getLogger("trioschedule.dispatcher")
 MAP_CHUNK = 1000  # map() journals and places tasks this many at a time
 MAP_YIELD_EVERY = 0.05  # seconds: how long queuing a map() may keep the event loop to itself
 MAP_WINDOW = 4 * MAP_CHUNK  # unfinished tasks one map() keeps at least (more if its workers hold more)
+
+
+T = TypeVar("T")
+
+
+class _FromLimits(Generic[T]):
+    """A dispatcher setting kept in its scheduling core's :class:`Limits`: read (and set) through the dispatcher."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, dispatcher: None, owner: type) -> _FromLimits[T]: ...
+    @overload
+    def __get__(self, dispatcher: Dispatcher, owner: type) -> T: ...
+    def __get__(self, dispatcher: Dispatcher | None, owner: type) -> T | _FromLimits[T]:
+        if dispatcher is None:
+            return self
+        value: T = getattr(dispatcher._core.limits, self.name)
+        return value
+
+    def __set__(self, dispatcher: Dispatcher, value: T) -> None:
+        setattr(dispatcher._core.limits, self.name, value)
 
 
 class Dispatcher:
@@ -135,41 +158,15 @@ class Dispatcher:
         self._outcomes = _DispatcherOutcomes(self)
 
     # Settings that live in the scheduling core, readable here as before.
-    @property
-    def session_grace(self) -> float:
-        return self._core.limits.session_grace
-
-    @property
-    def max_queued(self) -> int:
-        return self._core.limits.max_queued
-
-    @property
-    def max_client_queued(self) -> int:
-        return self._core.limits.max_client_queued
-
-    @property
-    def max_losses(self) -> int:
-        return self._core.limits.max_losses
-
-    @property
-    def retry_backoff(self) -> float:
-        return self._core.limits.retry_backoff
-
-    @property
-    def retry_backoff_max(self) -> float:
-        return self._core.limits.retry_backoff_max
-
-    @property
-    def cancel_timeout(self) -> float:
-        return self._core.limits.cancel_timeout
-
-    @property
-    def result_ttl(self) -> float:
-        return self._core.limits.result_ttl
-
-    @property
-    def max_results(self) -> int:
-        return self._core.limits.max_results
+    session_grace: _FromLimits[float] = _FromLimits()
+    max_queued: _FromLimits[int] = _FromLimits()
+    max_client_queued: _FromLimits[int] = _FromLimits()
+    max_losses: _FromLimits[int] = _FromLimits()
+    retry_backoff: _FromLimits[float] = _FromLimits()
+    retry_backoff_max: _FromLimits[float] = _FromLimits()
+    cancel_timeout: _FromLimits[float] = _FromLimits()
+    result_ttl: _FromLimits[float] = _FromLimits()
+    max_results: _FromLimits[int] = _FromLimits()
 
     # ================================================================ hooks
     async def on_start(self) -> None:
