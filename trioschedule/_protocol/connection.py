@@ -6,20 +6,19 @@ of :meth:`~ProtocolConnection.next_message`; :meth:`~ProtocolConnection.send`
 turns a message into the bytes to write.  Both directions are checked against
 one transition table (:data:`RECEIVE` and :data:`SEND`), so "a worker may not
 submit", "nothing before the hello is answered" and "no task before the
-handshake" are data, not scattered ``if`` statements.
+handshake" are data, not scattered ``if`` statements.  The handshake's proofs
+are computed in :mod:`.auth` (re-exported here, where callers import them).
 
 It performs no I/O and never imports trio: the tests drive it byte at a time.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
 from typing import Any
 
 from .._errors import LocalProtocolError, RemoteProtocolError
 from . import messages as m
+from .auth import dispatcher_proof, new_nonce, peer_proof, proofs_match
 from .framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
 
 __all__ = [
@@ -32,6 +31,7 @@ __all__ = [
     "dispatcher_proof",
     "new_nonce",
     "peer_proof",
+    "proofs_match",
 ]
 
 DISPATCHER = "dispatcher"
@@ -232,28 +232,3 @@ class ProtocolConnection:
     def ready(self) -> bool:
         """True once the handshake is complete in both directions."""
         return self.state.startswith(READY)
-
-
-# ---------------------------------------------------------- authentication
-def new_nonce() -> str:
-    """A fresh 128-bit random nonce, hex encoded."""
-    return secrets.token_hex(16)
-
-
-def _mac(secret: str, *parts: str) -> str:
-    return hmac.new(secret.encode(), "\n".join(parts).encode(), hashlib.sha256).hexdigest()
-
-
-def peer_proof(secret: str, role: str, peer_nonce: str, dispatcher_nonce: str) -> str:
-    """What a peer sends in :class:`Auth`: HMAC-SHA256 over both nonces and its role."""
-    return _mac(secret, "trioschedule/1 peer", role, peer_nonce, dispatcher_nonce)
-
-
-def dispatcher_proof(secret: str, role: str, peer_nonce: str, dispatcher_nonce: str) -> str:
-    """What the dispatcher sends in :class:`Welcome`, so the peer knows it is the real one."""
-    return _mac(secret, "trioschedule/1 dispatcher", role, peer_nonce, dispatcher_nonce)
-
-
-def proofs_match(expected: str, received: str | None) -> bool:
-    """Constant-time comparison of two proofs."""
-    return received is not None and hmac.compare_digest(expected.encode(), received.encode())
