@@ -12,11 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trioschedule._errors import LocalProtocolError, RemoteProtocolError
 from trioschedule._protocol import messages as m
 from trioschedule._protocol.auth import new_nonce
-from trioschedule._protocol.connection import ADMIN, CLIENT, DISPATCHER, WORKER, ProtocolConnection
+from trioschedule._protocol.connection import ADMIN, CLIENT, DISPATCHER, RECEIVE, SEND, WORKER, ProtocolConnection
 from trioschedule._protocol.framing import encode_frame
 
 from .helpers import SAMPLES, Pair, deliver, raw
@@ -466,3 +468,70 @@ def test_sending_more_than_max_frame_size_is_a_local_error() -> None:
     with pytest.raises(LocalProtocolError) as info:
         small.send(m.Hello(version=1, role=CLIENT, name="x" * 100))
     assert info.value.code == "frame-too-large"
+
+
+# -------------------------------------------------------------- the tables
+def test_every_state_a_table_leads_to_has_a_table() -> None:
+    assert set(RECEIVE) == set(SEND)
+    for (role, _), table in [*RECEIVE.items(), *SEND.items()]:
+        for state in table.values():
+            # The dispatcher's "ready" becomes "ready:<peer role>", which the tables list.
+            assert (role, state) in RECEIVE or (role, state) == (DISPATCHER, "ready"), (role, state)
+
+
+def test_an_error_frame_is_in_every_table() -> None:
+    for key, table in [*RECEIVE.items(), *SEND.items()]:
+        assert table[m.Error] == "closed", key
+
+
+def test_an_error_frame_after_closing_changes_nothing() -> None:
+    pair = Pair(CLIENT)
+    pair.handshake()
+    pair.dispatcher.error_frame("bad-message", "bye")
+    error = m.Error(code="bad-json", message="and you")
+    assert deliver(raw(error), pair.dispatcher) == [error]
+    assert pair.dispatcher.send(error) == raw(error)
+    assert pair.dispatcher.state == "closed"
+
+
+# ------------------------------------------------------------------ fuzz
+def connection_in(side: str, ready: bool) -> ProtocolConnection:
+    """A fresh connection, or one past the handshake, on the given side ('dispatcher:<peer role>' or a peer role)."""
+    ours, _, peer_role = side.partition(":")
+    pair = Pair(peer_role or ours)
+    if ready:
+        pair.handshake()
+    return pair.dispatcher if ours == DISPATCHER else pair.peer
+
+
+sides = st.sampled_from([f"{DISPATCHER}:{role}" for role in ROLES] + ROLES)
+FRAMES = [raw(sample) for sample in SAMPLES.values()]
+
+
+@st.composite
+def spoiled_frames(draw: st.DrawFn) -> bytes:
+    frame = bytearray(draw(st.sampled_from(FRAMES)))
+    frame[draw(st.integers(0, len(frame) - 1))] = draw(st.integers(0, 255))
+    return bytes(frame)
+
+
+# Random bytes, whole frames of every type (so that later states are reached
+# too) and frames with one byte changed.
+chunks = st.binary(max_size=64) | st.sampled_from(FRAMES) | spoiled_frames()
+
+
+@settings(max_examples=300, deadline=None)
+@given(sides, st.booleans(), st.lists(chunks, max_size=8), st.booleans())
+def test_random_bytes_give_messages_or_a_remote_protocol_error(
+    side: str, ready: bool, data: list[bytes], byte_at_a_time: bool
+) -> None:
+    """Whatever a peer sends, the only exception is RemoteProtocolError, in any state."""
+    connection = connection_in(side, ready)
+    try:
+        for chunk in data:
+            deliver(chunk, connection, byte_at_a_time=byte_at_a_time)
+    except RemoteProtocolError as exc:
+        assert exc.code in (
+            "bad-length", "frame-too-large", "bad-utf8", "bad-json", "bad-message", "unknown-message",
+            "unexpected-message", "bad-role",
+        )  # fmt: skip
