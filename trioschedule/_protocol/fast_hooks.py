@@ -9,8 +9,8 @@ converter on every message.
 
 Each structure hook first tries the common shape in one expression and
 builds the record directly; anything else takes a careful path that says
-exactly which field is wrong.  Errors are ``TypeError``\\s naming the field;
-:func:`.codec.decode` turns them into :class:`RemoteProtocolError`.
+exactly which field is wrong, as a ``TypeError`` that names the field
+(:func:`.codec.decode` turns it into a :class:`RemoteProtocolError`).
 """
 
 from __future__ import annotations
