@@ -36,7 +36,7 @@ from trioschedule import (
     server_ssl_context,
 )
 from trioschedule._net.security import Secrets, warn_if_exposed
-from trioschedule._protocol import connection as _protocol
+from trioschedule._protocol import auth as _protocol
 from trioschedule._protocol import messages as m
 from trioschedule._protocol.connection import dispatcher_proof, new_nonce, peer_proof, proofs_match
 from trioschedule._protocol.framing import FrameDecoder, encode_frame

@@ -1,25 +1,24 @@
-"""The sans-IO protocol core: frames, messages and the legal order of both.
+"""One side of one connection, as a state machine over bytes and messages.
 
-:class:`ProtocolConnection` is one side of one connection.  Bytes from the
-peer go in through :meth:`~ProtocolConnection.receive_data`; messages come out
-of :meth:`~ProtocolConnection.next_message`; :meth:`~ProtocolConnection.send`
-turns a message into the bytes to write.  Both directions are checked against
-one transition table (:data:`RECEIVE` and :data:`SEND`), so "a worker may not
-submit", "nothing before the hello is answered" and "no task before the
-handshake" are data, not scattered ``if`` statements.
+Bytes from the peer go in through :meth:`~ProtocolConnection.receive_data`;
+messages come out of :meth:`~ProtocolConnection.next_message`;
+:meth:`~ProtocolConnection.send` turns a message into the bytes to write.
+Both directions are checked against one transition table (:data:`RECEIVE`
+and :data:`SEND`), so "a worker may not submit", "nothing before the hello is
+answered" and "no task before the handshake" are data, not scattered ``if``
+statements.  The handshake's proofs are computed in :mod:`.auth` (re-exported
+here, where callers import them).
 
 It performs no I/O and never imports trio: the tests drive it byte at a time.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
 from typing import Any
 
 from .._errors import LocalProtocolError, RemoteProtocolError
 from . import messages as m
+from .auth import dispatcher_proof, new_nonce, peer_proof, proofs_match
 from .framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
 
 __all__ = [
@@ -32,6 +31,7 @@ __all__ = [
     "dispatcher_proof",
     "new_nonce",
     "peer_proof",
+    "proofs_match",
 ]
 
 DISPATCHER = "dispatcher"
@@ -42,8 +42,9 @@ PEER_ROLES = (WORKER, CLIENT, ADMIN)
 
 # States.  The dispatcher side walks AWAIT_HELLO -> HELLO_RECEIVED ->
 # [AWAIT_AUTH -> AUTH_RECEIVED ->] READY; a peer walks START -> AWAIT_WELCOME
-# -> [CHALLENGED -> AWAIT_WELCOME ->] READY.  READY is specialised by the
+# -> [CHALLENGED -> AUTH_SENT ->] READY.  READY is specialised by the
 # peer's role ("ready:worker"...), since that decides what may be said.
+# An Error frame, either way, leads from any state to CLOSED.
 START = "start"
 AWAIT_HELLO = "await-hello"
 HELLO_RECEIVED = "hello-received"
@@ -76,9 +77,14 @@ def _per_peer_role(tables: dict[str, dict[type, str]]) -> dict[tuple[str, str], 
     return {(role, state): table for role in PEER_ROLES for state, table in tables.items()}
 
 
+def _error_closes(tables: dict[tuple[str, str], dict[type, str]]) -> dict[tuple[str, str], dict[type, str]]:
+    """Add to every state, CLOSED included, that an Error frame may come (or go) and leaves the connection CLOSED."""
+    closed: dict[tuple[str, str], dict[type, str]] = {(role, CLOSED): {} for role in (DISPATCHER, *PEER_ROLES)}
+    return {key: {**table, m.Error: CLOSED} for key, table in {**tables, **closed}.items()}
+
+
 # (our role, state) -> {message type that may arrive: the state it leads to}.
-# An Error frame may arrive in any state but CLOSED and always closes.
-RECEIVE: dict[tuple[str, str], dict[type, str]] = {
+RECEIVE: dict[tuple[str, str], dict[type, str]] = _error_closes({
     (DISPATCHER, AWAIT_HELLO): {m.Hello: HELLO_RECEIVED},
     (DISPATCHER, HELLO_RECEIVED): {},
     (DISPATCHER, AWAIT_AUTH): {m.Auth: AUTH_RECEIVED},
@@ -95,11 +101,10 @@ RECEIVE: dict[tuple[str, str], dict[type, str]] = {
     (WORKER, READY): _stay(READY, _DISPATCHER_TO_WORKER),
     (CLIENT, READY): _stay(READY, _DISPATCHER_TO_CLIENT),
     (ADMIN, READY): _stay(READY, _DISPATCHER_TO_CLIENT),
-}
+})  # fmt: skip
 
 # (our role, state) -> {message type we may send: the state it leads to}.
-# We may always send an Error frame, which closes.
-SEND: dict[tuple[str, str], dict[type, str]] = {
+SEND: dict[tuple[str, str], dict[type, str]] = _error_closes({
     (DISPATCHER, AWAIT_HELLO): {},
     (DISPATCHER, HELLO_RECEIVED): {m.Challenge: AWAIT_AUTH, m.Welcome: READY},
     (DISPATCHER, AWAIT_AUTH): {},
@@ -116,7 +121,7 @@ SEND: dict[tuple[str, str], dict[type, str]] = {
     (WORKER, READY): _stay(READY, _WORKER_TO_DISPATCHER),
     (CLIENT, READY): _stay(READY, _CLIENT_TO_DISPATCHER),
     (ADMIN, READY): _stay(READY, _ADMIN_TO_DISPATCHER),
-}
+})  # fmt: skip
 
 
 class ProtocolConnection:
@@ -127,7 +132,7 @@ class ProtocolConnection:
     :data:`ADMIN`) on the other side.
     """
 
-    __slots__ = ("our_role", "peer_role", "state", "_decoder", "max_frame_size", "max_send_size")
+    __slots__ = ("_decoder", "max_frame_size", "max_send_size", "our_role", "peer_role", "state")
 
     def __init__(self, our_role: str, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         if our_role != DISPATCHER and our_role not in PEER_ROLES:
@@ -169,9 +174,6 @@ class ProtocolConnection:
 
     def _received(self, message: Any) -> None:
         kind = type(message)
-        if kind is m.Error:
-            self.state = CLOSED
-            return
         table = RECEIVE.get((self.our_role, self.state))
         if table is None or kind not in table:
             raise RemoteProtocolError(
@@ -204,9 +206,6 @@ class ProtocolConnection:
         self._sent(type(message))
 
     def _sent(self, kind: Any) -> None:
-        if kind is m.Error:
-            self.state = CLOSED
-            return
         table = SEND.get((self.our_role, self.state))
         if table is None or kind not in table:
             raise LocalProtocolError(
@@ -232,28 +231,3 @@ class ProtocolConnection:
     def ready(self) -> bool:
         """True once the handshake is complete in both directions."""
         return self.state.startswith(READY)
-
-
-# ---------------------------------------------------------- authentication
-def new_nonce() -> str:
-    """A fresh 128-bit random nonce, hex encoded."""
-    return secrets.token_hex(16)
-
-
-def _mac(secret: str, *parts: str) -> str:
-    return hmac.new(secret.encode(), "\n".join(parts).encode(), hashlib.sha256).hexdigest()
-
-
-def peer_proof(secret: str, role: str, peer_nonce: str, dispatcher_nonce: str) -> str:
-    """What a peer sends in :class:`Auth`: HMAC-SHA256 over both nonces and its role."""
-    return _mac(secret, "trioschedule/1 peer", role, peer_nonce, dispatcher_nonce)
-
-
-def dispatcher_proof(secret: str, role: str, peer_nonce: str, dispatcher_nonce: str) -> str:
-    """What the dispatcher sends in :class:`Welcome`, so the peer knows it is the real one."""
-    return _mac(secret, "trioschedule/1 dispatcher", role, peer_nonce, dispatcher_nonce)
-
-
-def proofs_match(expected: str, received: str | None) -> bool:
-    """Constant-time comparison of two proofs."""
-    return received is not None and hmac.compare_digest(expected.encode(), received.encode())

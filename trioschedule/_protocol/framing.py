@@ -49,7 +49,7 @@ class FrameDecoder:
     After an error the decoder is unusable; the connection must be closed.
     """
 
-    __slots__ = ("_buffer", "_position", "max_frame_size", "_error")
+    __slots__ = ("_buffer", "_error", "_position", "max_frame_size")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         if max_frame_size < HEADER_SIZE:

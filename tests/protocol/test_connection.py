@@ -1,62 +1,27 @@
 """The sans-IO protocol state machine: two ProtocolConnections wired back to back.
 
 No sockets: bytes returned by one side's ``send`` are fed to the other side's
-``receive_data`` (whole, or one byte at a time), the way h11's tests do it.
+``receive_data`` (whole, or one byte at a time), the way h11's tests do it
+(tests/protocol/helpers.py wires them).
 The expected permissions below are written out independently of the tables
 in trioschedule._protocol.connection, from docs/PROTOCOL.md.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import re
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trioschedule._errors import LocalProtocolError, RemoteProtocolError
 from trioschedule._protocol import messages as m
-from trioschedule._protocol.connection import (
-    ADMIN,
-    CLIENT,
-    DISPATCHER,
-    WORKER,
-    ProtocolConnection,
-    dispatcher_proof,
-    new_nonce,
-    peer_proof,
-    proofs_match,
-)
+from trioschedule._protocol.auth import new_nonce
+from trioschedule._protocol.connection import ADMIN, CLIENT, DISPATCHER, RECEIVE, SEND, WORKER, ProtocolConnection
 from trioschedule._protocol.framing import encode_frame
 
-SECRET = "s3cret"
-
-# One instance of every message type.
-SAMPLES: dict[type, Any] = {
-    m.Hello: m.Hello(version=1, role=WORKER),
-    m.Challenge: m.Challenge(nonce="0" * 32),
-    m.Auth: m.Auth(proof="0" * 64),
-    m.Welcome: m.Welcome(version=1, session="s", heartbeat=2.0, timeout=10.0),
-    m.Error: m.Error(code="bad-json", message="no"),
-    m.Heartbeat: m.Heartbeat(ack=1),
-    m.Message: m.Message(data={"hi": 1}),
-    m.Goodbye: m.Goodbye(reason="bye"),
-    m.Cancel: m.Cancel(id="t1"),
-    m.Run: m.Run(tasks=(m.TaskSpec(id="t1", name="add", args=[1, 2]),)),
-    m.Results: m.Results(seq=1, started=("t1",)),
-    m.Release: m.Release(ids=("t1",)),
-    m.Reclaim: m.Reclaim(ids=("t1",)),
-    m.Submit: m.Submit(tasks=(m.Submission(id="t1", name="add"),)),
-    m.Accepted: m.Accepted(ids=("t1",)),
-    m.Watch: m.Watch(ids=("t1",)),
-    m.Outcomes: m.Outcomes(results=(m.Outcome(id="t1", status="ok", attempt=1, value=3),)),
-    m.Broadcast: m.Broadcast(data="all"),
-    m.StatusRequest: m.StatusRequest(),
-    m.StatusReply: m.StatusReply(status={"workers": []}),
-    m.Stop: m.Stop(),
-    m.Stopping: m.Stopping(grace=30.0),
-}
+from .helpers import SAMPLES, Pair, deliver, raw
 
 # After the handshake: what each side may say (an Error frame is always allowed).
 WORKER_TO_DISPATCHER = {m.Results, m.Release, m.Heartbeat, m.Message, m.Goodbye}
@@ -68,68 +33,6 @@ PEER_TO_DISPATCHER = {WORKER: WORKER_TO_DISPATCHER, CLIENT: CLIENT_TO_DISPATCHER
 DISPATCHER_TO_PEER = {WORKER: DISPATCHER_TO_WORKER, CLIENT: DISPATCHER_TO_CLIENT, ADMIN: DISPATCHER_TO_CLIENT}
 ROLES = [WORKER, CLIENT, ADMIN]
 NOT_ERROR = [t for t in m.MESSAGE_TYPES if t is not m.Error]
-
-
-def raw(message: Any) -> bytes:
-    """A frame for ``message`` that bypasses the sender's checks (a misbehaving peer)."""
-    return encode_frame(m.encode(message))
-
-
-def deliver(data: bytes, receiver: ProtocolConnection, *, byte_at_a_time: bool = False) -> list[Any]:
-    if byte_at_a_time:
-        out = []
-        for i in range(len(data)):
-            receiver.receive_data(data[i : i + 1])
-            out.extend(receiver.messages())
-        return out
-    receiver.receive_data(data)
-    return receiver.messages()
-
-
-class Pair:
-    """A dispatcher side and a peer side, wired back to back."""
-
-    def __init__(self, role: str, *, byte_at_a_time: bool = False) -> None:
-        self.role = role
-        self.dispatcher = ProtocolConnection(DISPATCHER)
-        self.peer = ProtocolConnection(role)
-        self.byte_at_a_time = byte_at_a_time
-
-    def peer_sends(self, message: Any) -> list[Any]:
-        return deliver(self.peer.send(message), self.dispatcher, byte_at_a_time=self.byte_at_a_time)
-
-    def dispatcher_sends(self, message: Any) -> list[Any]:
-        return deliver(self.dispatcher.send(message), self.peer, byte_at_a_time=self.byte_at_a_time)
-
-    def handshake(self, **hello: Any) -> m.Welcome:
-        welcome = m.Welcome(version=1, session="session-1", heartbeat=2.0, timeout=10.0, name="d")
-        assert self.peer_sends(m.Hello(version=1, role=self.role, **hello)) == [
-            m.Hello(version=1, role=self.role, **hello)
-        ]
-        assert self.dispatcher_sends(welcome) == [welcome]
-        assert self.dispatcher.ready and self.peer.ready
-        return welcome
-
-    def authenticated_handshake(self, secret: str = SECRET, peer_secret: str = SECRET) -> tuple[bool, bool]:
-        """Run the challenge handshake; returns (dispatcher accepted the peer, peer accepted the dispatcher)."""
-        peer_nonce = new_nonce()
-        [hello] = self.peer_sends(m.Hello(version=1, role=self.role, nonce=peer_nonce))
-        assert self.dispatcher.state == "hello-received"
-        dispatcher_nonce = new_nonce()
-        [challenge] = self.dispatcher_sends(m.Challenge(nonce=dispatcher_nonce))
-        assert (self.dispatcher.state, self.peer.state) == ("await-auth", "challenged")
-        proof = peer_proof(peer_secret, self.role, peer_nonce, challenge.nonce)
-        [auth] = self.peer_sends(m.Auth(proof=proof))
-        assert self.dispatcher.state == "auth-received" and not self.peer.ready
-        peer_ok = proofs_match(peer_proof(secret, hello.role, hello.nonce, dispatcher_nonce), auth.proof)
-        welcome = m.Welcome(
-            version=1, session="s", heartbeat=2.0, timeout=10.0,
-            proof=dispatcher_proof(secret, hello.role, hello.nonce, dispatcher_nonce),
-        )  # fmt: skip
-        [received] = self.dispatcher_sends(welcome)
-        expected = dispatcher_proof(peer_secret, self.role, peer_nonce, challenge.nonce)
-        dispatcher_ok = proofs_match(expected, received.proof)
-        return peer_ok, dispatcher_ok
 
 
 def assert_unexpected(excinfo: pytest.ExceptionInfo[Any], state: str, message_type: type) -> None:
@@ -166,47 +69,6 @@ def test_handshake_with_auth(role: str, byte_at_a_time: bool) -> None:
 
 def test_handshake_with_a_wrong_secret_is_detected_both_ways() -> None:
     assert Pair(WORKER).authenticated_handshake(secret="a", peer_secret="b") == (False, False)
-
-
-def test_proof_construction() -> None:
-    peer_nonce, dispatcher_nonce = "a" * 32, "b" * 32
-    expected_peer = hmac.new(
-        SECRET.encode(), f"trioschedule/1 peer\nworker\n{peer_nonce}\n{dispatcher_nonce}".encode(), hashlib.sha256
-    ).hexdigest()
-    expected_dispatcher = hmac.new(
-        SECRET.encode(), f"trioschedule/1 dispatcher\nworker\n{peer_nonce}\n{dispatcher_nonce}".encode(), hashlib.sha256
-    ).hexdigest()
-    assert peer_proof(SECRET, WORKER, peer_nonce, dispatcher_nonce) == expected_peer
-    assert dispatcher_proof(SECRET, WORKER, peer_nonce, dispatcher_nonce) == expected_dispatcher
-    assert re.fullmatch("[0-9a-f]{64}", expected_peer)
-
-
-def test_proofs_are_bound_to_direction_role_and_both_nonces() -> None:
-    base = peer_proof(SECRET, WORKER, "p" * 32, "d" * 32)
-    others = {
-        dispatcher_proof(SECRET, WORKER, "p" * 32, "d" * 32),
-        peer_proof(SECRET, CLIENT, "p" * 32, "d" * 32),
-        peer_proof(SECRET, WORKER, "q" * 32, "d" * 32),
-        peer_proof(SECRET, WORKER, "p" * 32, "e" * 32),
-        peer_proof(SECRET, WORKER, "d" * 32, "p" * 32),
-        peer_proof("other", WORKER, "p" * 32, "d" * 32),
-    }
-    assert base not in others and len(others) == 6
-
-
-def test_proofs_match() -> None:
-    proof = peer_proof(SECRET, WORKER, "p", "d")
-    assert proofs_match(proof, proof)
-    assert not proofs_match(proof, proof[:-1])
-    assert not proofs_match(proof, proof.upper())
-    assert not proofs_match(proof, None)
-    assert not proofs_match(proof, "")
-
-
-def test_nonces_are_32_hex_chars_and_fresh() -> None:
-    nonces = {new_nonce() for _ in range(100)}
-    assert len(nonces) == 100
-    assert all(re.fullmatch("[0-9a-f]{32}", nonce) for nonce in nonces)
 
 
 @pytest.mark.parametrize("role", ["boss", "dispatcher", "", "Worker"])
@@ -606,3 +468,70 @@ def test_sending_more_than_max_frame_size_is_a_local_error() -> None:
     with pytest.raises(LocalProtocolError) as info:
         small.send(m.Hello(version=1, role=CLIENT, name="x" * 100))
     assert info.value.code == "frame-too-large"
+
+
+# -------------------------------------------------------------- the tables
+def test_every_state_a_table_leads_to_has_a_table() -> None:
+    assert set(RECEIVE) == set(SEND)
+    for (role, _), table in [*RECEIVE.items(), *SEND.items()]:
+        for state in table.values():
+            # The dispatcher's "ready" becomes "ready:<peer role>", which the tables list.
+            assert (role, state) in RECEIVE or (role, state) == (DISPATCHER, "ready"), (role, state)
+
+
+def test_an_error_frame_is_in_every_table() -> None:
+    for key, table in [*RECEIVE.items(), *SEND.items()]:
+        assert table[m.Error] == "closed", key
+
+
+def test_an_error_frame_after_closing_changes_nothing() -> None:
+    pair = Pair(CLIENT)
+    pair.handshake()
+    pair.dispatcher.error_frame("bad-message", "bye")
+    error = m.Error(code="bad-json", message="and you")
+    assert deliver(raw(error), pair.dispatcher) == [error]
+    assert pair.dispatcher.send(error) == raw(error)
+    assert pair.dispatcher.state == "closed"
+
+
+# ------------------------------------------------------------------ fuzz
+def connection_in(side: str, ready: bool) -> ProtocolConnection:
+    """A fresh connection, or one past the handshake, on the given side ('dispatcher:<peer role>' or a peer role)."""
+    ours, _, peer_role = side.partition(":")
+    pair = Pair(peer_role or ours)
+    if ready:
+        pair.handshake()
+    return pair.dispatcher if ours == DISPATCHER else pair.peer
+
+
+sides = st.sampled_from([f"{DISPATCHER}:{role}" for role in ROLES] + ROLES)
+FRAMES = [raw(sample) for sample in SAMPLES.values()]
+
+
+@st.composite
+def spoiled_frames(draw: st.DrawFn) -> bytes:
+    frame = bytearray(draw(st.sampled_from(FRAMES)))
+    frame[draw(st.integers(0, len(frame) - 1))] = draw(st.integers(0, 255))
+    return bytes(frame)
+
+
+# Random bytes, whole frames of every type (so that later states are reached
+# too) and frames with one byte changed.
+chunks = st.binary(max_size=64) | st.sampled_from(FRAMES) | spoiled_frames()
+
+
+@settings(max_examples=300, deadline=None)
+@given(sides, st.booleans(), st.lists(chunks, max_size=8), st.booleans())
+def test_random_bytes_give_messages_or_a_remote_protocol_error(
+    side: str, ready: bool, data: list[bytes], byte_at_a_time: bool
+) -> None:
+    """Whatever a peer sends, the only exception is RemoteProtocolError, in any state."""
+    connection = connection_in(side, ready)
+    try:
+        for chunk in data:
+            deliver(chunk, connection, byte_at_a_time=byte_at_a_time)
+    except RemoteProtocolError as exc:
+        assert exc.code in (
+            "bad-length", "frame-too-large", "bad-utf8", "bad-json", "bad-message", "unknown-message",
+            "unexpected-message", "bad-role",
+        )  # fmt: skip

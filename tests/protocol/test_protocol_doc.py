@@ -19,7 +19,7 @@ from trioschedule._protocol import messages as m
 from trioschedule._protocol.connection import dispatcher_proof, peer_proof
 from trioschedule._protocol.framing import FrameDecoder, encode_frame
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
 BLOCKS = re.findall(r"^```frame\n(.*?)^```$", DOC, flags=re.MULTILINE | re.DOTALL)
 

@@ -1,15 +1,14 @@
-"""Messages and their JSON encoding: round trips as a property, garbage fuzzed.
+"""Messages to payload bytes and back: round trips as a property, garbage fuzzed.
 
-The strategies are derived from the attrs classes themselves, so a field
-added to a message is covered without touching this file.
+The strategies (tests/protocol/strategies.py) are derived from the attrs
+classes themselves, so a field added to a message is covered without
+touching this file.
 """
 
 from __future__ import annotations
 
 import json
-import types
-import typing
-from typing import Any, Union
+from typing import Any
 
 import attrs
 import pytest
@@ -17,56 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trioschedule._errors import LocalProtocolError, RemoteProtocolError
+from trioschedule._protocol import codec
 from trioschedule._protocol import messages as m
 
+from .strategies import FIELD_NAMES, all_messages, builds, finite_floats, json_values
+
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-# ------------------------------------------------------------- strategies
-finite_floats = st.floats(allow_nan=False, allow_infinity=False)
-json_scalars = st.none() | st.booleans() | st.integers() | finite_floats | st.text(max_size=20)
-json_values = st.recursive(
-    json_scalars,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=12,
-)
-
-
-def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
-    """A strategy for values of the annotated type ``tp``, as the messages use them."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return json_values
-    if tp is type(None):
-        return st.none()
-    if tp is str:
-        return st.text(max_size=20)
-    if tp is bool:
-        return st.booleans()
-    if tp is int:
-        return st.integers()
-    if tp is float:
-        return finite_floats
-    if origin in (Union, types.UnionType):
-        return st.one_of(*map(strategy_for, args))
-    if origin is tuple:
-        assert args[1] is Ellipsis, tp
-        return st.lists(strategy_for(args[0]), max_size=3).map(tuple)
-    if origin is list:
-        return st.lists(strategy_for(args[0]), max_size=4)
-    if origin is dict:
-        return st.dictionaries(st.text(max_size=8), strategy_for(args[1]), max_size=3)
-    if attrs.has(tp):
-        return builds(tp)
-    raise AssertionError(f"no strategy for {tp!r}: teach strategy_for about it")
-
-
-def builds(cls: type) -> st.SearchStrategy[Any]:
-    hints = typing.get_type_hints(cls)
-    return st.builds(cls, **{field.name: strategy_for(hints[field.name]) for field in attrs.fields(cls)})
-
-
-all_messages = st.one_of(*(builds(cls) for cls in m.MESSAGE_TYPES))
-FIELD_NAMES = sorted({field.name for cls in m.MESSAGE_TYPES for field in attrs.fields(cls)})
 
 
 def decodes_or_refuses(payload: bytes) -> Any:
@@ -80,25 +35,7 @@ def decodes_or_refuses(payload: bytes) -> Any:
     return message
 
 
-# ------------------------------------------------------------- the types
-def test_tags_are_unique_and_complete() -> None:
-    tags = [cls.TYPE for cls in m.MESSAGE_TYPES]
-    assert len(tags) == len(set(tags)) == len(m.TAGS)
-    assert set(typing.get_args(m.AnyMessage)) == set(m.MESSAGE_TYPES)
-
-
-def test_statuses() -> None:
-    assert m.STATUSES == ("ok", "error", "cancelled", "timeout", "lost", "unknown")
-
-
-def test_messages_are_frozen_and_keyword_only() -> None:
-    with pytest.raises(TypeError):
-        m.Cancel("x")  # type: ignore[misc]
-    cancel = m.Cancel(id="x")
-    with pytest.raises(attrs.exceptions.FrozenInstanceError):
-        cancel.id = "y"  # type: ignore[misc]
-
-
+# ------------------------------------------------------------- strategies
 @pytest.mark.parametrize("cls", m.MESSAGE_TYPES, ids=lambda cls: cls.TYPE)
 def test_every_message_type_has_a_strategy(cls: type) -> None:
     builds(cls)  # raises if a field has a type strategy_for does not know
@@ -439,9 +376,9 @@ def nested_values(draw: st.DrawFn) -> Any:
 @given(nested_values())
 def test_the_depth_check_agrees_with_a_walk(value: Any) -> None:
     payload = json.dumps(value).encode()
-    assert m._too_deep(payload) == (_depth(value) > m.MAX_DEPTH)  # noqa: SLF001
+    assert codec._too_deep(payload) == (_depth(value) > codec.MAX_DEPTH)
     message = b'{"type":"message","data":' + payload + b"}"  # one level more
-    if _depth(value) + 1 > m.MAX_DEPTH:
+    if _depth(value) + 1 > codec.MAX_DEPTH:
         with pytest.raises(RemoteProtocolError):
             m.decode(message)
     else:
