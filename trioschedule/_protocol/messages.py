@@ -18,8 +18,6 @@ implementers in other languages, and the tests check that it agrees.
 
 from __future__ import annotations
 
-from . import codec as _codec
-from . import converter as _converter
 from .codec import MAX_DEPTH, decode, encode, encode_run
 from .converter import converter
 from .fast_hooks import new_outcome, new_results, new_run, new_spec, new_submission, spec_payload
@@ -116,6 +114,3 @@ __all__ = [
     "spec_payload",
 ]
 
-# tests/test_fast_hooks.py reaches these through this module, where they lived before the split.
-_make_converter = _converter.make_converter
-_dumps = _codec._dumps

@@ -17,9 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trioschedule._errors import RemoteProtocolError
+from trioschedule._json import json_encoder
 from trioschedule._protocol import messages as m
+from trioschedule._protocol.converter import make_converter
 
-GENERIC = m._make_converter(fast=False)  # noqa: SLF001
+GENERIC = make_converter(fast=False)
+_dumps = json_encoder()
 FAST = m.converter
 
 json_values = st.recursive(
@@ -64,7 +67,7 @@ def test_same_wire_form_and_same_round_trip(record: Any) -> None:
 
 
 def generic_encode(message: Any) -> bytes:
-    return m._dumps(GENERIC.unstructure(message, m.AnyMessage)).encode()  # noqa: SLF001
+    return _dumps(GENERIC.unstructure(message, m.AnyMessage)).encode()
 
 
 @settings(max_examples=300, deadline=None)
