@@ -42,7 +42,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PROCS = HERE / "_procs.py"
-BASELINE = REPO.parent / "shared" / "bench" / "ceiling_trio.py"
+HOST = "127.0.0.1"
+BASELINE = REPO.parent / "shared" / "bench" / "ceiling_trio.py"  # beside the in-dispatcher figures
+BASELINE_CLIENT = REPO.parent / "shared" / "bench" / "ceiling_trio_client.py"  # beside the client-path figures
 DEFAULT_JSON = HERE / "results" / "latest.json"
 WORKLOADS = ("w1", "w2", "w3", "w4")
 PARAMS = ("n", "lat_n", "runs", "w3_workers", "w3_rounds", "w3_procs", "w4_workers", "w4_tasks", "w4_procs", "prefetch",
@@ -162,13 +164,26 @@ def start_workers(children: list[Child], logdir: str, port: int, total: int, pro
     return started
 
 
+def start_cli_workers(children: list[Child], logdir: str, port: int, count: int) -> list[Child]:
+    """``count`` worker processes started as a user would: the command line, every option at its default."""
+    started = []
+    for i in range(count):
+        argv = [sys.executable, "-m", "trioschedule", "worker", f"{PROCS}:AddWorker", "--connect", f"{HOST}:{port}"]
+        child = Child(f"worker-cli-{i}", argv, logdir)
+        children.append(child)
+        started.append(child)
+    return started
+
+
 # =============================================================== scenarios
 def scenario_w12(opts: argparse.Namespace, logdir: str, *, via_client: bool, prefetch: int | None = None,
-                 label: str = "", sqlite: bool = False) -> dict:  # fmt: skip
+                 label: str = "", sqlite: bool = False, cli_workers: bool = False) -> dict:  # fmt: skip
     """W1 and W2 with the producer in the dispatcher or in a client process.
 
     ``sqlite``: the dispatcher journals to a fresh SQLite file in a temporary directory of its own
-    (under ``--sqlite-dir``), deleted once the processes have stopped.
+    (under ``--sqlite-dir``), deleted once the processes have stopped.  ``cli_workers``: the two
+    workers are what a user starts, ``python -m trioschedule worker benchmarks/_procs.py:AddWorker
+    --connect ...`` with every default, instead of this harness's worker processes.
     """
     n = opts.n if "w1" in opts.only else 0
     lat_n = opts.lat_n if "w2" in opts.only else 0
@@ -187,7 +202,10 @@ def scenario_w12(opts: argparse.Namespace, logdir: str, *, via_client: bool, pre
         disp = Child(f"dispatcher-{tag}", argv, logdir, stdin=profiling)
         children.append(disp)
         port = int(disp.expect("PORT", 30))
-        workers = start_workers(children, logdir, port, 2, 2, "add", prefetch)
+        if cli_workers:
+            workers = start_cli_workers(children, logdir, port, 2)
+        else:
+            workers = start_workers(children, logdir, port, 2, 2, "add", prefetch)
         disp.expect("READY", 30, watch=workers)
         if via_client:
             argv = procs_argv("client", "--port", port, "--n", n, "--lat-n", lat_n, "--runs", opts.runs)
@@ -321,12 +339,12 @@ def scenario_w4(opts: argparse.Namespace, logdir: str) -> dict:
         stop(children)
 
 
-def run_baseline(opts: argparse.Namespace) -> dict:
-    cmd = [sys.executable, str(BASELINE), "--n", str(opts.n), "--lat-n", str(opts.lat_n), "--runs", str(opts.runs)]
-    if not BASELINE.is_file():
-        return {"available": False, "reason": f"{BASELINE} not found"}
+def run_baseline(opts: argparse.Namespace, script: Path = BASELINE) -> dict:
+    cmd = [sys.executable, str(script), "--n", str(opts.n), "--lat-n", str(opts.lat_n), "--runs", str(opts.runs)]
+    if not script.is_file():
+        return {"available": False, "reason": f"{script} not found"}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=opts.timeout, cwd=str(BASELINE.parent))
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=opts.timeout, cwd=str(script.parent))
     except subprocess.TimeoutExpired:
         return {"available": False, "reason": f"timed out after {opts.timeout:g} s", "command": shlex.join(cmd)}
     for line in proc.stdout.splitlines():
@@ -436,8 +454,13 @@ def ratio(ours: float | None, base: float | None) -> float | None:
 
 def assemble(opts: argparse.Namespace, raw: dict, machine: dict, started: float, command: str) -> dict:
     base = raw.get("baseline") or {"available": False, "reason": "not run"}
-    b_w1 = base.get("w1_median") if base.get("available") else None
-    b_p50 = base.get("w2_p50_us") if base.get("available") else None
+    base_client = raw.get("baseline_client") or {"available": False, "reason": "not run"}
+
+    def baseline_of(key: str) -> tuple[float | None, float | None]:
+        """(W1, W2 p50) of the baseline a column is compared with: the client path's for the client column."""
+        b = base_client if key == "client" else base
+        return (b.get("w1_median"), b.get("w2_p50_us")) if b.get("available") else (None, None)
+
     out: dict = {
         "command": command,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -449,10 +472,12 @@ def assemble(opts: argparse.Namespace, raw: dict, machine: dict, started: float,
         "profile_run": opts.profile_run if opts.profile else None,
         "loadavg_at_end": list(os.getloadavg()),
         "baseline": base,
+        "baseline_client": base_client,
     }
     variants = [("dispatcher", raw.get("w12_dispatcher")), ("client", raw.get("w12_client")),
                 ("dispatcher_window64", raw.get("w12_window64")),
-                ("dispatcher_sqlite", raw.get("w12_sqlite"))]  # fmt: skip
+                ("dispatcher_sqlite", raw.get("w12_sqlite")),
+                ("dispatcher_cli_workers", raw.get("w12_cli_workers"))]  # fmt: skip
     memory = raw.get("w12_dispatcher") or {}  # the SQLite column is also compared with this one
     if "w1" in opts.only:
         out["w1"] = {}
@@ -461,7 +486,7 @@ def assemble(opts: argparse.Namespace, raw: dict, machine: dict, started: float,
                 w1 = dict(res["w1"])
                 w1["api"] = res.get("api")
                 w1["store"] = res.get("store")
-                w1["ratio_vs_baseline"] = ratio(w1["median"], b_w1)
+                w1["ratio_vs_baseline"] = ratio(w1["median"], baseline_of(key)[0])
                 if key == "dispatcher_sqlite":
                     w1["ratio_vs_memory"] = ratio(w1["median"], (memory.get("w1") or {}).get("median"))
                 out["w1"][key] = w1
@@ -472,7 +497,7 @@ def assemble(opts: argparse.Namespace, raw: dict, machine: dict, started: float,
                 w2 = dict(res["w2"])
                 w2["api"] = res.get("api")
                 w2["store"] = res.get("store")
-                w2["p50_ratio_vs_baseline"] = ratio(w2["p50_us"], b_p50)
+                w2["p50_ratio_vs_baseline"] = ratio(w2["p50_us"], baseline_of(key)[1])
                 if key == "dispatcher_sqlite":
                     w2["p50_ratio_vs_memory"] = ratio(w2["p50_us"], (memory.get("w2") or {}).get("p50_us"))
                 out["w2"][key] = w2
@@ -509,49 +534,51 @@ def table(r: dict) -> str:
            if r.get("waited_for_quiet") else ""),  # fmt: skip
         "",
     ]
-    base = r["baseline"]
-    if base.get("available"):
-        bw1, bp50, bp99 = base["w1_median"], base["w2_p50_us"], base["w2_p99_us"]
-    else:
-        bw1 = bp50 = bp99 = None
-        lines.append(f"baseline unavailable: {base.get('reason')}")
+    bases = []  # (title, W1, p50, p99) of each baseline that ran
+    for key, title in (("baseline", "baseline"), ("baseline_client", "client base.")):
+        b = r.get(key) or {}
+        if b.get("available"):
+            bases.append((title, b["w1_median"], b["w2_p50_us"], b["w2_p99_us"]))
+        else:
+            lines.append(f"{title} unavailable: {b.get('reason')}")
     cols = [("dispatcher", "in dispatcher"), ("client", "via client"), ("dispatcher_window64", "in disp., window 64"),
-            ("dispatcher_sqlite", "in disp., SQLite")]  # fmt: skip
+            ("dispatcher_sqlite", "in disp., SQLite"), ("dispatcher_cli_workers", "in disp., CLI workers")]  # fmt: skip
     w1, w2 = r.get("w1") or {}, r.get("w2") or {}
     present = [(k, t) for k, t in cols if k in w1 or k in w2]
     if present:
-        head = f"{'':34}{'baseline':>12}" + "".join(f"{t:>22}" for _, t in present)
+        head = f"{'':34}" + "".join(f"{t:>13}" for t, *_ in bases) + "".join(f"{t:>22}" for _, t in present)
         lines += [head, "-" * len(head)]
         if w1:
-            row = f"{'W1 throughput, tasks/s (median)':34}{fmt(bw1):>12}"
+            row = f"{'W1 throughput, tasks/s (median)':34}" + "".join(f"{fmt(b[1]):>13}" for b in bases)
             for k, _ in present:
                 e = w1.get(k)
                 row += f"{(fmt(e['median']) + ' (' + fmt(e['ratio_vs_baseline'], '.2f') + 'x)') if e else '-':>22}"
             lines.append(row)
-            row = f"{'  dispatcher CPU per task, us':34}{'':>12}"
+            row = f"{'  dispatcher CPU per task, us':34}" + " " * 13 * len(bases)
             for k, _ in present:
                 e = w1.get(k) or {}
                 cpu, share = e.get("dispatcher_cpu_us_per_task"), e.get("dispatcher_cpu_share")
                 row += f"{(fmt(cpu, '.1f') + ' (' + fmt(share, '.2f') + ' CPU)') if cpu else '-':>22}"
             lines.append(row)
-            row = f"{'  dispatcher GC, % of W1 time':34}{'':>12}"
+            row = f"{'  dispatcher GC, % of W1 time':34}" + " " * 13 * len(bases)
             for k, _ in present:
                 gc = (w1.get(k) or {}).get("gc")
                 row += f"{fmt(100 * gc['share_of_wall'], '.1f') if gc else '-':>22}"
             lines.append(row)
         if w2:
-            row = f"{'W2 latency p50, us':34}{fmt(bp50):>12}"
+            row = f"{'W2 latency p50, us':34}" + "".join(f"{fmt(b[2]):>13}" for b in bases)
             for k, _ in present:
                 e = w2.get(k)
                 row += f"{(fmt(e['p50_us']) + ' (' + fmt(e['p50_ratio_vs_baseline'], '.2f') + 'x)') if e else '-':>22}"
             lines.append(row)
-            row = f"{'W2 latency p99, us':34}{fmt(bp99):>12}"
+            row = f"{'W2 latency p99, us':34}" + "".join(f"{fmt(b[3]):>13}" for b in bases)
             for k, _ in present:
                 e = w2.get(k)
                 row += f"{fmt(e['p99_us']) if e else '-':>22}"
             lines.append(row)
         lines.append(f"(W1 N={p['n']}, runs={p['runs']}; W2 {p['lat_n']} round trips; ratio = ours / baseline: "
-                     "W1 higher is better, W2 lower is better)")  # fmt: skip
+                     "W1 higher is better, W2 lower is better; 'via client' is compared with the client-path "
+                     "baseline ceiling_trio_client.py, every other column with ceiling_trio.py)")  # fmt: skip
         counts = r.get("tasks") or {}
         if counts:
             lines.append("(results checked / done in the dispatcher's count, warm-up included: "
@@ -630,6 +657,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-window64", action="store_true",
                    help="skip the extra W1/W2 run with 64 tasks in flight per worker (the baseline's window)")
     p.add_argument("--window64-prefetch", type=int, default=63, help=argparse.SUPPRESS)
+    p.add_argument("--no-cli-workers", action="store_true",
+                   help="skip the extra W1/W2 run in the dispatcher with two workers started from the command line "
+                        "with every default (python -m trioschedule worker ...)")  # fmt: skip
     p.add_argument("--no-sqlite", action="store_true",
                    help="skip the extra W1/W2 run in the dispatcher with the SQLite journal")
     p.add_argument("--sqlite-dir", default=None, metavar="DIR",
@@ -708,8 +738,13 @@ def main(argv: list[str] | None = None) -> int:
             if not opts.no_sqlite:  # right after the in-memory run it is compared with
                 step("w12_sqlite", "W1/W2 in the dispatcher, SQLite journal", scenario_w12, opts, logdir,
                      via_client=False, prefetch=opts.prefetch, label="sqlite", sqlite=True)  # fmt: skip
+            if not opts.no_baseline:  # right before the client column it is compared with
+                step("baseline_client", f"baseline {BASELINE_CLIENT.name}", run_baseline, opts, BASELINE_CLIENT)
             step("w12_client", "W1/W2 through open_client", scenario_w12, opts, logdir, via_client=True,
                  prefetch=opts.prefetch)  # fmt: skip
+            if not opts.no_cli_workers:
+                step("w12_cli_workers", "W1/W2 in the dispatcher, two command-line workers", scenario_w12, opts,
+                     logdir, via_client=False, label="cli-workers", cli_workers=True)  # fmt: skip
             if not opts.no_window64:
                 step("w12_window64", f"W1/W2 in the dispatcher, prefetch={opts.window64_prefetch}", scenario_w12, opts,
                      logdir, via_client=False, prefetch=opts.window64_prefetch, label="window64")  # fmt: skip

@@ -66,14 +66,22 @@ def test_quick_benchmark_runs_and_reports(tmp_path):
     assert {"cpu_model", "python", "trio", "trioschedule"} <= machine.keys()
     assert result["params"]["quick"] is True
 
-    # The baseline lives outside the repository (../shared/bench): it may be missing, but then says why.
-    baseline = result["baseline"]
-    if baseline["available"]:
-        assert _positive(baseline["w1_median"]) and _positive(baseline["w2_p50_us"])
-    else:
-        assert baseline["reason"]
+    # The baselines live outside the repository (../shared/bench): they may be missing, but then say why.
+    for key in ("baseline", "baseline_client"):
+        if result[key]["available"]:
+            assert _positive(result[key]["w1_median"]) and _positive(result[key]["w2_p50_us"])
+        else:
+            assert result[key]["reason"]
+    # The client column is compared with the client-path baseline, the others with the in-dispatcher one.
+    if result["baseline_client"]["available"]:
+        assert result["w1"]["client"]["ratio_vs_baseline"] == pytest.approx(
+            result["w1"]["client"]["median"] / result["baseline_client"]["w1_median"])
+    if result["baseline"]["available"]:
+        assert result["w1"]["dispatcher"]["ratio_vs_baseline"] == pytest.approx(
+            result["w1"]["dispatcher"]["median"] / result["baseline"]["w1_median"])
 
-    for variant in ("dispatcher", "client", "dispatcher_window64", "dispatcher_sqlite"):
+    for variant in ("dispatcher", "client", "dispatcher_window64", "dispatcher_sqlite", "dispatcher_cli_workers"):
+        baseline = result["baseline_client" if variant == "client" else "baseline"]
         w1 = result["w1"][variant]
         assert w1["n"] == result["params"]["n"] and len(w1["rates"]) == result["params"]["runs"]
         assert _positive(w1["median"])
@@ -115,8 +123,8 @@ def test_quick_benchmark_runs_and_reports(tmp_path):
 
 def test_no_sqlite_skips_the_journal_column(tmp_path):
     out = tmp_path / "bench.json"
-    proc = _run("--quick", "--only", "w1", "--no-baseline", "--no-window64", "--no-sqlite", "--json", str(out),
-                timeout=30)  # fmt: skip
+    proc = _run("--quick", "--only", "w1", "--no-baseline", "--no-window64", "--no-sqlite", "--no-cli-workers",
+                "--json", str(out), timeout=30)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert set(result["w1"]) == {"dispatcher", "client"} and "sqlite_journal" not in result
