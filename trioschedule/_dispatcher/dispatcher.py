@@ -41,6 +41,7 @@ from .batch import Batch
 from .connections import ConnectionHandler
 from .effects import Effects
 from .journal import StoreJournal
+from .status import status_document
 
 __all__ = ["Dispatcher"]
 
@@ -486,36 +487,7 @@ class Dispatcher:
 
     def status(self) -> dict[str, Any]:
         """A JSON-ready snapshot: counts, workers, clients (what ``trioschedule status`` shows)."""
-        core = self._core
-        queued, delayed, waiting = core.queued_counts()
-        counts = core.counts
-        return {
-            "name": self.name,
-            "pid": os.getpid(),
-            "address": f"{self.host}:{self.port}",
-            "protocol": m.PROTOCOL_VERSION,
-            "started_at": self._started_at,
-            "uptime": time.time() - self._started_at if self._started_at else 0.0,
-            "draining": core.draining,
-            "store": self.store.url,
-            "tasks": {
-                "queued": queued,
-                "delayed": delayed,
-                "running": core.running,
-                "done": counts[m.OK],
-                "failed": counts[m.ERROR],
-                "cancelled": counts[m.CANCELLED],
-                "timeout": counts[m.TIMEOUT],
-                "lost": counts[m.LOST],
-            },
-            "waiting_for_worker": waiting,
-            "workers": [
-                {**s.peer.describe(), "session": s.id, "connected": s.conn is not None, "draining": s.draining}
-                for s in core.sessions.values()
-            ],
-            "clients": [c.peer.describe() for c in self._connections.clients.values()],
-            "hook_errors": self._hooks.errors,
-        }
+        return status_document(self)
 
 
 class _DispatcherOutcomes:
