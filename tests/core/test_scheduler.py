@@ -471,3 +471,17 @@ def test_lose_unfinished_ends_everything_left_as_lost():
     core.lose_unfinished("the dispatcher stopped")
     assert running.outcome.status == queued.outcome.status == m.LOST
     assert core.unfinished == 0 and core.running == 0
+
+
+def test_a_clean_goodbye_charges_no_loss_to_tasks_the_worker_never_started():
+    """A stopping worker's last Results and its Goodbye arrive together; tasks placed on it in
+    between were never started (it reported everything), so they must not burn a loss (a deploy
+    that burns retries is what users complain of)."""
+    core = make_scheduler()
+    session = attach(core, "t", concurrency=1)
+    finished, waiting = submit(core), submit(core)
+    assert waiting.state == QUEUED
+    core.on_results(session, results(1, ok(finished.id), started=(finished.id,)))
+    assert waiting.session is session  # placed on it before its Goodbye is read
+    core.detach_worker(session, clean=True)
+    assert waiting.state == QUEUED and waiting.losses == 0

@@ -305,7 +305,7 @@ class Scheduler:
         session.conn = None
         self.placement.withdraw(session)
         if clean or not session.assigned:
-            self._expire_session(session)
+            self._expire_session(session, clean=clean)
         else:
             session.detached_at = self.clock()
             session.expiry += 1
@@ -318,17 +318,20 @@ class Scheduler:
         if session.conn is None and session.expiry == expiry:
             self._expire_session(session)
 
-    def _expire_session(self, session: WorkerSession) -> None:
+    def _expire_session(self, session: WorkerSession, clean: bool = False) -> None:
         """The worker is gone for good: take its tasks back.
 
         A task counts a loss if the worker said it started it.  A worker can
         die before its "started" report leaves (a task that crashes it at
         once), so the oldest unreported tasks, up to the worker's
         concurrency, count as started too: a poison task cannot loop forever.
+        A worker that said goodbye reported everything it started: what it
+        holds unreported (placed on it as it stopped) never ran, and costs
+        nothing.
         """
         self.sessions.pop(session.id, None)
         tasks = list(session.assigned.values())  # in assignment order
-        unreported_slots = max(0, session.peer.concurrency - sum(t.started for t in tasks))
+        unreported_slots = 0 if clean else max(0, session.peer.concurrency - sum(t.started for t in tasks))
         for task in tasks:
             lost = task.started
             if not lost and unreported_slots:
