@@ -134,3 +134,16 @@ def test_a_restart_from_the_journal_round_trips_every_kind_of_task():
     assert second.tasks[running.id].deadline == pytest.approx(clock.monotonic() + 25)
     assert second.tasks[queued.id].retries == 2
     assert second.tasks[done.id].outcome == done.outcome
+
+
+def test_a_resumed_worker_can_hand_back_what_recovery_guessed_had_started():
+    """Recovery marks running rows as started (they may have been).  The worker knows better: when
+    it releases a task it never started, the task goes to another worker at once, with no loss."""
+    core, journal, clock = _recovered([_row("held", state=RUNNING, attempt=1, session="s")])
+    back, _ = core.attach_worker(Conn(), hello("t", concurrency=1, prefetch=1, session="s", running={"held": 1}),
+                                 "addr")  # fmt: skip
+    other, _ = core.attach_worker(Conn(), hello("t", concurrency=1), "addr")
+    core.on_release(back, m.Release(ids=("held",), stopping=True))
+    task = core.tasks["held"]
+    assert task.session is other and task.losses == 0 and task.attempt == 2
+    assert back.assigned == {} and core.running == 1

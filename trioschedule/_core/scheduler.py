@@ -368,12 +368,17 @@ class Scheduler:
             self.steal_for(session)
 
     def on_release(self, session: WorkerSession, release: m.Release) -> None:
-        """The worker hands back tasks it has not started (it is stopping, or was asked to)."""
+        """The worker hands back tasks it has not started (it is stopping, or was asked to).
+
+        The worker's word is taken even for a task marked started: recovery
+        and a resume mark what a worker holds as started because it may have
+        been, and a prefetched one it hands back never was.
+        """
         if release.stopping:
             session.draining = True
         for task_id in release.ids:
             task = session.assigned.get(task_id)
-            if task is not None and not task.started:
+            if task is not None:
                 self._requeue(session, task, lost=False)
         self.dispatch()
 
