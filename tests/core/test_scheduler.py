@@ -485,3 +485,24 @@ def test_a_clean_goodbye_charges_no_loss_to_tasks_the_worker_never_started():
     assert waiting.session is session  # placed on it before its Goodbye is read
     core.detach_worker(session, clean=True)
     assert waiting.state == QUEUED and waiting.losses == 0
+
+
+def test_a_resent_error_report_is_not_counted_twice():
+    """The worker keeps a Results frame until it is acknowledged, names its tasks in its hello
+    when it resumes, and sends the frame again.  A retry waiting for its backoff is not the
+    worker's to adopt: the attempt it holds is the one that failed, and its failure is counted."""
+    clock = FakeClock()
+    core = make_scheduler(clock)
+    session = attach(core, "t", concurrency=1)
+    task = submit(core, retries=2)
+    frame = results(1, error(task.id, attempt=1))
+    core.on_results(session, frame)
+    assert task.state == DELAYED and task.failures == 1
+    core.detach_worker(session, clean=False)  # before the acknowledgement reached the worker
+    back, resumed = core.attach_worker(Conn(), hello("t", concurrency=1, session=session.id,
+                                                     running={task.id: 1}), "addr")  # fmt: skip
+    assert resumed and task.state == DELAYED and back.assigned == {}
+    core.on_results(back, frame)  # resent
+    assert task.state == DELAYED and task.failures == 1
+    advance(core, clock, 2)
+    assert task.state == RUNNING and task.attempt == 2

@@ -291,7 +291,10 @@ class Scheduler:
             known = self.tasks.get(task_id)
             if known is not None and known.session is session:
                 known.attempt = max(known.attempt, attempt)
-            elif known is not None and known.state in (QUEUED, DELAYED) and attempt >= known.attempt:
+            # Adopted if queued again (the journal lagged, or the session had expired); a delayed
+            # retry is not: that attempt failed and was counted, the worker holds only its report.
+            elif known is not None and (known.state == QUEUED and attempt >= known.attempt
+                                        or known.state == DELAYED and attempt > known.attempt):  # fmt: skip
                 known.state, known.session, known.attempt, known.started = RUNNING, session, attempt, True
                 known.not_before = None
                 session.assigned[known.id] = known
