@@ -147,3 +147,15 @@ def test_a_resumed_worker_can_hand_back_what_recovery_guessed_had_started():
     task = core.tasks["held"]
     assert task.session is other and task.losses == 0 and task.attempt == 2
     assert back.assigned == {} and core.running == 1
+
+
+def test_a_worker_holding_a_later_attempt_than_the_journal_knows_keeps_it():
+    """The journal lagged: it has the task queued, the worker was sent it before the restart."""
+    core, journal, clock = _recovered([_row("lagged"), _row("given-up", attempt=1, losses=1)])
+    held = {"lagged": 1, "given-up": 1}
+    session, resumed = core.attach_worker(Conn(), hello("t", concurrency=2, session="s", running=held), "addr")
+    lagged, given_up = core.tasks["lagged"], core.tasks["given-up"]
+    assert resumed and lagged.state == RUNNING and lagged.session is session and lagged.attempt == 1
+    assert journal.rows["lagged"].state == RUNNING and journal.rows["lagged"].session == "s"
+    assert session.buffer_cancel == ["given-up"]  # that attempt was given up: it runs again
+    assert given_up.session is session and given_up.attempt == 2

@@ -291,10 +291,12 @@ class Scheduler:
             known = self.tasks.get(task_id)
             if known is not None and known.session is session:
                 known.attempt = max(known.attempt, attempt)
-            # Adopted if queued again (the journal lagged, or the session had expired); a delayed
-            # retry is not: that attempt failed and was counted, the worker holds only its report.
-            elif known is not None and (known.state == QUEUED and attempt >= known.attempt
-                                        or known.state == DELAYED and attempt > known.attempt):  # fmt: skip
+            # Adopted only if the worker holds a later attempt than the one the dispatcher knows
+            # of (its journal lagged).  The attempt it knows of was given up on (its session
+            # expired, it was lost or released) or has ended (an error waiting for its retry):
+            # the worker may hold only that attempt's report, which it resends, and which must
+            # not be counted twice.
+            elif known is not None and known.state in (QUEUED, DELAYED) and attempt > known.attempt:
                 known.state, known.session, known.attempt, known.started = RUNNING, session, attempt, True
                 known.not_before = None
                 session.assigned[known.id] = known
