@@ -119,13 +119,16 @@ def test_steal_for_takes_the_newest_unstarted_tasks_of_the_busiest_donor():
     tasks = [_task(n) for n in range(5)]
     _assign(tasks, donor)
     tasks[0].started = True
+    tasks[3].started = True  # (the worker runs one and prefetches the others: started out of order)
     tasks[4].reclaiming = True  # asked back already
-    _assign([_task(10), _task(11)], small)
+    small_tasks = [_task(10), _task(11)]
+    _assign(small_tasks, small)
+    small_tasks[0].started = True  # one spare there, two on donor
     plan = placement.steal_for(hungry)
     assert plan is not None
     source, take = plan
     assert source is donor
-    assert [t.id for t in take] == ["t-2", "t-3"]  # as many as hungry can start now, newest first
+    assert [t.id for t in take] == ["t-1", "t-2"]  # as many as hungry can start now, newest unstarted first
     # Nothing to steal when the queue can feed it, or when nobody holds more than it runs.
     placement.enqueue(_task(20))
     assert placement.steal_for(hungry) is None
