@@ -545,8 +545,8 @@ class SchedulerModel(RuleBasedStateMachine):
         self.core.detach_worker(worker.session, True)
         del self.workers[worker.key]
         for task, losses, attempt in left:
-            # It reported everything it started: only those count a loss.
-            started = attempt in self.expected[task.id].reported_started
+            # It reported everything it started: only those count a loss (a task cancelled meanwhile just ends).
+            started = attempt in self.expected[task.id].reported_started and task.cancel_reason is None
             assert task.losses == losses + started, (task, losses, started)
         self.flush()
 
@@ -628,6 +628,8 @@ class SchedulerModel(RuleBasedStateMachine):
         for task, started, losses in assigned:  # in assignment order
             if not started and unreported:
                 started, unreported = True, unreported - 1
+            if task.cancel_reason is not None:
+                started = False  # it just ends cancelled
             assert task.losses == losses + started, (task, losses, started)
 
     @precondition(lambda self: not self.core.draining and len(self.expected) >= 8)
