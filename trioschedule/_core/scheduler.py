@@ -225,7 +225,12 @@ class Scheduler(Lifecycle):
             known = self.tasks.get(task_id)
             if known is not None and known.session is session:
                 known.attempt = max(known.attempt, attempt)
-            elif known is not None and known.state in (QUEUED, DELAYED) and attempt >= known.attempt:
+            # Adopted only if the worker holds a later attempt than the one the dispatcher knows
+            # of (its journal lagged).  The attempt it knows of was given up on (its session
+            # expired, it was lost or released) or has ended (an error waiting for its retry):
+            # the worker may hold only that attempt's report, which it resends, and which must
+            # not be counted twice.
+            elif known is not None and known.state in (QUEUED, DELAYED) and attempt > known.attempt:
                 known.state, known.session, known.attempt, known.started = RUNNING, session, attempt, True
                 known.not_before = None
                 session.assigned[known.id] = known
@@ -239,7 +244,7 @@ class Scheduler(Lifecycle):
         session.conn = None
         self.placement.withdraw(session)
         if clean or not session.assigned:
-            self._expire_session(session)
+            self._expire_session(session, clean=clean)
         else:
             session.detached_at = self.clock()
             session.expiry += 1
@@ -252,17 +257,20 @@ class Scheduler(Lifecycle):
         if session.conn is None and session.expiry == expiry:
             self._expire_session(session)
 
-    def _expire_session(self, session: WorkerSession) -> None:
+    def _expire_session(self, session: WorkerSession, clean: bool = False) -> None:
         """The worker is gone for good: take its tasks back.
 
         A task counts a loss if the worker said it started it.  A worker can
         die before its "started" report leaves (a task that crashes it at
         once), so the oldest unreported tasks, up to the worker's
         concurrency, count as started too: a poison task cannot loop forever.
+        A worker that said goodbye reported everything it started: what it
+        holds unreported (placed on it as it stopped) never ran, and costs
+        nothing.
         """
         self.sessions.pop(session.id, None)
         tasks = list(session.assigned.values())  # in assignment order
-        unreported_slots = max(0, session.peer.concurrency - sum(t.started for t in tasks))
+        unreported_slots = 0 if clean else max(0, session.peer.concurrency - sum(t.started for t in tasks))
         for task in tasks:
             lost = task.started
             if not lost and unreported_slots:
@@ -299,12 +307,17 @@ class Scheduler(Lifecycle):
             self.steal_for(session)
 
     def on_release(self, session: WorkerSession, release: m.Release) -> None:
-        """The worker hands back tasks it has not started (it is stopping, or was asked to)."""
+        """The worker hands back tasks it has not started (it is stopping, or was asked to).
+
+        The worker's word is taken even for a task marked started: recovery
+        and a resume mark what a worker holds as started because it may have
+        been, and a prefetched one it hands back never was.
+        """
         if release.stopping:
             session.draining = True
         for task_id in release.ids:
             task = session.assigned.get(task_id)
-            if task is not None and not task.started:
+            if task is not None:
                 self._requeue(session, task, lost=False)
         self.dispatch()
 
