@@ -159,3 +159,16 @@ def test_a_worker_holding_a_later_attempt_than_the_journal_knows_keeps_it():
     assert journal.rows["lagged"].state == RUNNING and journal.rows["lagged"].session == "s"
     assert session.buffer_cancel == ["given-up"]  # that attempt was given up: it runs again
     assert given_up.session is session and given_up.attempt == 2
+
+
+def test_a_resumed_worker_that_reported_a_start_cannot_hand_that_task_back():
+    """Once the worker itself says the task started, the guess is knowledge: a release of it is
+    ignored, since giving it to another worker could run it twice."""
+    core, journal, clock = _recovered([_row("held", state=RUNNING, attempt=1, session="s")])
+    back, _ = core.attach_worker(Conn(), hello("t", concurrency=1, prefetch=1, session="s", running={"held": 1}),
+                                 "addr")  # fmt: skip
+    core.attach_worker(Conn(), hello("t", concurrency=1), "addr")
+    core.on_results(back, results(1, started=("held",)))
+    core.on_release(back, m.Release(ids=("held",), stopping=True))
+    task = core.tasks["held"]
+    assert task.session is back and task.state == RUNNING and task.attempt == 1

@@ -106,7 +106,7 @@ class Lifecycle:
 
     def _return_to_queue(self, task: Task, *, lost: bool) -> None:
         task.session = None
-        task.started = False
+        task.started = task.assumed = False
         task.reclaiming = False
         if task.cancel_reason is not None:
             self.finish(task, m.Outcome(id=task.id, status=m.CANCELLED, attempt=task.attempt, reason=task.cancel_reason))

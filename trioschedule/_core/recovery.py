@@ -103,6 +103,6 @@ def _recover_running(s: Scheduler, task: Task, session_id: str, detached: dict[s
         s.sessions[session_id] = session
     task.state = RUNNING
     task.session = session
-    task.started = True  # it may well have been: count a loss unless its worker comes back
+    task.started = task.assumed = True  # it may well have been: count a loss unless its worker comes back
     session.assigned[task.id] = task
     s.running += 1

@@ -232,6 +232,7 @@ class Scheduler(Lifecycle):
             # not be counted twice.
             elif known is not None and known.state in (QUEUED, DELAYED) and attempt > known.attempt:
                 known.state, known.session, known.attempt, known.started = RUNNING, session, attempt, True
+                known.assumed = True
                 known.not_before = None
                 session.assigned[known.id] = known
                 self.running += 1
@@ -286,7 +287,7 @@ class Scheduler(Lifecycle):
         for task_id in results.started:
             task = assigned.get(task_id)
             if task is not None:
-                task.started = True
+                task.started, task.assumed = True, False
         peer = session.peer
         now, wall = self.clock(), self.wall_clock()
         for outcome in results.results:
@@ -309,15 +310,16 @@ class Scheduler(Lifecycle):
     def on_release(self, session: WorkerSession, release: m.Release) -> None:
         """The worker hands back tasks it has not started (it is stopping, or was asked to).
 
-        The worker's word is taken even for a task marked started: recovery
-        and a resume mark what a worker holds as started because it may have
-        been, and a prefetched one it hands back never was.
+        A task the worker itself reported started is not taken back (it may be
+        running: giving it to another worker would run it twice).  One marked
+        started only as a guess (recovered from the journal, or adopted when
+        the worker resumed) is: the worker knows it never started it.
         """
         if release.stopping:
             session.draining = True
         for task_id in release.ids:
             task = session.assigned.get(task_id)
-            if task is not None:
+            if task is not None and (not task.started or task.assumed):
                 self._requeue(session, task, lost=False)
         self.dispatch()
 

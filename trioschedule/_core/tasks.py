@@ -48,7 +48,7 @@ class Task:
         "id", "name", "args", "kwargs", "priority", "retries", "deadline", "state", "attempt",
         "failures", "losses", "session", "started", "outcome", "slot", "watchers", "owner",
         "cancel_reason", "submitted_at", "finished_at", "seq", "not_before", "batch", "batch_index", "reclaiming",
-        "expires",
+        "expires", "assumed",
     )  # fmt: skip
 
     def __init__(self, task_id: str, name: str, args: list[Any], kwargs: dict[str, Any], priority: int,
@@ -67,6 +67,7 @@ class Task:
         self.losses = 0  # attempts whose worker was lost (limited by max_losses)
         self.session: WorkerSession | None = None
         self.started = False
+        self.assumed = False  # started only as a guess (recovered, or adopted on resume): its worker knows better
         self.outcome: Outcome | None = None
         self.slot: Any = None
         self.batch: Any = None
