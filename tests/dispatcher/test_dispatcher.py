@@ -18,7 +18,7 @@ from trioschedule import (
 )
 from trioschedule.testing import open_cluster
 
-from .conftest import MathWorker, OtherWorker, quick_dispatcher
+from ..conftest import MathWorker, OtherWorker, quick_dispatcher
 
 
 async def test_call_submit_and_map_return_values(autojump_clock):
