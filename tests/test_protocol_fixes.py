@@ -17,7 +17,7 @@ import trio
 from trioschedule import open_client
 from trioschedule._protocol.framing import FrameDecoder, encode_frame
 
-from .conftest import quick_dispatcher
+from .conftest import MathWorker, quick_dispatcher
 
 
 class RawPeer:
@@ -220,3 +220,33 @@ async def test_a_hello_without_a_nonce_is_challenged_first():
         await peer.send({"proof": "0" * 64, "type": "auth"})
         error = await peer.receive()
         assert error["code"] == "auth-failed"
+
+
+# ------------------------------------------------------------- point 11
+async def test_a_worker_may_ignore_reclaim_and_keeps_its_tasks():
+    async with dispatcher() as (_, port), open_client("127.0.0.1", port) as client, raw_peer(port) as peer:
+        await worker_hello(peer, concurrency=1, prefetch=1)
+        first = await client.submit("add", args=[1, 2])
+        second = await client.submit("add", args=[3, 4])
+        specs = []
+        while len(specs) < 2:
+            specs += (await peer.receive("run"))["tasks"]
+        assert [s["id"] for s in specs] == [first.id, second.id]
+        await peer.send({"seq": 1, "started": [first.id], "type": "results"})
+        async with trio.open_nursery() as nursery:
+            idle = MathWorker(host="127.0.0.1", port=port)
+            nursery.start_soon(idle.run)  # an idle worker that offers add: the dispatcher asks for the second back
+            reclaim = await peer.receive("reclaim")
+            assert reclaim["ids"] == [second.id]
+            # ignored: no release; the tasks stay here and run here
+            await peer.send({"seq": 2, "started": [second.id], "results": [
+                {"id": first.id, "status": "ok", "attempt": 1, "value": 3}], "type": "results"})  # fmt: skip
+            await peer.send({"seq": 3, "results": [{"id": second.id, "status": "ok", "attempt": 1, "value": 7}],
+                             "type": "results"})  # fmt: skip
+            with trio.fail_after(10):
+                assert (await first.result(), await second.result()) == (3, 7)
+            assert idle.ran == []
+            with trio.move_on_after(0.5):  # and it does not ask again
+                frame = await peer.receive("reclaim")
+                raise AssertionError(f"asked again: {frame}")
+            nursery.cancel_scope.cancel()
