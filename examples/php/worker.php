@@ -98,7 +98,10 @@ function serve(Link $link, array $tasks, bool &$stop): void {
                     $ids = array_values(array_intersect($msg['ids'], array_column($queue, 'id')));
                     $queue = array_values(array_filter($queue, fn($s) => !in_array($s['id'], $ids, true)));
                     $link->send(['ids' => $ids, 'type' => 'release']); break;
-                case 'message': fwrite(STDERR, 'php worker: message ' . json_encode($msg['data'] ?? null) . "\n"); break;
+                case 'message':   // a broadcast; {"ping": X} is answered, so the dispatcher sees every worker
+                    fwrite(STDERR, 'php worker: message ' . json_encode($msg['data'] ?? null) . "\n");
+                    if (isset($msg['data']['ping'])) $link->send(['data' => ['pong' => $msg['data']['ping'], 'pid' => getmypid(), 'worker' => $hello['name']], 'type' => 'message']);
+                    break;
                 case 'goodbye': throw new RuntimeException('the dispatcher said goodbye: ' . ($msg['reason'] ?? ''));
                 case 'error': throw new RuntimeException("error {$msg['code']}: {$msg['message']}");
             }   // heartbeat: nothing to do (this worker keeps no results for a resume, so acks need no bookkeeping)
