@@ -68,8 +68,7 @@ class Relay:
         decoder: FrameDecoder | None = FrameDecoder()
         try:
             while data := await source.receive_some(65536):
-                await sink.send_all(data)
-                if decoder is not None:
+                if decoder is not None:  # read before passing on: what the dispatcher acts on is already here
                     try:
                         decoder.receive_data(data)
                         for payload in decoder.frames():
@@ -77,6 +76,7 @@ class Relay:
                             into.append(message if isinstance(message, dict) else {"type": None})
                     except Exception:  # noqa: BLE001 - garbage is the dispatcher's to refuse; we stop reading it
                         decoder = None
+                await sink.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:

@@ -9,6 +9,9 @@ import sys
 import pytest
 import trio
 
+from trioschedule.cli import DEFAULT_ADDRESS
+from trioschedule.cli._parser import build_parser, parse_address
+
 from ..processes import ROOT, cli, env
 
 BROKEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "broken_worker.py")
@@ -58,3 +61,12 @@ async def test_a_broken_worker_fails_with_a_clear_message(flaw, check, says):
 async def test_an_unknown_check_is_a_usage_error():
     code, out, err = await conformance("--skip", "nonsense", "--", sys.executable, BROKEN, "no-attempt")
     assert code == 2 and "unknown check(s) nonsense" in err
+
+
+def test_worker_connects_to_trioschedule_connect_when_given(monkeypatch):
+    """The kit (and any launcher) passes the address in the environment; --connect still wins."""
+    monkeypatch.setenv("TRIOSCHEDULE_CONNECT", "127.0.0.1:4321")
+    assert build_parser().parse_args(["worker", "m:C"]).connect == ("127.0.0.1", 4321)
+    assert build_parser().parse_args(["worker", "m:C", "--connect", "10.0.0.1:5"]).connect == ("10.0.0.1", 5)
+    monkeypatch.delenv("TRIOSCHEDULE_CONNECT")
+    assert build_parser().parse_args(["worker", "m:C"]).connect == parse_address(DEFAULT_ADDRESS)
