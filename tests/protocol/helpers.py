@@ -22,7 +22,7 @@ SAMPLES: dict[type, Any] = {
     m.Auth: m.Auth(proof="0" * 64),
     m.Welcome: m.Welcome(version=1, session="s", heartbeat=2.0, timeout=10.0),
     m.Error: m.Error(code="bad-json", message="no"),
-    m.Heartbeat: m.Heartbeat(ack=1),
+    m.Heartbeat: m.Heartbeat(),  # from a peer, ack must be 0 (only the dispatcher acknowledges)
     m.Message: m.Message(data={"hi": 1}),
     m.Goodbye: m.Goodbye(reason="bye"),
     m.Cancel: m.Cancel(id="t1"),

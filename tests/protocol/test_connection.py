@@ -101,13 +101,14 @@ def test_byte_at_a_time_equals_all_at_once(role: str) -> None:
         m.Heartbeat(ack=7),
         m.Goodbye(reason="done"),
     ]
+    peer_conversation = [m.Heartbeat() if type(message) is m.Heartbeat else message for message in conversation]  # only the dispatcher acks
     results = []
     for byte_at_a_time in (False, True):
         pair = Pair(role, byte_at_a_time=byte_at_a_time)
         pair.handshake(name="n", tasks=("add", "mul"))
-        results.append([pair.peer_sends(message) for message in conversation])
+        results.append([pair.peer_sends(message) for message in peer_conversation])
         results.append([pair.dispatcher_sends(message) for message in conversation])
-    assert results[0] == results[2] == [[message] for message in conversation]
+    assert results[0] == results[2] == [[message] for message in peer_conversation]
     assert results[1] == results[3] == [[message] for message in conversation]
 
 

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .._errors import QueueFull, Rejected
+from .._errors import QueueFull, Rejected, RemoteProtocolError
 from .._peer import Peer
 from .._protocol import messages as m
 from .._protocol.connection import WORKER
@@ -52,6 +52,13 @@ class Scheduler(Lifecycle):
             return ("draining", "the dispatcher is shutting down and accepts no new tasks")
         if not name:
             return ("bad-request", "a task name must not be empty")
+        return None
+
+    @staticmethod
+    def bad_id(task_id: str) -> tuple[str, str] | None:
+        """Why a client's task id cannot be accepted, as (code, message), or None."""
+        if not task_id:
+            return ("bad-request", "a task id must not be empty")
         return None
 
     def new_task(self, task_id: str, name: str, args: Any, kwargs: Any, priority: int, retries: int | None,
@@ -178,9 +185,10 @@ class Scheduler(Lifecycle):
     def attach_worker(self, conn: Any, hello: m.Hello, address: str) -> tuple[WorkerSession, bool]:
         """Attach a worker's connection to its session: a new one, or the one it resumes.
 
-        A worker resumes its session (names it in its hello) whenever that
-        session is not attached elsewhere: back within the grace window, or
-        after the dispatcher itself restarted.  It keeps the tasks it still
+        A worker resumes its session (names it in its hello) when this
+        dispatcher knows that session and it is not attached elsewhere: back
+        within the grace window, or after the dispatcher restarted from a
+        journal that named the session (see :mod:`.recovery`).  It keeps the tasks it still
         holds; those it no longer holds go back to the queue; held tasks the
         dispatcher had queued again (its journal lagged) are adopted, and
         held tasks that ended or run elsewhere are cancelled on the worker.
@@ -189,17 +197,17 @@ class Scheduler(Lifecycle):
             id=uuid.uuid4().hex, role=WORKER, name=hello.name or f"{hello.role}-{hello.pid}", address=address,
             pid=hello.pid, host=hello.host, connected_at=self.wall_clock(),
         )  # fmt: skip
+        # Only a session this dispatcher knows can be resumed: an id it never
+        # gave out (made up, or from before a restart without a journal, or
+        # one whose grace ran out) is answered as a new session, so the worker
+        # drops what it holds and the dispatcher never trusts a claimed id.
         session = self.sessions.get(hello.session) if hello.session else None
-        resumed = hello.session is not None and (session is None or session.conn is None)
-        if not resumed:
+        resumed = session is not None and session.conn is None
+        if session is None or not resumed:
             session = WorkerSession(uuid.uuid4().hex, peer)
             self.sessions[session.id] = session
         else:
-            assert hello.session is not None
-            if session is None:  # a session from before a restart that the journal did not name
-                session = self.sessions[hello.session] = WorkerSession(hello.session, peer)
             self._resume(session, peer, hello.running)
-        assert session is not None
         session.names = peer.tasks = frozenset(hello.tasks)
         session.window = max(1, hello.concurrency + hello.prefetch)
         peer.concurrency = hello.concurrency
@@ -280,10 +288,22 @@ class Scheduler(Lifecycle):
         self.dispatch()
 
     def on_results(self, session: WorkerSession, results: m.Results) -> None:
-        """A worker's Results frame: starts and outcomes of the attempts it holds."""
+        """A worker's Results frame: starts and outcomes of the attempts it holds.
+
+        Raises :class:`RemoteProtocolError` (and changes nothing) for an
+        attempt newer than the one sent: no correct worker can report that.
+        """
         if results.seq > session.last_seq:
             session.last_seq = results.seq
         assigned = session.assigned
+        for outcome in results.results:  # before changing anything: a frame is taken whole or refused
+            task = assigned.get(outcome.id)
+            if task is not None and outcome.attempt > task.attempt:
+                raise RemoteProtocolError(
+                    f"results: task {outcome.id[:64]!r} reported as attempt {outcome.attempt}, but the dispatcher "
+                    f"sent attempt {task.attempt}: copy attempt from the task's spec in run",
+                    code="bad-message",
+                )
         for task_id in results.started:
             task = assigned.get(task_id)
             if task is not None:
@@ -293,7 +313,7 @@ class Scheduler(Lifecycle):
         for outcome in results.results:
             task = assigned.get(outcome.id)
             if task is None or task.attempt != outcome.attempt:
-                continue  # a stale attempt, or a result already counted: report once
+                continue  # an earlier attempt, a frame sent again after a resume, a task gone elsewhere: harmless
             del assigned[outcome.id]
             self.running -= 1
             task.session = None

@@ -183,7 +183,11 @@ class ConnectionHandler:
             for message in messages:
                 kind = type(message)
                 if kind is m.Results:
-                    core.on_results(session, message)
+                    try:
+                        core.on_results(session, message)
+                    except RemoteProtocolError as exc:
+                        await conn.send_error(exc.code, str(exc))
+                        raise
                 elif kind is m.Heartbeat:
                     pass
                 elif kind is m.Message:
@@ -255,7 +259,7 @@ class ConnectionHandler:
                 accepted.append(sub.id)
                 core.watch_task(existing, client)
                 continue
-            problem = await self._problem(client, sub.name, submit.wait)
+            problem = core.bad_id(sub.id) or await self._problem(client, sub.name, submit.wait)
             if problem is None and (sub.timeout is not None or sub.retries is not None or sub.delay is not None):
                 try:
                     check_options(sub.timeout, sub.retries, sub.delay)

@@ -124,6 +124,52 @@ SEND: dict[tuple[str, str], dict[type, str]] = _error_closes({
 })  # fmt: skip
 
 
+# ------------------------------------------------------------------ checks
+# What the schema cannot say about a message a peer sends the dispatcher.
+# Each raises RemoteProtocolError (bad-message), naming the field and the fix.
+WORKER_STATUSES = (m.OK, m.ERROR, m.CANCELLED, m.TIMEOUT)
+
+
+def _bad(text: str) -> RemoteProtocolError:
+    return RemoteProtocolError(text, code="bad-message")
+
+
+def _check_results(results: Any, role: str | None) -> None:
+    if results.seq < 1:
+        raise _bad(f"results.seq is {results.seq}: number results frames 1, 2, 3, ... (an ack covers seq >= 1)")
+    for outcome in results.results:
+        if outcome.attempt < 1:
+            raise _bad(f"results: the outcome of task {outcome.id[:64]!r} has attempt {outcome.attempt}: "
+                       "copy attempt from the task's spec in run (1 when the spec leaves it out)")  # fmt: skip
+        status = outcome.status
+        if status not in WORKER_STATUSES:
+            raise _bad(f"results: the outcome of task {outcome.id[:64]!r} has status {status[:32]!r}; "
+                       f"a worker reports one of {', '.join(WORKER_STATUSES)}")  # fmt: skip
+        if (status == m.ERROR) != (outcome.error is not None):
+            raise _bad(f"results: the outcome of task {outcome.id[:64]!r} has status {status!r} "
+                       f"{'without' if status == m.ERROR else 'with'} an error object; "
+                       "error is required with status error and not allowed otherwise")  # fmt: skip
+        if status != m.OK and outcome.value is not None:
+            raise _bad(f"results: the outcome of task {outcome.id[:64]!r} has status {status!r} and a value; "
+                       "only an ok outcome carries a value")  # fmt: skip
+
+
+def _check_submit(submit: Any, role: str | None) -> None:
+    seen: set[str] = set()
+    for sub in submit.tasks:
+        if sub.id in seen:
+            raise _bad(f"submit: the task id {sub.id[:64]!r} appears twice in one submit")
+        seen.add(sub.id)
+
+
+def _check_heartbeat(heartbeat: Any, role: str | None) -> None:
+    if heartbeat.ack != 0:
+        raise _bad(f"heartbeat.ack is {heartbeat.ack} from a {role}; only the dispatcher acknowledges (send 0 or leave it out)")
+
+
+_CHECKS: dict[type, Any] = {m.Results: _check_results, m.Submit: _check_submit, m.Heartbeat: _check_heartbeat}
+
+
 class ProtocolConnection:
     """One side of one connection, as a state machine over bytes and messages.
 
@@ -161,7 +207,7 @@ class ProtocolConnection:
         payload = self._decoder.next_frame()
         if payload is None:
             return None
-        message = m.decode(payload)
+        message = m.decode(payload, repeated_keys=self.ready)
         self._received(message)
         return message
 
@@ -187,6 +233,9 @@ class ProtocolConnection:
                     code="bad-role",
                 )
             self.peer_role = message.role
+        check = _CHECKS.get(kind) if self.our_role == DISPATCHER else None
+        if check is not None:
+            check(message, self.peer_role)
         state = table[kind]
         self.state = state if state != READY else self._resolve(state)
 

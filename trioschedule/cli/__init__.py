@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Read the shared secret once, and keep it out of the environment that
     # tasks' child processes would inherit.
     env_token = os.environ.pop("TRIOSCHEDULE_TOKEN", None)
-    args.token = args.token or env_token or None
+    args.token = getattr(args, "token", None) or env_token or None
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",

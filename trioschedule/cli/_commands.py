@@ -7,6 +7,7 @@ would write, so the command line adds nothing the API lacks.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import logging
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 import trio
 
 from .._client import Client, open_client
+from .._conformance import run_conformance
 from .._dispatcher.dispatcher import Dispatcher
 from .._errors import TaskError
 from .._net.security import client_ssl_context, server_ssl_context, token_from_env
@@ -138,6 +140,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "submit": lambda args: trio.run(submit, args),
     "status": lambda args: trio.run(status, args),
     "stop": lambda args: trio.run(stop, args),
+    "conformance": lambda args: trio.run(
+        functools.partial(run_conformance, args.worker_command, skip=tuple(args.skip), fail_fast=args.fail_fast)
+    ),
 }
 
 

@@ -79,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("address", type=parse_address, metavar="HOST:PORT")
     p.add_argument("--grace", type=float, help="seconds to let running tasks finish (default: the dispatcher's)")
     _security_args(p, server=False)
+
+    p = sub.add_parser("conformance", help="check a worker program in any language against the protocol",
+                       description="Start a dispatcher on a free loopback port, run COMMAND with "
+                       "TRIOSCHEDULE_CONNECT=HOST:PORT in its environment, and check the worker it starts "
+                       "(docs/PROTOCOL.md, section 13). Exits 1 if any check fails.")  # fmt: skip
+    p.add_argument("--skip", action="append", default=[], metavar="CHECK",
+                   help="leave a check out (repeatable), e.g. deadline for a worker without deadlines")  # fmt: skip
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failed check")
+    p.add_argument("worker_command", nargs="+", metavar="COMMAND", help="the worker program and its arguments, after --")
     return parser
 
 
@@ -109,8 +118,9 @@ def _dispatcher_command(p: argparse.ArgumentParser) -> None:
 
 def _worker_command(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="MODULE:CLASS", help="a Worker subclass (module or path/to/file.py)")
-    p.add_argument("--connect", type=parse_address, default=parse_address(DEFAULT_ADDRESS), metavar="HOST:PORT",
-                   help=f"the dispatcher's address (default {DEFAULT_ADDRESS})")  # fmt: skip
+    p.add_argument("--connect", type=parse_address, metavar="HOST:PORT",
+                   default=os.environ.get("TRIOSCHEDULE_CONNECT") or DEFAULT_ADDRESS,  # a string: parsed by type=
+                   help=f"the dispatcher's address (default $TRIOSCHEDULE_CONNECT, else {DEFAULT_ADDRESS})")  # fmt: skip
     p.add_argument("--concurrency", type=int, default=defaults.CONCURRENCY,
                    help="tasks run at once per process (default %(default)d)")  # fmt: skip
     p.add_argument("--prefetch", type=int, help="tasks sent ahead of time per process (default: the Worker's)")
