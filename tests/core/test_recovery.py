@@ -150,10 +150,14 @@ def test_a_resumed_worker_can_hand_back_what_recovery_guessed_had_started():
 
 
 def test_a_worker_holding_a_later_attempt_than_the_journal_knows_keeps_it():
-    """The journal lagged: it has the task queued, the worker was sent it before the restart."""
-    core, journal, clock = _recovered([_row("lagged"), _row("given-up", attempt=1, losses=1)])
-    held = {"lagged": 1, "given-up": 1}
-    session, resumed = core.attach_worker(Conn(), hello("t", concurrency=2, session="s", running=held), "addr")
+    """The journal lagged: it has the task queued, the worker was sent it before the restart.
+
+    (The session is known from another task it runs: a session nobody knows is answered as new.)
+    """
+    core, journal, clock = _recovered([_row("lagged"), _row("given-up", attempt=1, losses=1),
+                                       _row("known", state=RUNNING, attempt=1, session="s")])  # fmt: skip
+    held = {"lagged": 1, "given-up": 1, "known": 1}
+    session, resumed = core.attach_worker(Conn(), hello("t", concurrency=3, session="s", running=held), "addr")
     lagged, given_up = core.tasks["lagged"], core.tasks["given-up"]
     assert resumed and lagged.state == RUNNING and lagged.session is session and lagged.attempt == 1
     assert journal.rows["lagged"].state == RUNNING and journal.rows["lagged"].session == "s"

@@ -347,9 +347,10 @@ def test_a_worker_resuming_within_the_grace_period_keeps_what_it_holds():
     assert session.id in core.sessions and kept.state == RUNNING
 
 
-def test_after_its_session_expired_a_returning_worker_is_told_to_drop_what_it_held():
-    """Past the grace period the dispatcher gave those attempts up (a loss each): the worker
-    cancels its copies, and whatever is still wanted runs again as a new attempt."""
+def test_after_its_session_expired_a_returning_worker_gets_a_new_session():
+    """Past the grace period the dispatcher gave those attempts up (a loss each) and forgot the
+    session: the worker is answered as new, so it drops its copies, and whatever is still wanted
+    runs again as a new attempt."""
     clock = FakeClock()
     core = make_scheduler(clock)
     session = attach(core, "t", concurrency=3)
@@ -363,8 +364,8 @@ def test_after_its_session_expired_a_returning_worker_is_told_to_drop_what_it_he
     still_queued = requeued if running_elsewhere is elsewhere else elsewhere
     held = {requeued.id: 1, finished.id: 1, elsewhere.id: 1, "never-heard-of": 1}
     back, resumed = core.attach_worker(Conn(), hello("t", concurrency=3, session=session.id, running=held), "addr")
-    assert resumed and back.id == session.id
-    assert sorted(back.buffer_cancel) == sorted(held)
+    assert not resumed and back.id != session.id
+    assert back.buffer_cancel == []  # a worker answered as new drops what it held by itself
     assert still_queued.session is back and still_queued.attempt == 2  # sent again, as a new attempt
     assert running_elsewhere.session is other
 
@@ -503,8 +504,10 @@ def test_a_resent_error_report_is_not_counted_twice():
     core.detach_worker(session, clean=False)  # before the acknowledgement reached the worker
     back, resumed = core.attach_worker(Conn(), hello("t", concurrency=1, session=session.id,
                                                      running={task.id: 1}), "addr")  # fmt: skip
-    assert resumed and task.state == DELAYED and back.assigned == {}
-    core.on_results(back, frame)  # resent
+    # Nothing was assigned any more, so the session ended with the connection: the worker is
+    # answered as new and drops its report; a stray resend of it must still not count.
+    assert not resumed and task.state == DELAYED and back.assigned == {}
+    core.on_results(back, frame)
     assert task.state == DELAYED and task.failures == 1
     advance(core, clock, 2)
     assert task.state == RUNNING and task.attempt == 2
