@@ -23,7 +23,7 @@ MIRRORED = {
     },
     "worker": {
         "concurrency": "CONCURRENCY", "heartbeat_interval": "HEARTBEAT_INTERVAL",
-        "heartbeat_timeout": "HEARTBEAT_TIMEOUT", "drain_grace": "DRAIN_GRACE",
+        "heartbeat_timeout": "HEARTBEAT_TIMEOUT", "drain_grace": "DRAIN_GRACE", "blocked_warning": "BLOCKED_WARNING",
     },
 }  # fmt: skip
 CONSTRUCTORS = {"dispatcher": Dispatcher, "worker": Worker}

@@ -28,6 +28,7 @@ from .._util import one_error
 from .._util import until_closed as _until_closed
 from .readturn import ReadTurn
 from .runner import TaskRunner
+from .watchdog import Watchdog
 
 __all__ = ["Worker"]
 
@@ -46,7 +47,11 @@ class Worker(TaskRunner):
     ``max(128, 4 * concurrency)``: small tasks need a deep pipeline to be
     fast, and the dispatcher takes unstarted tasks back for any worker that
     goes idle, so they never wait behind a long one).  ``drain_grace`` is how
-    long :meth:`stop` lets running tasks finish.
+    long :meth:`stop` lets running tasks finish.  ``blocked_warning`` is how
+    long the event loop may be blocked (an ``async def`` task that calls
+    blocking code) before a watchdog thread logs which task does it; the
+    watchdog also keeps the heartbeats flowing meanwhile, so a busy worker
+    is not mistaken for a dead one (None turns it off).
 
     This class is the worker's life: the public API, its hooks, connecting
     and resuming a session, heartbeats, and draining.  Running tasks and
@@ -71,6 +76,7 @@ class Worker(TaskRunner):
         reconnect_attempts: int | None = defaults.RECONNECT_ATTEMPTS,
         max_frame_size: int = defaults.MAX_FRAME_SIZE,
         drain_grace: float = defaults.DRAIN_GRACE,
+        blocked_warning: float | None = defaults.BLOCKED_WARNING,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -89,6 +95,7 @@ class Worker(TaskRunner):
         self.reconnect_attempts = reconnect_attempts
         self.max_frame_size = max_frame_size
         self.drain_grace = drain_grace
+        self.blocked_warning = blocked_warning
         self._backoff = Backoff(reconnect_initial, reconnect_max)
         #: How to open a stream to the dispatcher; None means TCP (and TLS).
         #: trioschedule.testing sets it to an in-memory network.
@@ -142,6 +149,8 @@ class Worker(TaskRunner):
             async with one_error() as nursery:  # refused credentials come out alone, not in a group
                 await self._hooks.call_now(self.on_start)
                 nursery.start_soon(self._hooks.run)
+                if self.blocked_warning is not None:
+                    nursery.start_soon(Watchdog(self, self.blocked_warning).run)
                 for _ in range(self.concurrency):
                     nursery.start_soon(self._runner)
                 nursery.start_soon(self._drain_on_stop, nursery.cancel_scope)

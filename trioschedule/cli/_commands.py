@@ -76,7 +76,7 @@ def build_worker(cls: type[Worker], args: argparse.Namespace) -> Worker:
     return cls(
         host, port, token=token_from_env(args.token), ssl_context=_client_ssl(args), concurrency=args.concurrency,
         name=args.name, heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
-        drain_grace=args.drain_grace, **options,
+        drain_grace=args.drain_grace, blocked_warning=args.blocked_warning or None, **options,
     )  # fmt: skip
 
 

@@ -119,6 +119,8 @@ def _worker_command(p: argparse.ArgumentParser) -> None:
     _liveness_args(p)
     p.add_argument("--drain-grace", type=float, default=defaults.DRAIN_GRACE, metavar="S",
                    help="how long stop lets running tasks finish (default %(default)g)")  # fmt: skip
+    p.add_argument("--blocked-warning", type=float, default=defaults.BLOCKED_WARNING, metavar="S",
+                   help="warn when a task blocks the event loop this long (default %(default)g; 0 turns it off)")  # fmt: skip
     _security_args(p, server=False)
 
 
