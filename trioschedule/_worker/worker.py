@@ -186,6 +186,11 @@ class Worker(TaskRunner):
             return f"protocol error while connecting: {exc}"
         if self.reconnect_attempts is not None and attempts > self.reconnect_attempts:
             raise ConnectionClosed(f"gave up after {attempts} attempts to reach {self.host}:{self.port}: {exc}") from None
+        if self._dispatcher_left:  # it said it was stopping: say so once, then wait quietly
+            if attempts == 1:
+                return (f"the dispatcher at {self.host}:{self.port} has stopped; waiting for it to come back "
+                        "(further attempts are logged at DEBUG)")  # fmt: skip
+            return ""
         return f"cannot reach the dispatcher at {self.host}:{self.port}: {exc}"
 
     async def _pause(self, delay: float) -> None:
@@ -213,6 +218,7 @@ class Worker(TaskRunner):
                 log.info("new session with the dispatcher %s: dropping %d held task(s)", welcome.name, len(self._held()))
             self._reset()
         self._session = welcome.session
+        self._dispatcher_left = False
         self._conn = conn
         self._turn = ReadTurn(conn)
         log.info("connected to %s at %s:%s", welcome.name, self.host, self.port)

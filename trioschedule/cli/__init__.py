@@ -5,9 +5,10 @@ and runs them; everything it does is available from Python too.  Scripts in
 the style of Workerman's ``php dispatcher.php start`` call it with their own
 argument list (see examples/dispatcher.py).
 
-Exit codes: 0 success, 1 the task failed (``submit --wait``) or was rejected,
-2 usage or configuration error, 3 cannot reach or authenticate with the
-dispatcher.
+Exit codes: 0 success, 1 the task failed (``submit --wait``, ``result``), was
+rejected, or is unknown, 2 usage or configuration error, 3 cannot reach or
+authenticate with the dispatcher, 4 the task has not finished yet (``result``
+without ``--wait``).
 
 The package is laid out by responsibility: ``_parser`` (options and their
 defaults), ``_commands`` (what each command builds and runs), ``_supervisor``
@@ -17,15 +18,17 @@ defaults), ``_commands`` (what each command builds and runs), ``_supervisor``
 
 from __future__ import annotations
 
-import logging
+import argparse
+import errno
 import os
 import sys
 from collections.abc import Sequence
 
-from .._errors import AuthenticationError, ConnectionClosed, ProtocolError, Rejected, TriosError
+from .._errors import AuthenticationError, ConnectionClosed, LocalProtocolError, ProtocolError, Rejected, TriosError
 from .._util import single_error
 from ._commands import COMMANDS, UsageError
 from ._format import format_status as format_status
+from ._logs import configure_logging
 from ._parser import DEFAULT_ADDRESS as DEFAULT_ADDRESS
 from ._parser import DEFAULT_STORE as DEFAULT_STORE
 from ._parser import build_parser
@@ -38,6 +41,7 @@ __all__ = ["DEFAULT_ADDRESS", "DEFAULT_STORE", "format_status", "main"]
 # What went wrong -> (message prefix, exit code); the first matching row wins.
 _FAILURES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str, int], ...] = (
     (UsageError, "error: ", 2),
+    (LocalProtocolError, "error: ", 2),  # something of ours cannot be sent (not JSON, too large)
     ((ValueError, OSError), "error: ", 2),
     (AuthenticationError, "authentication failed: ", 3),
     ((ConnectionClosed, ProtocolError), "", 3),
@@ -53,11 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # tasks' child processes would inherit.
     env_token = os.environ.pop("TRIOSCHEDULE_TOKEN", None)
     args.token = args.token or env_token or None
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level, args.log_format)
     try:
         try:
             return int(COMMANDS[args.command](args))
@@ -70,6 +70,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             if isinstance(exc, kinds):
                 if isinstance(exc, Rejected):
                     prefix = f"rejected ({exc.code}): "
-                print(f"trioschedule: {prefix}{exc}", file=sys.stderr)
+                print(f"trioschedule: {prefix}{_message(exc, args)}", file=sys.stderr)
                 return code
         raise
+
+
+def _message(exc: BaseException, args: argparse.Namespace) -> str:
+    """The error's text, with the command-line spelling of what to do next."""
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return f"{exc.strerror}; choose another address with --listen HOST:PORT (port 0 picks a free one)"
+    text = str(exc).replace("pass token= or set TRIOSCHEDULE_TOKEN", "pass --token or set TRIOSCHEDULE_TOKEN")
+    plaintext = getattr(args, "tls_ca", "given") is None and not getattr(args, "tls_cert", None)
+    if isinstance(exc, ConnectionClosed) and plaintext and ("closed the connection" in text or "reset" in text):
+        # A TLS dispatcher drops a plaintext hello without a word.
+        text += " (if the dispatcher serves TLS, pass --tls-ca FILE)"
+    return text

@@ -21,8 +21,10 @@ import trio
 
 from .._client import Client, open_client
 from .._dispatcher.dispatcher import Dispatcher
-from .._errors import TaskError
+from .._errors import TaskError, UnknownTaskId
+from .._handles import unwrap
 from .._net.security import client_ssl_context, server_ssl_context, token_from_env
+from .._protocol import messages as m
 from .._worker import Worker
 from ._format import format_status
 from ._loading import load_object
@@ -33,6 +35,9 @@ __all__ = ["COMMANDS", "UsageError", "build_dispatcher", "build_worker"]
 
 log = logging.getLogger("trioschedule")
 T = TypeVar("T")
+
+#: How long ``result`` without ``--wait`` waits for the dispatcher's answer.
+RESULT_ANSWER_WAIT = 2.0
 
 
 class UsageError(Exception):
@@ -99,11 +104,12 @@ async def submit(args: argparse.Namespace) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             raise UsageError(f"--kwarg expects NAME=VALUE, got {item!r}")
-        kwargs[key] = parse_arg(value)
+        kwargs[key] = _json_arg(value, f"--kwarg {key}")
+    values = [_json_arg(text, f"argument {i + 1}") for i, text in enumerate(args.args)]
     # Options not given are left to Client.submit's own defaults.
     options = {k: getattr(args, k) for k in ("timeout", "retries", "delay", "priority") if getattr(args, k) is not None}
     async with _open_client(args, reconnect_attempts=5) as client:
-        handle = await client.submit(args.task, [parse_arg(a) for a in args.args], kwargs, **options)
+        handle = await client.submit(args.task, values, kwargs, **options)
         if not args.wait:
             print(handle.id, flush=True)
             return 0
@@ -116,6 +122,71 @@ async def submit(args: argparse.Namespace) -> int:
         return 0
 
 
+async def result(args: argparse.Namespace) -> int:
+    """Print a task's value as JSON (exit 0), or how it failed (exit 1); without --wait, exit 4 if it has not ended."""
+    async with _open_client(args, reconnect_attempts=5) as client:
+        handle = client.task(args.id)
+        if args.wait:
+            outcome = await handle.outcome()
+        else:
+            # The dispatcher answers at once for a task that has ended (or that
+            # it does not know); silence means it is still queued or running.
+            with trio.move_on_after(RESULT_ANSWER_WAIT):
+                outcome = await handle.outcome()
+            if not handle.done():
+                print(f"task {args.id} has not finished yet (queued or running); --wait waits for it", file=sys.stderr)
+                return 4
+    return _print_outcome(args.id, outcome)
+
+
+async def cancel(args: argparse.Namespace) -> int:
+    """Cancel a task and print how it ended: exit 0 if it was cancelled, 1 if it had ended already or is unknown."""
+    async with _open_client(args, reconnect_attempts=5) as client:
+        handle = client.task(args.id)
+        await handle.cancel(args.reason)
+        outcome = await handle.outcome()  # a running task's worker acknowledges (or the dispatcher gives up on it)
+    if outcome.status == m.CANCELLED:
+        print(f"task {args.id} cancelled" + (f": {outcome.reason}" if outcome.reason else ""), flush=True)
+        return 0
+    if outcome.status == m.UNKNOWN:
+        return _print_outcome(args.id, outcome)
+    print(f"task {args.id} had already ended ({outcome.status}): nothing to cancel", file=sys.stderr)
+    return 1
+
+
+async def broadcast(args: argparse.Namespace) -> int:
+    message = parse_arg(args.message)
+    async with _open_client(args, reconnect_attempts=5) as client:
+        await client.broadcast(message)
+    host, port = args.address
+    print(f"broadcast sent to the workers of {host}:{port}", flush=True)
+    return 0
+
+
+def _json_arg(text: str, label: str) -> Any:
+    """``parse_arg(text)``, refusing what JSON cannot carry (NaN, Infinity) with the argument's position."""
+    value = parse_arg(text)
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise UsageError(f"{label} ({text!r}) is not a JSON value: NaN and Infinity cannot be sent; quote it "
+                         "as a JSON string ('\"NaN\"') to send the text") from None  # fmt: skip
+    return value
+
+
+def _print_outcome(task_id: str, outcome: m.Outcome) -> int:
+    try:
+        value = unwrap(outcome)
+    except UnknownTaskId as exc:
+        print(f"trioschedule: {exc.args[0]}", file=sys.stderr)
+        return 1
+    except TaskError as exc:
+        print(f"task {task_id} failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(value), flush=True)
+    return 0
+
+
 async def status(args: argparse.Namespace) -> int:
     async with _open_client(args, role="admin", reconnect_attempts=0) as client:
         document = await client.status()
@@ -125,9 +196,10 @@ async def status(args: argparse.Namespace) -> int:
 
 async def stop(args: argparse.Namespace) -> int:
     async with _open_client(args, role="admin", reconnect_attempts=0) as client:
-        grace = await client.stop_dispatcher(args.grace)
+        grace = await client.stop_dispatcher(args.grace, workers=args.workers)
         host, port = args.address
-        print(f"dispatcher at {host}:{port} is stopping (grace {grace:g} s)", flush=True)
+        also = ", its workers too" if args.workers else ""
+        print(f"dispatcher at {host}:{port} is stopping (grace {grace:g} s{also})", flush=True)
     return 0
 
 
@@ -136,6 +208,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "dispatcher": run_dispatcher,
     "worker": run_worker,
     "submit": lambda args: trio.run(submit, args),
+    "result": lambda args: trio.run(result, args),
+    "cancel": lambda args: trio.run(cancel, args),
+    "broadcast": lambda args: trio.run(broadcast, args),
     "status": lambda args: trio.run(status, args),
     "stop": lambda args: trio.run(stop, args),
 }
