@@ -128,3 +128,40 @@ async def test_bad_usage_is_one_line_and_exit_2(tmp_path):
         assert "stopped" not in results["port"].stderr
         one_line_usage_error(results["nan"], "argument 2 ('NaN')")
         one_line_usage_error(results["no command"], "COMMAND")
+
+
+async def test_submit_wait_for_a_task_no_worker_offers_says_so(tmp_path):
+    with processes(tmp_path) as procs:
+        dispatcher, port = await procs.start_dispatcher("--store", "memory:")
+        address = f"127.0.0.1:{port}"
+        procs.start_worker(port)
+        await connected_workers(procs, address)
+        refused = await procs.run("submit", address, "ad", "1", "2", "--require-worker")
+        assert refused.returncode == 1 and "no connected worker offers task 'ad'" in refused.stderr, refused
+        assert "workers offer: add, fail, frozen, hog, pid, slow_add" in refused.stderr, refused
+
+        waiting = procs.start("submit", address, "ad", "1", "2", "--wait", name="submit")
+        try:
+            line = await wait_for(lambda: "warning" in procs.log("submit") and procs.log("submit"), timeout=20)
+            assert "no connected worker offers task 'ad'" in line and "workers offer: add," in line, line
+            assert "trioschedule cancel" in line, line
+            assert waiting.poll() is None
+        finally:
+            waiting.kill()
+            waiting.wait(10)
+        log = await wait_for(lambda: "are waiting" in procs.log("dispatcher") and procs.log("dispatcher"))
+        assert "tasks named 'ad' are waiting: no connected worker offers that task (workers offer: add," in log, log
+
+
+async def test_quiet_start_and_honest_status(tmp_path):
+    with processes(tmp_path) as procs:
+        _, port = await procs.start_dispatcher()  # the command line's default journal, new
+        address = f"127.0.0.1:{port}"
+        procs.start_worker(port)
+        [worker] = await connected_workers(procs, address)
+        status = json.loads((await procs.run("status", address, "--json")).stdout)
+        assert status["clients"] == [], status  # the status command does not count itself
+        table = (await procs.run("status", address)).stdout
+        assert "add,fail,frozen,hog,pid,slow_add" in table, table
+        log = procs.log("dispatcher")
+        assert log.count("created the journal") == 1 and "migrating" not in log, log

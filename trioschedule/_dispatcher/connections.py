@@ -230,7 +230,9 @@ class ConnectionHandler:
                 elif kind is m.Heartbeat:
                     pass
                 elif kind is m.StatusRequest and is_admin:
-                    conn.send(m.StatusReply(status=d.status()))
+                    document = d.status()
+                    document["clients"] = [c for c in document["clients"] if c["id"] != client.peer.id]  # not the asker
+                    conn.send(m.StatusReply(status=document))
                 elif kind is m.Stop and is_admin:
                     grace = d.drain_grace if message.grace is None else message.grace
                     conn.send(m.Stopping(grace=grace))

@@ -47,6 +47,9 @@ from .status import status_document
 
 __all__ = ["Dispatcher"]
 
+#: Seconds between checks for tasks whose name no connected worker offers.
+UNOFFERED_CHECK = 2.0
+
 log = logging.getLogger("trioschedule.dispatcher")
 
 MAP_CHUNK = 1000  # map() journals and places tasks this many at a time
@@ -257,6 +260,7 @@ class Dispatcher:
         async with one_error() as nursery:
             nursery.start_soon(self._run_timers)
             nursery.start_soon(self._hooks.run)
+            nursery.start_soon(self._warn_unoffered)
             async with one_error() as connections:
                 accepting = trio.CancelScope()
 
@@ -285,6 +289,25 @@ class Dispatcher:
             effects.timer_wakeup = trio.Event()
             with trio.move_on_at(core.timers.next_deadline()):
                 await effects.timer_wakeup.wait()
+
+    async def _warn_unoffered(self) -> None:
+        """Say so when tasks wait for a name that no connected worker offers (a typo, or a worker not started).
+
+        Once per name, after two checks in a row (workers reconnecting after
+        a restart get a moment first), and again only after it was offered.
+        """
+        placement = self._core.placement
+        seen: set[str] = set()
+        warned: set[str] = set()
+        while True:
+            await trio.sleep(UNOFFERED_CHECK)
+            names = set(placement.unoffered())
+            for name in sorted((names & seen) - warned):
+                offered = ", ".join(sorted(placement.offered())) or "nothing: no worker is connected"
+                log.warning("tasks named %r are waiting: no connected worker offers that task (workers offer: %s)",
+                            name, offered)  # fmt: skip
+            warned = (warned | (names & seen)) & names
+            seen = names
 
     def stop(self, grace: float | None = None, *, workers: bool = False) -> None:
         """Begin a graceful stop: refuse new tasks, let running ones finish within ``grace`` seconds, exit.

@@ -262,7 +262,7 @@ class Worker(TaskRunner):
         log.info("stopping: %d running, %d prefetched to hand back, grace %g s", len(self._running), len(self._queue), grace)
         released = [spec.id for spec in self._queue]
         self._queue.clear()
-        if self._conn is not None and released:
+        if self._conn is not None:  # even with nothing to hand back: status shows it draining
             try:
                 self._conn.send(m.Release(ids=tuple(released), stopping=True))
             except ConnectionClosed:

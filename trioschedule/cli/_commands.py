@@ -21,7 +21,7 @@ import trio
 
 from .._client import Client, open_client
 from .._dispatcher.dispatcher import Dispatcher
-from .._errors import TaskError, UnknownTaskId
+from .._errors import TaskError, TriosError, UnknownTaskId
 from .._handles import unwrap
 from .._net.security import client_ssl_context, server_ssl_context, token_from_env
 from .._protocol import messages as m
@@ -36,6 +36,8 @@ __all__ = ["COMMANDS", "UsageError", "build_dispatcher", "build_worker"]
 log = logging.getLogger("trioschedule")
 T = TypeVar("T")
 
+#: How long ``submit --wait`` waits before checking that some connected worker offers the task.
+UNOFFERED_GRACE = 1.0
 #: How long ``result`` without ``--wait`` waits for the dispatcher's answer.
 RESULT_ANSWER_WAIT = 2.0
 
@@ -108,18 +110,60 @@ async def submit(args: argparse.Namespace) -> int:
     values = [_json_arg(text, f"argument {i + 1}") for i, text in enumerate(args.args)]
     # Options not given are left to Client.submit's own defaults.
     options = {k: getattr(args, k) for k in ("timeout", "retries", "delay", "priority") if getattr(args, k) is not None}
-    async with _open_client(args, reconnect_attempts=5) as client:
+    # Admin, to read the status: which tasks the connected workers offer.
+    checks = args.wait or args.require_worker
+    async with _open_client(args, reconnect_attempts=5, role="admin" if checks else "client") as client:
+        if args.require_worker:
+            offered = await _offered(client)
+            if args.task not in offered:
+                print(f"trioschedule: no connected worker offers task {args.task!r} ({_offer_list(offered)}); "
+                      "nothing was submitted", file=sys.stderr)  # fmt: skip
+                return 1
         handle = await client.submit(args.task, values, kwargs, **options)
         if not args.wait:
             print(handle.id, flush=True)
             return 0
-        try:
-            value = await handle.result()
-        except TaskError as exc:
-            print(f"task {handle.id} failed: {exc}", file=sys.stderr)
-            return 1
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_warn_if_unoffered, client, args, handle.id)
+            try:
+                value = await handle.result()
+            except TaskError as exc:
+                print(f"task {handle.id} failed: {exc}", file=sys.stderr)
+                return 1
+            except KeyboardInterrupt:
+                host, port = args.address
+                print(f"interrupted: task {handle.id} stays submitted; `trioschedule result {host}:{port} {handle.id}` "
+                      f"reads its result, `trioschedule cancel {host}:{port} {handle.id}` cancels it",
+                      file=sys.stderr)  # fmt: skip
+                raise
+            finally:
+                nursery.cancel_scope.cancel()
         print(json.dumps(value), flush=True)
         return 0
+
+
+async def _offered(client: Client) -> set[str]:
+    """The task names that the dispatcher's connected workers offer."""
+    document = await client.status()
+    return {name for worker in document["workers"] if worker["connected"] for name in worker["tasks"]}
+
+
+def _offer_list(offered: set[str]) -> str:
+    return f"workers offer: {', '.join(sorted(offered))}" if offered else "no worker is connected"
+
+
+async def _warn_if_unoffered(client: Client, args: argparse.Namespace, task_id: str) -> None:
+    """While ``submit --wait`` waits: say so if no connected worker offers the task, instead of waiting in silence."""
+    await trio.sleep(UNOFFERED_GRACE)  # a worker that is just connecting gets a moment
+    try:
+        offered = await _offered(client)
+    except TriosError:  # the result's wait will say what went wrong with the connection
+        return
+    if args.task not in offered:
+        host, port = args.address
+        print(f"trioschedule: warning: no connected worker offers task {args.task!r} ({_offer_list(offered)}); "
+              f"task {task_id} waits until one does (`trioschedule cancel {host}:{port} {task_id}` cancels it, "
+              "--require-worker fails at once instead)", file=sys.stderr, flush=True)  # fmt: skip
 
 
 async def result(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 __all__ = ["format_status"]
 
 _TASK_COUNTS = ("queued", "delayed", "running", "done", "failed", "cancelled", "timeout", "lost")
-_WORKER_COLUMNS = ("name", "host", "pid", "concurrency", "running", "done", "failed", "address", "state")
+_WORKER_COLUMNS = ("name", "host", "pid", "concurrency", "running", "done", "failed", "address", "state", "tasks")
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -38,7 +38,7 @@ def format_status(status: dict[str, Any]) -> str:
 def _worker_row(w: dict[str, Any]) -> tuple[str, ...]:
     state = "draining" if w["draining"] else ("connected" if w["connected"] else "detached")
     return (w["name"], w["host"], str(w["pid"]), str(w["concurrency"]), str(w["running"]), str(w["done"]),
-            str(w["failed"]), w["address"], state)  # fmt: skip
+            str(w["failed"]), w["address"], state, ",".join(w.get("tasks", ())))  # fmt: skip
 
 
 def _duration(seconds: float) -> str:

@@ -110,7 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", metavar="ARG", help="arguments: JSON when they parse, else strings")
     p.add_argument("--kwarg", action="append", default=[], metavar="NAME=VALUE",
                    help="a keyword argument (JSON or string)")  # fmt: skip
-    p.add_argument("--wait", action="store_true", help="wait and print the result as JSON")
+    p.add_argument("--wait", action="store_true",
+                   help="wait and print the result as JSON (warns if no connected worker offers TASK)")  # fmt: skip
+    p.add_argument("--require-worker", action="store_true",
+                   help="fail at once (exit 1, nothing submitted) if no connected worker offers TASK")  # fmt: skip
     p.add_argument("--timeout", type=float, help="deadline in seconds from now, queueing included")
     p.add_argument("--retries", type=int, help="retries after the task raises (default: the task's own)")
     p.add_argument("--delay", type=float, help="seconds before it may start")
@@ -134,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("message", metavar="JSON", help="the message: JSON when it parses, else a string")
     _security_args(p, server=False)
 
-    p = command("status", "show a dispatcher's status")
+    p = command("status", "show a dispatcher's status (task counts start from zero when the dispatcher starts)")
     p.add_argument("address", type=parse_address, metavar="HOST:PORT", nargs="?", default=default_address(),
                    help="default $TRIOSCHEDULE_ADDRESS, else %s" % DEFAULT_ADDRESS)  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
