@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import inspect
 import os
 import sys
 from collections.abc import Sequence
@@ -36,7 +37,7 @@ from ._parser import build_parser
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["DEFAULT_ADDRESS", "DEFAULT_STORE", "format_status", "main"]
+__all__ = ["DEFAULT_ADDRESS", "DEFAULT_STORE", "format_status", "main", "run_script"]
 
 # What went wrong -> (message prefix, exit code); the first matching row wins.
 _FAILURES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str, int], ...] = (
@@ -50,9 +51,13 @@ _FAILURES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], st
 )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one ``trioschedule`` command (``argv`` defaults to ``sys.argv[1:]``); return its exit code."""
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, script: str | None = None) -> int:
+    """Run one ``trioschedule`` command (``argv`` defaults to ``sys.argv[1:]``); return its exit code.
+
+    ``script`` names the command in usage and errors instead of
+    ``trioschedule COMMAND`` (:func:`run_script` passes ``python x.py start``).
+    """
+    args = build_parser(script=script).parse_args(argv)
     # Read the shared secret once, and keep it out of the environment that
     # tasks' child processes would inherit.
     env_token = os.environ.pop("TRIOSCHEDULE_TOKEN", None)
@@ -85,3 +90,35 @@ def _message(exc: BaseException, args: argparse.Namespace) -> str:
         # A TLS dispatcher drops a plaintext hello without a word.
         text += " (if the dispatcher serves TLS, pass --tls-ca FILE)"
     return text
+
+
+def run_script(cls: type, argv: Sequence[str] | None = None) -> int:
+    """Workerman's ``php start.php start|stop|status`` for a script that defines a Dispatcher or Worker subclass.
+
+    ``python my_dispatcher.py start [options]`` is ``trioschedule dispatcher
+    my_dispatcher.py:MyDispatcher [options]`` (a Worker subclass: ``worker``);
+    ``status`` and ``stop`` reach the dispatcher (``HOST:PORT`` optional).
+    Usage and errors name the script, not ``trioschedule``::
+
+        if __name__ == "__main__":
+            sys.exit(run_script(MyDispatcher))
+    """
+    from .._dispatcher.dispatcher import Dispatcher
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    script = f"python {sys.argv[0]}"
+    role = "dispatcher" if issubclass(cls, Dispatcher) else "worker"
+    commands = ("start", "status", "stop") if role == "dispatcher" else ("start", "status")
+    command, rest = (argv[0] if argv else ""), argv[1:]
+    if command not in commands:
+        print(f"usage: {script} {'|'.join(commands)} [options]  ({script} start --help lists the options)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if any(arg in ("-d", "--daemon") for arg in rest):
+        print(f"{script}: error: -d: trioschedule does not detach from the terminal; run it under systemd or "
+              "supervisord, or with nohup ... &", file=sys.stderr)  # fmt: skip
+        return 2
+    if command == "start":
+        target = f"{os.path.abspath(inspect.getfile(cls))}:{cls.__qualname__}"
+        return main([role, target, *rest], script=f"{script} start")
+    return main([command, *rest], script=f"{script} {command}")

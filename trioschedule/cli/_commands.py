@@ -58,7 +58,8 @@ def build_dispatcher(cls: type[Dispatcher], args: argparse.Namespace) -> Dispatc
         heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
         handshake_timeout=args.handshake_timeout, session_grace=args.session_grace, drain_grace=args.drain_grace,
         max_connections=args.max_connections, max_queued=args.max_queued,
-        max_client_queued=args.max_client_queued, max_frame_size=args.max_frame_size,
+        max_client_queued=args.max_client_queued, max_frame_size=args.max_frame_size, max_losses=args.max_losses,
+        result_ttl=args.result_ttl, max_results=args.max_results,
     )  # fmt: skip
 
 

@@ -85,19 +85,23 @@ def default_address() -> str:
     return os.environ.get("TRIOSCHEDULE_ADDRESS") or DEFAULT_ADDRESS
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line; ``main`` parses with it, and the tests read its defaults."""
+def build_parser(*, script: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; ``main`` parses with it, and the tests read its defaults.
+
+    ``script`` (``python x.py start``) replaces ``trioschedule COMMAND`` in
+    usage lines and errors, for a script that runs one command.
+    """
     from .. import __version__  # the package is whole by the time anyone parses
 
     parser = _Parser(
-        prog="trioschedule", description="Distributed task scheduling on Trio: dispatcher, workers, clients."
+        prog=script or "trioschedule", description="Distributed task scheduling on Trio: dispatcher, workers, clients."
     )
     parser.add_argument("--version", action="version", version=f"trioschedule {__version__}")
     _common_args(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".")
+        p = sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".", prog=script)
         _common_args(p, top=False)
         return p
 
@@ -175,6 +179,13 @@ def _dispatcher_command(p: argparse.ArgumentParser) -> None:
                    help="unfinished tasks per client (default %(default)d)")  # fmt: skip
     p.add_argument("--max-frame-size", type=int, default=defaults.MAX_FRAME_SIZE, metavar="BYTES",
                    help="largest frame accepted (default %(default)d)")  # fmt: skip
+    p.add_argument("--max-losses", type=int, default=defaults.MAX_LOSSES, metavar="N",
+                   help="times a task may lose its worker before it ends as lost (default %(default)d: "
+                        "it runs at most N+1 times)")  # fmt: skip
+    p.add_argument("--result-ttl", type=float, default=defaults.RESULT_TTL, metavar="S",
+                   help="how long finished outcomes are kept for result and reattaching (default %(default)g)")  # fmt: skip
+    p.add_argument("--max-results", type=int, default=defaults.MAX_RESULTS, metavar="N",
+                   help="how many finished outcomes are kept (default %(default)d)")  # fmt: skip
     _security_args(p, server=True)
 
 
