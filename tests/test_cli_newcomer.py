@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import signal
 
 import trio
 
@@ -146,9 +147,13 @@ async def test_submit_wait_for_a_task_no_worker_offers_says_so(tmp_path):
             assert "no connected worker offers task 'ad'" in line and "workers offer: add," in line, line
             assert "trioschedule cancel" in line, line
             assert waiting.poll() is None
+            waiting.send_signal(signal.SIGINT)  # Ctrl-C: the task stays, and the way to it is printed
+            assert await trio.to_thread.run_sync(waiting.wait, 20) == 130
+            assert "interrupted: task" in procs.log("submit") and "trioschedule cancel" in procs.log("submit")
         finally:
-            waiting.kill()
-            waiting.wait(10)
+            if waiting.poll() is None:
+                waiting.kill()
+                waiting.wait(10)
         log = await wait_for(lambda: "are waiting" in procs.log("dispatcher") and procs.log("dispatcher"))
         assert "tasks named 'ad' are waiting: no connected worker offers that task (workers offer: add," in log, log
 

@@ -53,3 +53,4 @@ def test_without_a_task_on_the_stack_the_innermost_user_frame_is_named():
 
     name, where = describe_blocker(sys._getframe(), {})
     assert name is None and "test_without_a_task_on_the_stack" in where
+
