@@ -32,7 +32,7 @@ import trio
 from .. import _defaults as defaults
 from .._errors import ConnectionClosed, LocalProtocolError, RemoteProtocolError
 from .._protocol import messages as m
-from .._protocol.connection import ProtocolConnection
+from .._protocol.connection import SEND, ProtocolConnection
 from .._protocol.framing import encode_frame
 
 __all__ = ["Connection", "describe_address", "describe_error"]
@@ -264,6 +264,9 @@ class Connection:
     def thread_heartbeat(self) -> Callable[[], bool] | None:
         """A function that any thread may call to write one heartbeat frame now; None if it cannot be done safely.
 
+        Call this from the event loop (it installs the socket lock); the
+        function it returns is the one for other threads.
+
         For a worker whose event loop is blocked (a task that calls blocking
         code): its watchdog thread keeps the heartbeats flowing, so the
         dispatcher does not mistake a busy worker for a dead one.  Only over
@@ -275,8 +278,9 @@ class Connection:
         sock = self._socket
         if sock is None:
             return None
-        self.protocol.check_send(m.Heartbeat())  # allowed now, and changes nothing
         state = self.protocol.state
+        if SEND.get((self.protocol.our_role, state), {}).get(m.Heartbeat) != state:
+            raise LocalProtocolError(f"a heartbeat from a thread is not allowed in state {state!r}")
         frame = encode_frame(m.encode(m.Heartbeat()), self.protocol.max_send_size)
         if self._guard is None:
             self._guard = threading.Lock()

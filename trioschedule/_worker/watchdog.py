@@ -24,7 +24,6 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -110,8 +109,6 @@ class Watchdog:
         blocked_by: str | None = None  # what the warning named, while the loop stays blocked
         blocked_since = 0.0
         sent_at = 0.0
-        send: Callable[[], bool] | None = None
-        conn: Any = None
         while not self._stopped.wait(check):
             now = time.monotonic()
             stalled = now - self._tick
@@ -126,14 +123,7 @@ class Watchdog:
             interval = self.worker.heartbeat_interval
             if stalled < interval or now - sent_at < interval:
                 continue
-            current = self.worker._conn
-            if current is not conn:  # a new connection (or none): ask it for a heartbeat sender
-                conn, send = current, None
-                if current is not None:
-                    try:
-                        send = current.thread_heartbeat()
-                    except Exception:  # not allowed in the connection's state
-                        send = None
+            send = self.worker._beat_from_thread  # set and cleared by the event loop with each connection
             if send is not None and send():
                 sent_at = now
 

@@ -105,6 +105,7 @@ class Worker(TaskRunner):
         }
         super().__init__()
         self._session: str | None = None  # the dispatcher's, resumed after a reconnect
+        self._beat_from_thread: Callable[[], bool] | None = None  # Connection.thread_heartbeat() while connected
         self._stop_grace = drain_grace
         self._hooks = HookRunner(self, log)
 
@@ -220,6 +221,8 @@ class Worker(TaskRunner):
         self._session = welcome.session
         self._dispatcher_left = False
         self._conn = conn
+        # For the watchdog's thread, should a task block the event loop.
+        self._beat_from_thread = conn.thread_heartbeat() if self.blocked_warning is not None else None
         self._turn = ReadTurn(conn)
         log.info("connected to %s at %s:%s", welcome.name, self.host, self.port)
         await self._hooks.call_now(self.on_connect)
@@ -232,6 +235,7 @@ class Worker(TaskRunner):
                 await _until_closed(self._reader, nursery.cancel_scope)
         finally:
             self._conn = None
+            self._beat_from_thread = None
             self._turn = None  # closing the stream below stops a runner that reads it
             with trio.move_on_after(1) as scope:
                 scope.shield = True
