@@ -274,7 +274,7 @@ class Dispatcher:
                 # on_start may wait for workers: it runs beside everything else.
                 nursery.start_soon(self._hooks.call_now, self.on_start)
                 await self._stop_requested.wait()
-                await self._drain(self._stop_grace)
+                await self._drain(self._stop_grace, stop_accepting=accepting.cancel)
                 accepting.cancel()
                 connections.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
@@ -324,7 +324,7 @@ class Dispatcher:
     def draining(self) -> bool:
         return self._core.draining
 
-    async def _drain(self, grace: float) -> None:
+    async def _drain(self, grace: float, stop_accepting: Callable[[], Any] = lambda: None) -> None:
         core = self._core
         core.draining = True
         log.info("draining: %d task(s) running, grace %g s", core.running, grace)
@@ -335,6 +335,9 @@ class Dispatcher:
         if not self.store.durable:
             core.lose_unfinished("the dispatcher stopped before the task finished")
         self._effects.flush()
+        # Workers that reconnected during the grace period had their chance; one that came back
+        # after its goodbye would only be dropped without one.
+        stop_accepting()
         for conn in list(self._links.values()):
             if not conn.closed:
                 try:
