@@ -156,6 +156,10 @@ async def test_submit_wait_for_a_task_no_worker_offers_says_so(tmp_path):
                 waiting.wait(10)
         log = await wait_for(lambda: "are waiting" in procs.log("dispatcher") and procs.log("dispatcher"))
         assert "tasks named 'ad' are waiting: no connected worker offers that task (workers offer: add," in log, log
+        status = json.loads((await procs.run("status", address, "--json")).stdout)
+        [waiting_id] = status["waiting_ids"]["ad"]  # the way to the forgotten task, to cancel it
+        assert status["waiting_for_worker"] == {"ad": 1} and waiting_id in (await procs.run("status", address)).stdout
+        assert (await procs.run("cancel", address, waiting_id)).returncode == 0
 
 
 async def test_quiet_start_and_honest_status(tmp_path):

@@ -25,6 +25,9 @@ def format_status(status: dict[str, Any]) -> str:
     if status["waiting_for_worker"]:
         waiting = ", ".join(f"{name} ({count})" for name, count in sorted(status["waiting_for_worker"].items()))
         lines.append(f"waiting for a worker that offers them: {waiting}")
+        for name, ids in sorted(status.get("waiting_ids", {}).items()):
+            more = status["waiting_for_worker"].get(name, 0) - len(ids)
+            lines.append(f"  {name}: {' '.join(ids)}" + (f" and {more} more" if more > 0 else ""))
     workers = status["workers"]
     lines.append(f"workers: {len(workers)}   clients: {len(status['clients'])}")
     if workers:
