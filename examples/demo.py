@@ -13,6 +13,7 @@ Every process it starts is stopped by PID before it exits.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -154,6 +155,7 @@ def main() -> int:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)  # the journal the demo's dispatcher kept
 
 
 if __name__ == "__main__":

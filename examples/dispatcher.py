@@ -15,22 +15,28 @@ which is the same as ``python -m trioschedule dispatcher examples/dispatcher.py:
 
 from __future__ import annotations
 
-import os
 import sys
 
 from trioschedule import Dispatcher
-from trioschedule.cli import DEFAULT_ADDRESS, main
+from trioschedule.cli import run_script
 
 
 class JobDispatcher(Dispatcher):
+    """The library already logs every connection; the hooks add what only the application knows."""
+
     async def on_start(self):
+        self.workers = {}  # peer id -> the task names it offers
         print(f"[dispatcher] ready on {self.host}:{self.port}", flush=True)
 
     async def on_connect(self, peer):
-        print(f"[dispatcher] {peer.role} {peer.name} connected from {peer.address} (pid {peer.pid})", flush=True)
+        if peer.role == "worker":
+            self.workers[peer.id] = peer.tasks
+            print(f"[dispatcher] {len(self.workers)} worker(s); {peer.name} offers {', '.join(sorted(peer.tasks))}",
+                  flush=True)  # fmt: skip
 
     async def on_close(self, peer):
-        print(f"[dispatcher] {peer.role} {peer.name} disconnected", flush=True)
+        if self.workers.pop(peer.id, None) is not None:
+            print(f"[dispatcher] {len(self.workers)} worker(s) left", flush=True)
 
     async def on_message(self, peer, message):
         """Custom messages: workers answer broadcasts here."""
@@ -38,15 +44,9 @@ class JobDispatcher(Dispatcher):
 
     async def on_task_done(self, task_id, name, outcome):
         if outcome.status != "ok":
-            print(f"[dispatcher] task {name} {task_id[:8]} ended {outcome.status}", flush=True)
+            # The whole id: ids from one client share their first part (the client's), then count up.
+            print(f"[dispatcher] task {name} {task_id} ended {outcome.status}: {outcome.reason or ''}", flush=True)
 
 
 if __name__ == "__main__":
-    command, rest = (sys.argv[1] if len(sys.argv) > 1 else ""), sys.argv[2:]
-    if command == "start":
-        sys.exit(main(["dispatcher", f"{os.path.abspath(__file__)}:JobDispatcher", *rest]))
-    if command in ("status", "stop"):
-        if not rest or rest[0].startswith("-"):
-            rest = [DEFAULT_ADDRESS, *rest]
-        sys.exit(main([command, *rest]))
-    sys.exit(f"usage: python {sys.argv[0]} start|status|stop [options]")
+    sys.exit(run_script(JobDispatcher))

@@ -22,7 +22,7 @@ import time
 import trio
 
 from trioschedule import Worker, task
-from trioschedule.cli import main
+from trioschedule.cli import run_script
 
 # The only external programs this worker will start: name -> fixed argv prefix.
 ALLOWED_COMMANDS = {
@@ -85,6 +85,4 @@ class JobWorker(Worker):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["start"]:
-        sys.exit(f"usage: python {sys.argv[0]} start [--connect HOST:PORT] [--processes N] [--concurrency N]")
-    sys.exit(main(["worker", f"{os.path.abspath(__file__)}:JobWorker", *sys.argv[2:]]))
+    sys.exit(run_script(JobWorker))

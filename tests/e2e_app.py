@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import time
 
 import trio
 
@@ -36,6 +37,12 @@ class AppWorker(Worker):
     @task
     async def fail(self, message="failed on purpose"):
         raise RuntimeError(message)
+
+    @task
+    async def hog(self, seconds):
+        _record("ran", task="hog")
+        time.sleep(seconds)  # the mistake: blocking code in an async def task
+        return "done"
 
     @task
     async def pid(self):

@@ -83,15 +83,15 @@ async def test_cli_token_and_tls(tmp_path):
         attempts = {
             "submit, wrong token": (["submit", address, "add", "1", "1", "--wait", "--token", "wrong", *ca], {}, "authentication failed"),
             "submit, wrong env token": (["submit", address, "add", "1", "1", "--wait", *ca], {"TRIOSCHEDULE_TOKEN": "wrong"}, "authentication failed"),
-            "submit, no token": (["submit", address, "add", "1", "1", "--wait", *ca], {}, "requires a token"),
-            "submit, no --tls-ca": (["submit", address, "add", "1", "1", "--wait", "--token", TOKEN], {}, address),
+            "submit, no token": (["submit", address, "add", "1", "1", "--wait", *ca], {}, ("requires a token", "pass --token")),
+            "submit, no --tls-ca": (["submit", address, "add", "1", "1", "--wait", "--token", TOKEN], {}, (address, "pass --tls-ca")),
             "submit, another CA": (["submit", address, "add", "1", "1", "--token", TOKEN, "--tls-ca", pki.other_ca], {}, "certificate"),
             "status, wrong token": (["status", address, "--token", "wrong", *ca], {}, "authentication failed"),
             "status, no token": (["status", address, *ca], {}, "requires a token"),
-            "status, no --tls-ca": (["status", address], {"TRIOSCHEDULE_TOKEN": TOKEN}, address),
+            "status, no --tls-ca": (["status", address], {"TRIOSCHEDULE_TOKEN": TOKEN}, (address, "pass --tls-ca")),
             "stop, wrong token": (["stop", address, "--token", "wrong", *ca], {}, "authentication failed"),
             "stop, no token": (["stop", address, *ca], {}, "requires a token"),
-            "stop, no --tls-ca": (["stop", address, "--token", TOKEN], {}, address),
+            "stop, no --tls-ca": (["stop", address, "--token", TOKEN], {}, (address, "pass --tls-ca")),
         }  # fmt: skip
         results: dict[str, subprocess.CompletedProcess[str]] = {}
 
@@ -105,7 +105,7 @@ async def test_cli_token_and_tls(tmp_path):
         failures = []
         for name, (_, _, needle) in attempts.items():
             try:
-                refused(results[name], needle)
+                refused(results[name], *(needle if isinstance(needle, tuple) else (needle,)))
             except AssertionError as exc:
                 failures.append(f"{name}: {exc}")
 

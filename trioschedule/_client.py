@@ -22,8 +22,9 @@ import trio
 from . import _defaults as defaults
 from ._core.tasks import IdSequence
 from ._core.tasks import check_options as _check_options
-from ._errors import AuthenticationError, ConnectionClosed, ProtocolError, QueueFull, Rejected
+from ._errors import AuthenticationError, ConnectionClosed, LocalProtocolError, ProtocolError, QueueFull, Rejected
 from ._handles import OutcomeSlot, TaskHandle, values_of
+from ._json import json_encoder
 from ._net.connection import Connection
 from ._net.peerconn import Backoff, open_connection, stay_connected
 from ._net.splitting import send_split
@@ -229,9 +230,12 @@ class Client:
         reply = await self._request(m.StatusRequest(), m.StatusReply)
         return reply.status  # type: ignore[no-any-return]
 
-    async def stop_dispatcher(self, grace: float | None = None) -> float:
-        """Ask the dispatcher to drain and exit (needs ``role="admin"``); returns its grace period."""
-        reply = await self._request(m.Stop(grace=grace), m.Stopping)
+    async def stop_dispatcher(self, grace: float | None = None, *, workers: bool = False) -> float:
+        """Ask the dispatcher to drain and exit (needs ``role="admin"``); returns its grace period.
+
+        ``workers=True`` stops its connected workers too (``Dispatcher.stop``).
+        """
+        reply = await self._request(m.Stop(grace=grace, workers=workers), m.Stopping)
         return reply.grace  # type: ignore[no-any-return]
 
     @property
@@ -292,7 +296,7 @@ class Client:
             conn.send(m.Submit(tasks=tuple(chunk), wait=wait), wake=wake)
 
         def refuse(sub: m.Submission, exc: Exception) -> None:
-            unsendable.append((sub, exc))
+            unsendable.append((sub, _name_the_argument(sub, exc)))
 
         for start in range(0, len(subs), SUBMIT_CHUNK):
             send_split(send, subs[start : start + SUBMIT_CHUNK], refuse)
@@ -463,6 +467,26 @@ class Client:
                 except ConnectionClosed:
                     pass
                 await conn.aclose()
+
+
+_check_json = json_encoder(check_circular=True)
+
+
+def _name_the_argument(sub: m.Submission, exc: Exception) -> Exception:
+    """A submission that is not JSON: say which argument is at fault, not which message."""
+    if not (isinstance(exc, LocalProtocolError) and exc.code == "not-json"):
+        return exc
+    named = [(f"argument {i}", value) for i, value in enumerate(sub.args)]
+    named += [(f"keyword argument {key!r}", value) for key, value in (sub.kwargs or {}).items()]
+    for label, value in named:
+        try:
+            _check_json(value)
+        except (TypeError, ValueError, RecursionError) as error:
+            return LocalProtocolError(
+                f"{label} of task {sub.name!r} cannot be sent as JSON ({error}): task arguments must be JSON "
+                "values (str, int, float, bool, None, list, dict)", code="not-json",
+            )  # fmt: skip
+    return exc
 
 
 @asynccontextmanager

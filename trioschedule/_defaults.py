@@ -13,7 +13,7 @@ __all__ = [
     "HEARTBEAT_INTERVAL", "HEARTBEAT_TIMEOUT", "MAX_CLIENT_QUEUED", "MAX_CONNECTIONS", "MAX_FRAME_SIZE",
     "MAX_LOSSES", "MAX_QUEUED", "MAX_RESULTS", "RECONNECT_INITIAL", "RECONNECT_MAX", "RESULT_TTL",
     "RETRY_BACKOFF", "RETRY_BACKOFF_MAX", "SEND_TIMEOUT", "SESSION_GRACE", "CLI_STORE",
-    "HOST", "PORT", "PREFETCH_MIN", "PREFETCH_PER_RUNNER", "RECONNECT_ATTEMPTS",
+    "HOST", "PORT", "BLOCKED_WARNING", "PREFETCH_MIN", "PREFETCH_PER_RUNNER", "RECONNECT_ATTEMPTS",
 ]  # fmt: skip
 
 #: Where the command line listens and connects unless told otherwise.
@@ -51,6 +51,8 @@ HOST = "127.0.0.1"
 PORT = 7311
 CONCURRENCY = 1
 CANCEL_ON_EXIT = False
+#: Seconds the worker's event loop may be blocked (an async def task calling blocking code) before a warning.
+BLOCKED_WARNING = 1.0
 #: Failed attempts in a row before a worker or client gives up reconnecting (None: never).
 RECONNECT_ATTEMPTS: int | None = None
 #: Tasks a worker takes ahead of its runners: at least PREFETCH_MIN, or PREFETCH_PER_RUNNER per runner.

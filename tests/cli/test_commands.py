@@ -58,11 +58,13 @@ def test_options_reach_the_constructors():
         "dispatcher", "--listen", "0.0.0.0:9000", "--store", "memory:", "--token", "t", "--heartbeat-interval", "0.5",
         "--heartbeat-timeout", "3", "--handshake-timeout", "4", "--session-grace", "6", "--drain-grace", "7",
         "--max-connections", "8", "--max-queued", "9", "--max-client-queued", "10", "--max-frame-size", "1024",
+        "--max-losses", "1", "--result-ttl", "60", "--max-results", "11",
     ))  # fmt: skip
     assert departures_from_defaults(dispatcher.call) == {
         "host": "0.0.0.0", "port": 9000, "token": "t", "store": "memory:", "heartbeat_interval": 0.5,
         "heartbeat_timeout": 3.0, "handshake_timeout": 4.0, "session_grace": 6.0, "drain_grace": 7.0,
         "max_connections": 8, "max_queued": 9, "max_client_queued": 10, "max_frame_size": 1024,
+        "max_losses": 1, "result_ttl": 60.0, "max_results": 11,
     }  # fmt: skip
     worker = build_worker(RecordedWorker, parse(
         "worker", "m:C", "--connect", "10.0.0.1:9000", "--concurrency", "4", "--prefetch", "2", "--name", "w",

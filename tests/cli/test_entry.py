@@ -6,6 +6,7 @@ import importlib
 import re
 import sys
 
+import pytest
 import trio
 
 import trioschedule.cli
@@ -21,8 +22,8 @@ def test_the_console_script_is_cli_main():
 
 
 def test_the_public_names_are_documented():
-    assert sorted(trioschedule.cli.__all__) == ["DEFAULT_ADDRESS", "DEFAULT_STORE", "format_status", "main"]
-    for name in ("format_status", "main"):
+    assert sorted(trioschedule.cli.__all__) == ["DEFAULT_ADDRESS", "DEFAULT_STORE", "format_status", "main", "run_script"]
+    for name in ("format_status", "main", "run_script"):
         assert getattr(trioschedule.cli, name).__doc__, name
 
 
@@ -32,3 +33,16 @@ async def test_python_dash_m_runs_main():
                                       capture_stdout=True, capture_stderr=True, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.decode().startswith("usage: trioschedule stop")
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [([], "usage: python "), (["start", "-d"], "does not detach"), (["restart"], "start|status|stop")],
+)
+def test_a_script_names_itself_in_usage_and_errors(argv, needle, capsys):
+    from trioschedule import Dispatcher
+    from trioschedule.cli import run_script
+
+    assert run_script(Dispatcher, argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1, err

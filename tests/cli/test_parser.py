@@ -19,11 +19,12 @@ MIRRORED = {
         "heartbeat_interval": "HEARTBEAT_INTERVAL", "heartbeat_timeout": "HEARTBEAT_TIMEOUT",
         "handshake_timeout": "HANDSHAKE_TIMEOUT", "session_grace": "SESSION_GRACE", "drain_grace": "DRAIN_GRACE",
         "max_connections": "MAX_CONNECTIONS", "max_queued": "MAX_QUEUED", "max_client_queued": "MAX_CLIENT_QUEUED",
-        "max_frame_size": "MAX_FRAME_SIZE",
+        "max_frame_size": "MAX_FRAME_SIZE", "max_losses": "MAX_LOSSES", "result_ttl": "RESULT_TTL",
+        "max_results": "MAX_RESULTS",
     },
     "worker": {
         "concurrency": "CONCURRENCY", "heartbeat_interval": "HEARTBEAT_INTERVAL",
-        "heartbeat_timeout": "HEARTBEAT_TIMEOUT", "drain_grace": "DRAIN_GRACE",
+        "heartbeat_timeout": "HEARTBEAT_TIMEOUT", "drain_grace": "DRAIN_GRACE", "blocked_warning": "BLOCKED_WARNING",
     },
 }  # fmt: skip
 CONSTRUCTORS = {"dispatcher": Dispatcher, "worker": Worker}

@@ -553,3 +553,87 @@ async def test_a_peer_that_does_not_wait_for_our_answer_is_still_refused():
         else:
             raise AssertionError("a Submit before the Welcome was accepted")
         assert disp.closed
+
+
+# ----------------------------------------------- a blocked event loop (issue 16)
+async def test_a_thread_writes_whole_heartbeats_between_the_loops_frames():
+    import threading
+    import time
+
+    async with _tcp_streams() as (accepted, connecting):
+        server, client = _ready_pair(accepted, connecting)
+        send = server.thread_heartbeat()
+        assert send is not None
+        stop = threading.Event()
+        sent = []
+
+        def hammer():
+            while not stop.is_set():
+                sent.append(send())
+
+        thread = threading.Thread(target=hammer)
+        thread.start()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.run_writer)
+                for i in range(2000):  # frames from the loop, while the thread writes heartbeats between them
+                    server.send(m.Message(data="x" * (i % 300)))
+                    if i % 7 == 0:
+                        await server.write_now()
+                    if i % 50 == 0:
+                        await trio.sleep(0)
+                received: list[Any] = []
+                with trio.fail_after(20):
+                    while sum(type(msg) is m.Message for msg in received) < 2000:
+                        received += await client.receive_batch()
+                nursery.cancel_scope.cancel()
+        finally:
+            stop.set()
+            thread.join()
+        assert [len(msg.data) for msg in received if type(msg) is m.Message] == [i % 300 for i in range(2000)]
+        assert any(sent) and all(type(msg) in (m.Message, m.Heartbeat) for msg in received)
+        # The loop blocked for longer than the peer's timeout: the thread's heartbeats keep it content.
+        watched = trio.current_time()
+        deadline = time.monotonic() + 0.6
+        while time.monotonic() < deadline:  # the mistake under test: blocking the event loop
+            assert send()
+            time.sleep(0.1)
+        with trio.fail_after(5):
+            while client.last_received < watched:
+                await client.receive_batch()
+
+
+async def test_no_thread_heartbeat_over_memory_streams_or_a_closed_connection():
+    a, b = trio.testing.memory_stream_pair()
+    server, _ = _ready_pair(a, b)
+    assert server.thread_heartbeat() is None
+    async with _tcp_streams() as (accepted, connecting):
+        server, _ = _ready_pair(accepted, connecting)
+        send = server.thread_heartbeat()
+        assert send is not None and send()
+        await server.aclose()
+        assert not send()
+
+
+async def test_a_late_wakeup_is_not_blamed_on_the_peer():
+    import time
+
+    async with _tcp_streams() as (accepted, connecting):
+        server, client = _ready_pair(accepted, connecting)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.run_writer)
+            nursery.start_soon(client.run_writer)
+            nursery.start_soon(server.run_heartbeat, 0.1, 0.4)
+            nursery.start_soon(client.run_heartbeat, 0.1, 0.4)
+
+            async def read(conn):
+                while True:
+                    await conn.receive_batch()
+
+            nursery.start_soon(read, client)
+            nursery.start_soon(read, server)
+            await trio.sleep(0.3)
+            time.sleep(0.8)  # the whole loop blocked for twice the timeout; the peer kept talking
+            await trio.sleep(0.5)
+            assert not client.closed, client.closed_reason
+            nursery.cancel_scope.cancel()

@@ -63,6 +63,11 @@ class Placement:
         """The names some connected worker offers."""
         return {name for name, group in self.by_name.items() if any(s.conn is not None for s in group)}
 
+    def unoffered(self) -> list[str]:
+        """Names with queued tasks that no connected worker offers (they wait until one connects)."""
+        offered = self.offered()
+        return sorted(name for name, queue in self.queues.items() if name not in offered and queue)
+
     def capacity(self, name: str) -> int:
         """How many tasks the connected workers offering ``name`` may hold at once."""
         return sum(session.window for session in self.by_name.get(name, ()) if session.conn is not None)

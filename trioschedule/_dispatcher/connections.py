@@ -234,12 +234,15 @@ class ConnectionHandler:
                 elif kind is m.Heartbeat:
                     pass
                 elif kind is m.StatusRequest and is_admin:
-                    conn.send(m.StatusReply(status=d.status()))
+                    document = d.status()
+                    document["clients"] = [c for c in document["clients"] if c["id"] != client.peer.id]  # not the asker
+                    conn.send(m.StatusReply(status=document))
                 elif kind is m.Stop and is_admin:
                     grace = d.drain_grace if message.grace is None else message.grace
                     conn.send(m.Stopping(grace=grace))
-                    log.info("stop requested by %s (%s), grace %g s", client.peer.name, conn.address, grace)
-                    d.stop(grace)
+                    log.info("stop requested by %s (%s), grace %g s%s", client.peer.name, conn.address, grace,
+                             ", workers too" if message.workers else "")  # fmt: skip
+                    d.stop(grace, workers=message.workers)
                 elif kind is m.Goodbye:
                     if message.cancel_pending:
                         core.cancel_owned(client, "the client that submitted it left")

@@ -11,6 +11,7 @@ tasks, a timer task, and a hook task.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -33,6 +34,7 @@ from .._net.connection import Connection
 from .._net.security import Secrets, warn_if_exposed
 from .._peer import Peer
 from .._protocol import messages as m
+from .._protocol.connection import WORKER
 from .._protocol.framing import encode_frame
 from .._store.base import Store
 from .._store.registry import open_store
@@ -44,6 +46,9 @@ from .journal import StoreJournal
 from .status import status_document
 
 __all__ = ["Dispatcher"]
+
+#: Seconds between checks for tasks whose name no connected worker offers.
+UNOFFERED_CHECK = 2.0
 
 log = logging.getLogger("trioschedule.dispatcher")
 
@@ -154,6 +159,7 @@ class Dispatcher:
         self._connections = ConnectionHandler(self)
         self._stop_requested = trio.Event()
         self._stop_grace = drain_grace
+        self._stop_workers = False
         self._started_at = 0.0
         self._serving = False
         self._outcomes = _DispatcherOutcomes(self)
@@ -197,7 +203,13 @@ class Dispatcher:
         """
 
         async def open_listeners() -> list[trio.abc.Listener[Any]]:
-            listeners: list[Any] = await trio.open_tcp_listeners(self.port, host=self.host)
+            try:
+                listeners: list[Any] = await trio.open_tcp_listeners(self.port, host=self.host)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                raise OSError(exc.errno, f"cannot listen on {self.host}:{self.port}: the address is already in use "
+                                         "(another dispatcher, or another program, is listening there)") from None  # fmt: skip
             if self.ssl_context is not None:
                 listeners = [trio.SSLListener(lst, self.ssl_context, https_compatible=False) for lst in listeners]
             return listeners
@@ -218,6 +230,7 @@ class Dispatcher:
         if self._serving:
             raise RuntimeError("this Dispatcher is already serving")
         self._serving = True
+        listening = False
         try:
             # The journal first: a refused journal must fail before we listen.
             stored = await self._journal.open()
@@ -226,6 +239,7 @@ class Dispatcher:
             try:
                 listeners = await open_listeners()
                 self.port = _bound_port(listeners, self.port)
+                listening = True
                 warn_if_exposed(log, self.host, self.secrets, self.ssl_context)
                 await self._run(listeners, task_status)
             finally:
@@ -238,13 +252,15 @@ class Dispatcher:
                         log.exception("closing the journal %s failed", self.store.url)
         finally:
             self._serving = False
-            log.info("%s stopped", self.name)
+            if listening:  # a start that failed says why, not "stopped"
+                log.info("%s stopped", self.name)
 
     async def _run(self, listeners: list[trio.abc.Listener[Any]], task_status: trio.TaskStatus[int]) -> None:
         self._started_at = time.time()
         async with one_error() as nursery:
             nursery.start_soon(self._run_timers)
             nursery.start_soon(self._hooks.run)
+            nursery.start_soon(self._warn_unoffered)
             async with one_error() as connections:
                 accepting = trio.CancelScope()
 
@@ -258,7 +274,7 @@ class Dispatcher:
                 # on_start may wait for workers: it runs beside everything else.
                 nursery.start_soon(self._hooks.call_now, self.on_start)
                 await self._stop_requested.wait()
-                await self._drain(self._stop_grace)
+                await self._drain(self._stop_grace, stop_accepting=accepting.cancel)
                 accepting.cancel()
                 connections.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
@@ -274,17 +290,41 @@ class Dispatcher:
             with trio.move_on_at(core.timers.next_deadline()):
                 await effects.timer_wakeup.wait()
 
-    def stop(self, grace: float | None = None) -> None:
-        """Begin a graceful stop: refuse new tasks, let running ones finish within ``grace`` seconds, exit."""
+    async def _warn_unoffered(self) -> None:
+        """Say so when tasks wait for a name that no connected worker offers (a typo, or a worker not started).
+
+        Once per name, after two checks in a row (workers reconnecting after
+        a restart get a moment first), and again only after it was offered.
+        """
+        placement = self._core.placement
+        seen: set[str] = set()
+        warned: set[str] = set()
+        while True:
+            await trio.sleep(UNOFFERED_CHECK)
+            names = set(placement.unoffered())
+            for name in sorted((names & seen) - warned):
+                offered = ", ".join(sorted(placement.offered())) or "nothing: no worker is connected"
+                log.warning("tasks named %r are waiting: no connected worker offers that task (workers offer: %s)",
+                            name, offered)  # fmt: skip
+            warned = (warned | (names & seen)) & names
+            seen = names
+
+    def stop(self, grace: float | None = None, *, workers: bool = False) -> None:
+        """Begin a graceful stop: refuse new tasks, let running ones finish within ``grace`` seconds, exit.
+
+        ``workers=True`` stops the connected workers too: their goodbye says
+        so, and they exit instead of waiting for the dispatcher to come back.
+        """
         if grace is not None:
             self._stop_grace = grace
+        self._stop_workers = self._stop_workers or workers
         self._stop_requested.set()
 
     @property
     def draining(self) -> bool:
         return self._core.draining
 
-    async def _drain(self, grace: float) -> None:
+    async def _drain(self, grace: float, stop_accepting: Callable[[], Any] = lambda: None) -> None:
         core = self._core
         core.draining = True
         log.info("draining: %d task(s) running, grace %g s", core.running, grace)
@@ -295,10 +335,14 @@ class Dispatcher:
         if not self.store.durable:
             core.lose_unfinished("the dispatcher stopped before the task finished")
         self._effects.flush()
+        # Workers that reconnected during the grace period had their chance; one that came back
+        # after its goodbye would only be dropped without one.
+        stop_accepting()
         for conn in list(self._links.values()):
             if not conn.closed:
                 try:
-                    conn.send(m.Goodbye(reason="dispatcher stopping"))
+                    worker = conn.protocol.peer_role == WORKER
+                    conn.send(m.Goodbye(reason="dispatcher stopping", stop=worker and self._stop_workers))
                     with trio.move_on_after(1.0):
                         await conn.flush()
                 except ConnectionClosed:

@@ -6,12 +6,16 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from .._core.tasks import QUEUED
 from .._protocol import messages as m
 
 if TYPE_CHECKING:
     from .dispatcher import Dispatcher
 
 __all__ = ["status_document"]
+
+#: Ids listed per task name that no connected worker offers (so they can be cancelled by id).
+WAITING_IDS_SHOWN = 10
 
 
 def status_document(dispatcher: Dispatcher) -> dict[str, Any]:
@@ -44,6 +48,7 @@ def status_document(dispatcher: Dispatcher) -> dict[str, Any]:
             "lost": counts[m.LOST],
         },
         "waiting_for_worker": waiting,
+        "waiting_ids": _waiting_ids(core, waiting),
         "workers": [
             {**s.peer.describe(), "session": s.id, "connected": s.conn is not None, "draining": s.draining}
             for s in core.sessions.values()
@@ -51,3 +56,15 @@ def status_document(dispatcher: Dispatcher) -> dict[str, Any]:
         "clients": [c.peer.describe() for c in d._connections.clients.values()],
         "hook_errors": d._hooks.errors,
     }
+
+
+def _waiting_ids(core: Any, waiting: dict[str, int]) -> dict[str, list[str]]:
+    """The first few ids of the queued tasks that wait for a name no connected worker offers."""
+    ids: dict[str, list[str]] = {}
+    if waiting:
+        for task in core.tasks.values():
+            if task.state == QUEUED and task.name in waiting:
+                shown = ids.setdefault(task.name, [])
+                if len(shown) < WAITING_IDS_SHOWN:
+                    shown.append(task.id)
+    return ids

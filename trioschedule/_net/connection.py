@@ -20,8 +20,10 @@ connection broken, so nobody can write a desynchronised stream afterwards.
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import ssl
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,7 +32,8 @@ import trio
 from .. import _defaults as defaults
 from .._errors import ConnectionClosed, LocalProtocolError, RemoteProtocolError
 from .._protocol import messages as m
-from .._protocol.connection import ProtocolConnection
+from .._protocol.connection import SEND, ProtocolConnection
+from .._protocol.framing import encode_frame
 
 __all__ = ["Connection", "describe_address", "describe_error"]
 
@@ -113,6 +116,11 @@ class Connection:
         self.before_write: Callable[[Any], Awaitable[None]] | None = None
         self.write_mark: Callable[[], Any] = _no_mark
         self._mark: Any = None  # write_mark() when the last frame was queued
+        # Set by thread_heartbeat(): a thread may then write whole heartbeat
+        # frames between ours, so every socket write takes this lock.
+        self._guard: threading.Lock | None = None
+        self._partial = False  # the last socket write ended inside a frame (under _guard)
+        self._thread_broke: str | None = None
         now = trio.current_time()
         self.last_received = now
         self.last_sent = now
@@ -234,13 +242,68 @@ class Connection:
         self._outbox_bytes += len(data)
         self._wakeup.set()
 
-    @staticmethod
-    def _send_nowait(sock: socket.socket, data: bytes) -> int:
+    def _send_nowait(self, sock: socket.socket, data: bytes) -> int:
         """Bytes of ``data`` the kernel takes at once (0 if its buffer is full); OSError if the socket broke."""
-        try:
-            return sock.send(data)
-        except BlockingIOError:
-            return 0
+        guard = self._guard
+        if guard is None:
+            try:
+                return sock.send(data)
+            except BlockingIOError:
+                return 0
+        with guard:  # held for one non-blocking send: never long
+            if self._thread_broke is not None:
+                raise OSError(self._thread_broke)
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent:  # ``data`` always ends at a frame boundary: all of it sent means we are at one
+                self._partial = sent < len(data)
+            return sent
+
+    def thread_heartbeat(self) -> Callable[[], bool] | None:
+        """A function that any thread may call to write one heartbeat frame now; None if it cannot be done safely.
+
+        Call this from the event loop (it installs the socket lock); the
+        function it returns is the one for other threads.
+
+        For a worker whose event loop is blocked (a task that calls blocking
+        code): its watchdog thread keeps the heartbeats flowing, so the
+        dispatcher does not mistake a busy worker for a dead one.  Only over
+        plain TCP (a TLS stream's state belongs to the event loop), and only
+        in the protocol state this is called in (after the handshake).  The frame goes out whole, between two of the event loop's
+        frames: the socket lock is held for every write, and the thread
+        writes only when the event loop is not half way through a frame.
+        """
+        sock = self._socket
+        if sock is None:
+            return None
+        state = self.protocol.state
+        if SEND.get((self.protocol.our_role, state), {}).get(m.Heartbeat) != state:
+            raise LocalProtocolError(f"a heartbeat from a thread is not allowed in state {state!r}")
+        frame = encode_frame(m.encode(m.Heartbeat()), self.protocol.max_send_size)
+        if self._guard is None:
+            self._guard = threading.Lock()
+        guard = self._guard
+
+        def send_heartbeat() -> bool:
+            with guard:
+                if self._partial or self._closed_reason is not None or self._thread_broke is not None:
+                    return False
+                if self.protocol.state != state:  # closing, or an error frame sent
+                    return False
+                try:
+                    if not select.select([], [sock], [], 0)[1]:
+                        return False  # the peer is not reading: nothing to gain
+                    sent = sock.send(frame)
+                except OSError:
+                    return False
+                if sent != len(frame):  # cannot happen on a writable socket, but never desynchronise
+                    self._thread_broke = "a heartbeat frame from the watchdog thread was cut short"
+                    return False
+                return True
+
+        return send_heartbeat
 
     async def _send_all(self, data: bytes) -> None:
         sock = self._socket
@@ -332,9 +395,18 @@ class Connection:
 
     async def run_heartbeat(self, interval: float, timeout: float, make: Callable[[], Any] = m.Heartbeat) -> None:
         """Send a heartbeat when quiet for ``interval``; close if the peer is silent for ``timeout``."""
+        period = min(interval, timeout) / 2
         while True:
-            await trio.sleep(min(interval, timeout) / 2)
+            woke = trio.current_time() + period
+            await trio.sleep(period)
             now = trio.current_time()
+            if now - woke > period:
+                # Woken late: this event loop was blocked, and what the peer
+                # sent meanwhile may be waiting unread.  Let the reader catch
+                # up before blaming the peer for our own silence.
+                if now - self.last_sent >= interval and not self._outbox:
+                    self.send(make())
+                continue
             if now - self.last_received > timeout:
                 raise self._mark_closed(f"no frame from the peer for {timeout:g} s (heartbeat timeout)")
             if now - self.last_sent >= interval and not self._outbox:

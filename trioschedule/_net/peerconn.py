@@ -142,7 +142,8 @@ async def stay_connected(
 
     ``connect()`` makes one attempt.  When it fails, ``retry(exc, attempts,
     connected_once)`` decides: it raises to stop with an error, returns None
-    to stop quietly, or returns why we retry, which is logged with the delay;
+    to stop quietly, or returns why we retry, which is logged with the delay
+    (an empty reason retries without a log line above DEBUG);
     ``attempts`` counts the failures since the last connection.  ``pause``
     waits out the delay (the worker's also ends when it is told to stop).
 
@@ -163,7 +164,10 @@ async def stay_connected(
             if why is None:
                 return
             delay = backoff.next_delay()
-            log.info("%s; retrying in %.2f s", why, delay)
+            if why:
+                log.info("%s; retrying in %.2f s", why, delay)
+            else:
+                log.debug("connecting failed (%s); retrying in %.2f s", exc, delay)
             await pause(delay)
             continue
         attempts = 0

@@ -207,11 +207,16 @@ class Message:
 
 @attrs.frozen(kw_only=True)
 class Goodbye:
-    """A clean close.  A client may ask for its unfinished tasks to be cancelled."""
+    """A clean close.  A client may ask for its unfinished tasks to be cancelled.
+
+    From a dispatcher stopped with ``stop --workers``, ``stop`` tells its
+    workers to stop too instead of waiting for it to come back.
+    """
 
     TYPE: ClassVar[str] = "goodbye"
     reason: str = ""
     cancel_pending: bool = False
+    stop: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -325,6 +330,7 @@ class Stop:
 
     TYPE: ClassVar[str] = "stop"
     grace: float | None = None
+    workers: bool = False  # stop the connected workers too (each gets a goodbye with stop=true)
 
 
 @attrs.frozen(kw_only=True)

@@ -73,6 +73,7 @@ class TaskRunner:
         self._report = trio.Event()
         self._idle = trio.lowlevel.ParkingLot()
         self._stop = trio.Event()
+        self._dispatcher_left = False  # it said goodbye: reconnect quietly until it is back
         self.done = 0
         self.failed = 0
 
@@ -124,7 +125,12 @@ class TaskRunner:
             elif kind is m.Message:
                 self._hooks.call(self.on_message, message.data)
             elif kind is m.Goodbye:
-                log.info("the dispatcher said goodbye: %s", message.reason)
+                if message.stop:
+                    log.info("the dispatcher said goodbye (%s) and asked its workers to stop: stopping", message.reason)
+                    self._stop.set()
+                else:
+                    log.info("the dispatcher said goodbye: %s", message.reason)
+                    self._dispatcher_left = True
                 return False
         return True
 

@@ -28,6 +28,7 @@ from .._util import one_error
 from .._util import until_closed as _until_closed
 from .readturn import ReadTurn
 from .runner import TaskRunner
+from .watchdog import Watchdog
 
 __all__ = ["Worker"]
 
@@ -46,7 +47,11 @@ class Worker(TaskRunner):
     ``max(128, 4 * concurrency)``: small tasks need a deep pipeline to be
     fast, and the dispatcher takes unstarted tasks back for any worker that
     goes idle, so they never wait behind a long one).  ``drain_grace`` is how
-    long :meth:`stop` lets running tasks finish.
+    long :meth:`stop` lets running tasks finish.  ``blocked_warning`` is how
+    long the event loop may be blocked (an ``async def`` task that calls
+    blocking code) before a watchdog thread logs which task does it; the
+    watchdog also keeps the heartbeats flowing meanwhile, so a busy worker
+    is not mistaken for a dead one (None turns it off).
 
     This class is the worker's life: the public API, its hooks, connecting
     and resuming a session, heartbeats, and draining.  Running tasks and
@@ -71,6 +76,7 @@ class Worker(TaskRunner):
         reconnect_attempts: int | None = defaults.RECONNECT_ATTEMPTS,
         max_frame_size: int = defaults.MAX_FRAME_SIZE,
         drain_grace: float = defaults.DRAIN_GRACE,
+        blocked_warning: float | None = defaults.BLOCKED_WARNING,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -89,6 +95,7 @@ class Worker(TaskRunner):
         self.reconnect_attempts = reconnect_attempts
         self.max_frame_size = max_frame_size
         self.drain_grace = drain_grace
+        self.blocked_warning = blocked_warning
         self._backoff = Backoff(reconnect_initial, reconnect_max)
         #: How to open a stream to the dispatcher; None means TCP (and TLS).
         #: trioschedule.testing sets it to an in-memory network.
@@ -98,6 +105,7 @@ class Worker(TaskRunner):
         }
         super().__init__()
         self._session: str | None = None  # the dispatcher's, resumed after a reconnect
+        self._beat_from_thread: Callable[[], bool] | None = None  # Connection.thread_heartbeat() while connected
         self._stop_grace = drain_grace
         self._hooks = HookRunner(self, log)
 
@@ -142,6 +150,8 @@ class Worker(TaskRunner):
             async with one_error() as nursery:  # refused credentials come out alone, not in a group
                 await self._hooks.call_now(self.on_start)
                 nursery.start_soon(self._hooks.run)
+                if self.blocked_warning is not None:
+                    nursery.start_soon(Watchdog(self, self.blocked_warning).run)
                 for _ in range(self.concurrency):
                     nursery.start_soon(self._runner)
                 nursery.start_soon(self._drain_on_stop, nursery.cancel_scope)
@@ -177,6 +187,11 @@ class Worker(TaskRunner):
             return f"protocol error while connecting: {exc}"
         if self.reconnect_attempts is not None and attempts > self.reconnect_attempts:
             raise ConnectionClosed(f"gave up after {attempts} attempts to reach {self.host}:{self.port}: {exc}") from None
+        if self._dispatcher_left:  # it said it was stopping: say so once, then wait quietly
+            if attempts == 1:
+                return (f"the dispatcher at {self.host}:{self.port} has stopped; waiting for it to come back "
+                        "(further attempts are logged at DEBUG)")  # fmt: skip
+            return ""
         return f"cannot reach the dispatcher at {self.host}:{self.port}: {exc}"
 
     async def _pause(self, delay: float) -> None:
@@ -204,7 +219,10 @@ class Worker(TaskRunner):
                 log.info("new session with the dispatcher %s: dropping %d held task(s)", welcome.name, len(self._held()))
             self._reset()
         self._session = welcome.session
+        self._dispatcher_left = False
         self._conn = conn
+        # For the watchdog's thread, should a task block the event loop.
+        self._beat_from_thread = conn.thread_heartbeat() if self.blocked_warning is not None else None
         self._turn = ReadTurn(conn)
         log.info("connected to %s at %s:%s", welcome.name, self.host, self.port)
         await self._hooks.call_now(self.on_connect)
@@ -217,6 +235,7 @@ class Worker(TaskRunner):
                 await _until_closed(self._reader, nursery.cancel_scope)
         finally:
             self._conn = None
+            self._beat_from_thread = None
             self._turn = None  # closing the stream below stops a runner that reads it
             with trio.move_on_after(1) as scope:
                 scope.shield = True
@@ -247,7 +266,7 @@ class Worker(TaskRunner):
         log.info("stopping: %d running, %d prefetched to hand back, grace %g s", len(self._running), len(self._queue), grace)
         released = [spec.id for spec in self._queue]
         self._queue.clear()
-        if self._conn is not None and released:
+        if self._conn is not None:  # even with nothing to hand back: status shows it draining
             try:
                 self._conn.send(m.Release(ids=tuple(released), stopping=True))
             except ConnectionClosed:

@@ -5,9 +5,10 @@ and runs them; everything it does is available from Python too.  Scripts in
 the style of Workerman's ``php dispatcher.php start`` call it with their own
 argument list (see examples/dispatcher.py).
 
-Exit codes: 0 success, 1 the task failed (``submit --wait``) or was rejected,
-2 usage or configuration error, 3 cannot reach or authenticate with the
-dispatcher.
+Exit codes: 0 success, 1 the task failed (``submit --wait``, ``result``), was
+rejected, or is unknown, 2 usage or configuration error, 3 cannot reach or
+authenticate with the dispatcher, 4 the task has not finished yet (``result``
+without ``--wait``).
 
 The package is laid out by responsibility: ``_parser`` (options and their
 defaults), ``_commands`` (what each command builds and runs), ``_supervisor``
@@ -17,15 +18,18 @@ defaults), ``_commands`` (what each command builds and runs), ``_supervisor``
 
 from __future__ import annotations
 
-import logging
+import argparse
+import errno
+import inspect
 import os
 import sys
 from collections.abc import Sequence
 
-from .._errors import AuthenticationError, ConnectionClosed, ProtocolError, Rejected, TriosError
+from .._errors import AuthenticationError, ConnectionClosed, LocalProtocolError, ProtocolError, Rejected, TriosError
 from .._util import single_error
 from ._commands import COMMANDS, UsageError
 from ._format import format_status as format_status
+from ._logs import configure_logging
 from ._parser import DEFAULT_ADDRESS as DEFAULT_ADDRESS
 from ._parser import DEFAULT_STORE as DEFAULT_STORE
 from ._parser import build_parser
@@ -33,11 +37,12 @@ from ._parser import build_parser
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["DEFAULT_ADDRESS", "DEFAULT_STORE", "format_status", "main"]
+__all__ = ["DEFAULT_ADDRESS", "DEFAULT_STORE", "format_status", "main", "run_script"]
 
 # What went wrong -> (message prefix, exit code); the first matching row wins.
 _FAILURES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str, int], ...] = (
     (UsageError, "error: ", 2),
+    (LocalProtocolError, "error: ", 2),  # something of ours cannot be sent (not JSON, too large)
     ((ValueError, OSError), "error: ", 2),
     (AuthenticationError, "authentication failed: ", 3),
     ((ConnectionClosed, ProtocolError), "", 3),
@@ -46,18 +51,18 @@ _FAILURES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], st
 )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one ``trioschedule`` command (``argv`` defaults to ``sys.argv[1:]``); return its exit code."""
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, script: str | None = None) -> int:
+    """Run one ``trioschedule`` command (``argv`` defaults to ``sys.argv[1:]``); return its exit code.
+
+    ``script`` names the command in usage and errors instead of
+    ``trioschedule COMMAND`` (:func:`run_script` passes ``python x.py start``).
+    """
+    args = build_parser(script=script).parse_args(argv)
     # Read the shared secret once, and keep it out of the environment that
     # tasks' child processes would inherit.
     env_token = os.environ.pop("TRIOSCHEDULE_TOKEN", None)
-    args.token = getattr(args, "token", None) or env_token or None
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-        stream=sys.stderr,
-    )
+    args.token = getattr(args, "token", None) or env_token or None  # conformance has no --token
+    configure_logging(args.log_level, args.log_format)
     try:
         try:
             return int(COMMANDS[args.command](args))
@@ -70,6 +75,50 @@ def main(argv: Sequence[str] | None = None) -> int:
             if isinstance(exc, kinds):
                 if isinstance(exc, Rejected):
                     prefix = f"rejected ({exc.code}): "
-                print(f"trioschedule: {prefix}{exc}", file=sys.stderr)
+                print(f"trioschedule: {prefix}{_message(exc, args)}", file=sys.stderr)
                 return code
         raise
+
+
+def _message(exc: BaseException, args: argparse.Namespace) -> str:
+    """The error's text, with the command-line spelling of what to do next."""
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return f"{exc.strerror}; choose another address with --listen HOST:PORT (port 0 picks a free one)"
+    text = str(exc).replace("pass token= or set TRIOSCHEDULE_TOKEN", "pass --token or set TRIOSCHEDULE_TOKEN")
+    plaintext = getattr(args, "tls_ca", "given") is None and not getattr(args, "tls_cert", None)
+    if isinstance(exc, ConnectionClosed) and plaintext and ("closed the connection" in text or "reset" in text):
+        # A TLS dispatcher drops a plaintext hello without a word.
+        text += " (if the dispatcher serves TLS, pass --tls-ca FILE)"
+    return text
+
+
+def run_script(cls: type, argv: Sequence[str] | None = None) -> int:
+    """Workerman's ``php start.php start|stop|status`` for a script that defines a Dispatcher or Worker subclass.
+
+    ``python my_dispatcher.py start [options]`` is ``trioschedule dispatcher
+    my_dispatcher.py:MyDispatcher [options]`` (a Worker subclass: ``worker``);
+    ``status`` and ``stop`` reach the dispatcher (``HOST:PORT`` optional).
+    Usage and errors name the script, not ``trioschedule``::
+
+        if __name__ == "__main__":
+            sys.exit(run_script(MyDispatcher))
+    """
+    from .._dispatcher.dispatcher import Dispatcher
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    script = f"python {sys.argv[0]}"
+    role = "dispatcher" if issubclass(cls, Dispatcher) else "worker"
+    commands = ("start", "status", "stop") if role == "dispatcher" else ("start", "status")
+    command, rest = (argv[0] if argv else ""), argv[1:]
+    if command not in commands:
+        print(f"usage: {script} {'|'.join(commands)} [options]  ({script} start --help lists the options)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if any(arg in ("-d", "--daemon") for arg in rest):
+        print(f"{script}: error: -d: trioschedule does not detach from the terminal; run it under systemd or "
+              "supervisord, or with nohup ... &", file=sys.stderr)  # fmt: skip
+        return 2
+    if command == "start":
+        target = f"{os.path.abspath(inspect.getfile(cls))}:{cls.__qualname__}"
+        return main([role, target, *rest], script=f"{script} start")
+    return main([command, *rest], script=f"{script} {command}")

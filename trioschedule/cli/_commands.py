@@ -23,8 +23,10 @@ import trio
 from .._client import Client, open_client
 from .._conformance import run_conformance
 from .._dispatcher.dispatcher import Dispatcher
-from .._errors import TaskError
+from .._errors import TaskError, TriosError, UnknownTaskId
+from .._handles import unwrap
 from .._net.security import client_ssl_context, server_ssl_context, token_from_env
+from .._protocol import messages as m
 from .._worker import Worker
 from ._format import format_status
 from ._loading import load_object
@@ -35,6 +37,11 @@ __all__ = ["COMMANDS", "UsageError", "build_dispatcher", "build_worker"]
 
 log = logging.getLogger("trioschedule")
 T = TypeVar("T")
+
+#: How long ``submit --wait`` waits before checking that some connected worker offers the task.
+UNOFFERED_GRACE = 1.0
+#: How long ``result`` without ``--wait`` waits for the dispatcher's answer.
+RESULT_ANSWER_WAIT = 2.0
 
 
 class UsageError(Exception):
@@ -53,7 +60,8 @@ def build_dispatcher(cls: type[Dispatcher], args: argparse.Namespace) -> Dispatc
         heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
         handshake_timeout=args.handshake_timeout, session_grace=args.session_grace, drain_grace=args.drain_grace,
         max_connections=args.max_connections, max_queued=args.max_queued,
-        max_client_queued=args.max_client_queued, max_frame_size=args.max_frame_size,
+        max_client_queued=args.max_client_queued, max_frame_size=args.max_frame_size, max_losses=args.max_losses,
+        result_ttl=args.result_ttl, max_results=args.max_results,
     )  # fmt: skip
 
 
@@ -78,7 +86,7 @@ def build_worker(cls: type[Worker], args: argparse.Namespace) -> Worker:
     return cls(
         host, port, token=token_from_env(args.token), ssl_context=_client_ssl(args), concurrency=args.concurrency,
         name=args.name, heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
-        drain_grace=args.drain_grace, **options,
+        drain_grace=args.drain_grace, blocked_warning=args.blocked_warning or None, **options,
     )  # fmt: skip
 
 
@@ -101,21 +109,129 @@ async def submit(args: argparse.Namespace) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             raise UsageError(f"--kwarg expects NAME=VALUE, got {item!r}")
-        kwargs[key] = parse_arg(value)
+        kwargs[key] = _json_arg(value, f"--kwarg {key}")
+    values = [_json_arg(text, f"argument {i + 1}") for i, text in enumerate(args.args)]
     # Options not given are left to Client.submit's own defaults.
     options = {k: getattr(args, k) for k in ("timeout", "retries", "delay", "priority") if getattr(args, k) is not None}
-    async with _open_client(args, reconnect_attempts=5) as client:
-        handle = await client.submit(args.task, [parse_arg(a) for a in args.args], kwargs, **options)
+    # Admin, to read the status: which tasks the connected workers offer.
+    checks = args.wait or args.require_worker
+    async with _open_client(args, reconnect_attempts=5, role="admin" if checks else "client") as client:
+        if args.require_worker:
+            offered = await _offered(client)
+            if args.task not in offered:
+                print(f"trioschedule: no connected worker offers task {args.task!r} ({_offer_list(offered)}); "
+                      "nothing was submitted", file=sys.stderr)  # fmt: skip
+                return 1
+        handle = await client.submit(args.task, values, kwargs, **options)
         if not args.wait:
             print(handle.id, flush=True)
             return 0
-        try:
-            value = await handle.result()
-        except TaskError as exc:
-            print(f"task {handle.id} failed: {exc}", file=sys.stderr)
-            return 1
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_warn_if_unoffered, client, args, handle.id)
+            try:
+                value = await handle.result()
+            except TaskError as exc:
+                print(f"task {handle.id} failed: {exc}", file=sys.stderr)
+                return 1
+            except KeyboardInterrupt:
+                host, port = args.address
+                print(f"interrupted: task {handle.id} stays submitted; `trioschedule result {host}:{port} {handle.id}` "
+                      f"reads its result, `trioschedule cancel {host}:{port} {handle.id}` cancels it",
+                      file=sys.stderr)  # fmt: skip
+                raise
+            finally:
+                nursery.cancel_scope.cancel()
         print(json.dumps(value), flush=True)
         return 0
+
+
+async def _offered(client: Client) -> set[str]:
+    """The task names that the dispatcher's connected workers offer."""
+    document = await client.status()
+    return {name for worker in document["workers"] if worker["connected"] for name in worker["tasks"]}
+
+
+def _offer_list(offered: set[str]) -> str:
+    return f"workers offer: {', '.join(sorted(offered))}" if offered else "no worker is connected"
+
+
+async def _warn_if_unoffered(client: Client, args: argparse.Namespace, task_id: str) -> None:
+    """While ``submit --wait`` waits: say so if no connected worker offers the task, instead of waiting in silence."""
+    await trio.sleep(UNOFFERED_GRACE)  # a worker that is just connecting gets a moment
+    try:
+        offered = await _offered(client)
+    except TriosError:  # the result's wait will say what went wrong with the connection
+        return
+    if args.task not in offered:
+        host, port = args.address
+        print(f"trioschedule: warning: no connected worker offers task {args.task!r} ({_offer_list(offered)}); "
+              f"task {task_id} waits until one does (`trioschedule cancel {host}:{port} {task_id}` cancels it, "
+              "--require-worker fails at once instead)", file=sys.stderr, flush=True)  # fmt: skip
+
+
+async def result(args: argparse.Namespace) -> int:
+    """Print a task's value as JSON (exit 0), or how it failed (exit 1); without --wait, exit 4 if it has not ended."""
+    async with _open_client(args, reconnect_attempts=5) as client:
+        handle = client.task(args.id)
+        if args.wait:
+            outcome = await handle.outcome()
+        else:
+            # The dispatcher answers at once for a task that has ended (or that
+            # it does not know); silence means it is still queued or running.
+            with trio.move_on_after(RESULT_ANSWER_WAIT):
+                outcome = await handle.outcome()
+            if not handle.done():
+                print(f"task {args.id} has not finished yet (queued or running); --wait waits for it", file=sys.stderr)
+                return 4
+    return _print_outcome(args.id, outcome)
+
+
+async def cancel(args: argparse.Namespace) -> int:
+    """Cancel a task and print how it ended: exit 0 if it was cancelled, 1 if it had ended already or is unknown."""
+    async with _open_client(args, reconnect_attempts=5) as client:
+        handle = client.task(args.id)
+        await handle.cancel(args.reason)
+        outcome = await handle.outcome()  # a running task's worker acknowledges (or the dispatcher gives up on it)
+    if outcome.status == m.CANCELLED:
+        print(f"task {args.id} cancelled" + (f": {outcome.reason}" if outcome.reason else ""), flush=True)
+        return 0
+    if outcome.status == m.UNKNOWN:
+        return _print_outcome(args.id, outcome)
+    print(f"task {args.id} had already ended ({outcome.status}): nothing to cancel", file=sys.stderr)
+    return 1
+
+
+async def broadcast(args: argparse.Namespace) -> int:
+    message = parse_arg(args.message)
+    async with _open_client(args, reconnect_attempts=5) as client:
+        await client.broadcast(message)
+    host, port = args.address
+    print(f"broadcast sent to the workers of {host}:{port}", flush=True)
+    return 0
+
+
+def _json_arg(text: str, label: str) -> Any:
+    """``parse_arg(text)``, refusing what JSON cannot carry (NaN, Infinity) with the argument's position."""
+    value = parse_arg(text)
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise UsageError(f"{label} ({text!r}) is not a JSON value: NaN and Infinity cannot be sent; quote it "
+                         "as a JSON string ('\"NaN\"') to send the text") from None  # fmt: skip
+    return value
+
+
+def _print_outcome(task_id: str, outcome: m.Outcome) -> int:
+    try:
+        value = unwrap(outcome)
+    except UnknownTaskId as exc:
+        print(f"trioschedule: {exc.args[0]}", file=sys.stderr)
+        return 1
+    except TaskError as exc:
+        print(f"task {task_id} failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(value), flush=True)
+    return 0
 
 
 async def status(args: argparse.Namespace) -> int:
@@ -127,9 +243,10 @@ async def status(args: argparse.Namespace) -> int:
 
 async def stop(args: argparse.Namespace) -> int:
     async with _open_client(args, role="admin", reconnect_attempts=0) as client:
-        grace = await client.stop_dispatcher(args.grace)
+        grace = await client.stop_dispatcher(args.grace, workers=args.workers)
         host, port = args.address
-        print(f"dispatcher at {host}:{port} is stopping (grace {grace:g} s)", flush=True)
+        also = ", its workers too" if args.workers else ""
+        print(f"dispatcher at {host}:{port} is stopping (grace {grace:g} s{also})", flush=True)
     return 0
 
 
@@ -138,6 +255,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "dispatcher": run_dispatcher,
     "worker": run_worker,
     "submit": lambda args: trio.run(submit, args),
+    "result": lambda args: trio.run(result, args),
+    "cancel": lambda args: trio.run(cancel, args),
+    "broadcast": lambda args: trio.run(broadcast, args),
     "status": lambda args: trio.run(status, args),
     "stop": lambda args: trio.run(stop, args),
     "conformance": lambda args: trio.run(

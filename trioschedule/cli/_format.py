@@ -7,7 +7,7 @@ from typing import Any
 __all__ = ["format_status"]
 
 _TASK_COUNTS = ("queued", "delayed", "running", "done", "failed", "cancelled", "timeout", "lost")
-_WORKER_COLUMNS = ("name", "host", "pid", "concurrency", "running", "done", "failed", "address", "state")
+_WORKER_COLUMNS = ("name", "host", "pid", "concurrency", "running", "done", "failed", "address", "state", "tasks")
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -25,6 +25,9 @@ def format_status(status: dict[str, Any]) -> str:
     if status["waiting_for_worker"]:
         waiting = ", ".join(f"{name} ({count})" for name, count in sorted(status["waiting_for_worker"].items()))
         lines.append(f"waiting for a worker that offers them: {waiting}")
+        for name, ids in sorted(status.get("waiting_ids", {}).items()):
+            more = status["waiting_for_worker"].get(name, 0) - len(ids)
+            lines.append(f"  {name}: {' '.join(ids)}" + (f" and {more} more" if more > 0 else ""))
     workers = status["workers"]
     lines.append(f"workers: {len(workers)}   clients: {len(status['clients'])}")
     if workers:
@@ -38,7 +41,7 @@ def format_status(status: dict[str, Any]) -> str:
 def _worker_row(w: dict[str, Any]) -> tuple[str, ...]:
     state = "draining" if w["draining"] else ("connected" if w["connected"] else "detached")
     return (w["name"], w["host"], str(w["pid"]), str(w["concurrency"]), str(w["running"]), str(w["done"]),
-            str(w["failed"]), w["address"], state)  # fmt: skip
+            str(w["failed"]), w["address"], state, ",".join(w.get("tasks", ())))  # fmt: skip
 
 
 def _duration(seconds: float) -> str:

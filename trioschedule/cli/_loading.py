@@ -37,7 +37,15 @@ def load_object(spec: str) -> Any:
         sys.modules[module_name] = module
         loader_spec.loader.exec_module(module)
     else:
-        module = importlib.import_module(module_part)
+        try:
+            module = importlib.import_module(module_part)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (module_part == exc.name or module_part.startswith(exc.name + ".")):
+                raise  # a module that the user's module imports: its traceback says where
+            raise ValueError(
+                f"no module named {exc.name!r} (give an importable module, from the current directory "
+                f"{os.getcwd()}, or a path: {module_part.replace('.', os.sep)}.py:{name})"
+            ) from None
     try:
         return getattr(module, name)
     except AttributeError:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import _defaults as defaults
 
-__all__ = ["DEFAULT_ADDRESS", "DEFAULT_STORE", "build_parser", "parse_address", "parse_arg"]
+__all__ = ["DEFAULT_ADDRESS", "DEFAULT_STORE", "LOG_FORMATS", "LOG_LEVELS", "build_parser", "default_address", "parse_address", "parse_arg"]
 
 #: Where ``dispatcher`` listens and ``worker`` connects unless told otherwise.
 DEFAULT_ADDRESS = defaults.ADDRESS
@@ -46,38 +46,113 @@ def parse_arg(text: str) -> Any:
         return text
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line; ``main`` parses with it, and the tests read its defaults."""
-    parser = argparse.ArgumentParser(
-        prog="trioschedule", description="Distributed task scheduling on Trio: dispatcher, workers, clients."
-    )
-    parser.add_argument("--log-level", default=os.environ.get("TRIOSCHEDULE_LOG_LEVEL", "INFO"),
-                        help="logging level (default INFO)")  # fmt: skip
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _dispatcher_command(sub.add_parser("dispatcher", help="run a dispatcher"))
-    _worker_command(sub.add_parser("worker", help="run worker processes"))
+#: ``--log-level`` accepts these (any case).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: ``--log-format`` accepts these.
+LOG_FORMATS = ("text", "json")
 
-    p = sub.add_parser("submit", help="submit a task (and optionally wait for its result)")
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (and exit 2), like every other usage error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"trioschedule: error: {message} (see {self.prog} --help)\n")
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"invalid level {text!r} (choose from {', '.join(LOG_LEVELS)})")
+    return level
+
+
+def _common_args(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """``--log-level`` and ``--log-format``: before the command or after it, as people type them.
+
+    On the commands the defaults are suppressed, so a value given before the
+    command is not overwritten by the command's default.
+    """
+    level = os.environ.get("TRIOSCHEDULE_LOG_LEVEL", "INFO") if top else argparse.SUPPRESS
+    fmt = os.environ.get("TRIOSCHEDULE_LOG_FORMAT", "text") if top else argparse.SUPPRESS
+    p.add_argument("--log-level", type=_log_level, default=level, metavar="LEVEL",
+                   help=f"logging level: {', '.join(LOG_LEVELS)} (default INFO, or $TRIOSCHEDULE_LOG_LEVEL)")  # fmt: skip
+    p.add_argument("--log-format", choices=LOG_FORMATS, default=fmt,
+                   help="log lines as text or one JSON object per line (default text, or $TRIOSCHEDULE_LOG_FORMAT)")  # fmt: skip
+
+
+def default_address() -> str:
+    """Where ``status`` and ``stop`` go without HOST:PORT: $TRIOSCHEDULE_ADDRESS, else 127.0.0.1:7311."""
+    return os.environ.get("TRIOSCHEDULE_ADDRESS") or DEFAULT_ADDRESS
+
+
+def build_parser(*, script: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; ``main`` parses with it, and the tests read its defaults.
+
+    ``script`` (``python x.py start``) replaces ``trioschedule COMMAND`` in
+    usage lines and errors, for a script that runs one command.
+    """
+    from .. import __version__  # the package is whole by the time anyone parses
+
+    parser = _Parser(
+        prog=script or "trioschedule", description="Distributed task scheduling on Trio: dispatcher, workers, clients."
+    )
+    parser.add_argument("--version", action="version", version=f"trioschedule {__version__}")
+    _common_args(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".", prog=script)
+        _common_args(p, top=False)
+        return p
+
+    _dispatcher_command(command("dispatcher", "run a dispatcher"))
+    _worker_command(command("worker", "run worker processes"))
+
+    p = command("submit", "submit a task (and optionally wait for its result)")
     p.add_argument("address", type=parse_address, metavar="HOST:PORT")
     p.add_argument("task", metavar="TASK")
     p.add_argument("args", nargs="*", metavar="ARG", help="arguments: JSON when they parse, else strings")
     p.add_argument("--kwarg", action="append", default=[], metavar="NAME=VALUE",
                    help="a keyword argument (JSON or string)")  # fmt: skip
-    p.add_argument("--wait", action="store_true", help="wait and print the result as JSON")
+    p.add_argument("--wait", action="store_true",
+                   help="wait and print the result as JSON (warns if no connected worker offers TASK)")  # fmt: skip
+    p.add_argument("--require-worker", action="store_true",
+                   help="fail at once (exit 1, nothing submitted) if no connected worker offers TASK")  # fmt: skip
     p.add_argument("--timeout", type=float, help="deadline in seconds from now, queueing included")
     p.add_argument("--retries", type=int, help="retries after the task raises (default: the task's own)")
     p.add_argument("--delay", type=float, help="seconds before it may start")
     p.add_argument("--priority", type=int, help="higher runs first")
     _security_args(p, server=False)
 
-    p = sub.add_parser("status", help="show a dispatcher's status")
+    p = command("result", "print a task's result (by the id submit printed)")
     p.add_argument("address", type=parse_address, metavar="HOST:PORT")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--wait", action="store_true", help="wait for the task to end (else exit 4 if it has not)")
+    _security_args(p, server=False)
+
+    p = command("cancel", "cancel a queued or running task")
+    p.add_argument("address", type=parse_address, metavar="HOST:PORT")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--reason", help="why (it ends up in the task's outcome)")
+    _security_args(p, server=False)
+
+    p = command("broadcast", "send a message to every connected worker's on_message")
+    p.add_argument("address", type=parse_address, metavar="HOST:PORT")
+    p.add_argument("message", metavar="JSON", help="the message: JSON when it parses, else a string")
+    _security_args(p, server=False)
+
+    p = command("status", "show a dispatcher's status (task counts start from zero when the dispatcher starts)")
+    p.add_argument("address", type=parse_address, metavar="HOST:PORT", nargs="?", default=default_address(),
+                   help="default $TRIOSCHEDULE_ADDRESS, else %s" % DEFAULT_ADDRESS)  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _security_args(p, server=False)
 
-    p = sub.add_parser("stop", help="stop a dispatcher gracefully")
-    p.add_argument("address", type=parse_address, metavar="HOST:PORT")
+    p = command("stop", "stop a dispatcher gracefully (and with --workers, its workers)")
+    p.add_argument("address", type=parse_address, metavar="HOST:PORT", nargs="?", default=default_address(),
+                   help="default $TRIOSCHEDULE_ADDRESS, else %s" % DEFAULT_ADDRESS)  # fmt: skip
     p.add_argument("--grace", type=float, help="seconds to let running tasks finish (default: the dispatcher's)")
+    p.add_argument("--workers", action="store_true",
+                   help="stop the connected workers too (they drain and exit 0) instead of letting them wait")  # fmt: skip
     _security_args(p, server=False)
 
     p = sub.add_parser("conformance", help="check a worker program in any language against the protocol",
@@ -113,6 +188,13 @@ def _dispatcher_command(p: argparse.ArgumentParser) -> None:
                    help="unfinished tasks per client (default %(default)d)")  # fmt: skip
     p.add_argument("--max-frame-size", type=int, default=defaults.MAX_FRAME_SIZE, metavar="BYTES",
                    help="largest frame accepted (default %(default)d)")  # fmt: skip
+    p.add_argument("--max-losses", type=int, default=defaults.MAX_LOSSES, metavar="N",
+                   help="times a task may lose its worker before it ends as lost (default %(default)d: "
+                        "it runs at most N+1 times)")  # fmt: skip
+    p.add_argument("--result-ttl", type=float, default=defaults.RESULT_TTL, metavar="S",
+                   help="how long finished outcomes are kept for result and reattaching (default %(default)g)")  # fmt: skip
+    p.add_argument("--max-results", type=int, default=defaults.MAX_RESULTS, metavar="N",
+                   help="how many finished outcomes are kept (default %(default)d)")  # fmt: skip
     _security_args(p, server=True)
 
 
@@ -122,13 +204,16 @@ def _worker_command(p: argparse.ArgumentParser) -> None:
                    default=os.environ.get("TRIOSCHEDULE_CONNECT") or DEFAULT_ADDRESS,  # a string: parsed by type=
                    help=f"the dispatcher's address (default $TRIOSCHEDULE_CONNECT, else {DEFAULT_ADDRESS})")  # fmt: skip
     p.add_argument("--concurrency", type=int, default=defaults.CONCURRENCY,
-                   help="tasks run at once per process (default %(default)d)")  # fmt: skip
+                   help="tasks run at once in each worker process (default %(default)d: raise it for tasks "
+                        "that wait on I/O)")  # fmt: skip
     p.add_argument("--prefetch", type=int, help="tasks sent ahead of time per process (default: the Worker's)")
     p.add_argument("--processes", type=int, default=1, help="worker processes to run (restarted if they die)")
     p.add_argument("--name", help="worker name shown in status")
     _liveness_args(p)
     p.add_argument("--drain-grace", type=float, default=defaults.DRAIN_GRACE, metavar="S",
                    help="how long stop lets running tasks finish (default %(default)g)")  # fmt: skip
+    p.add_argument("--blocked-warning", type=float, default=defaults.BLOCKED_WARNING, metavar="S",
+                   help="warn when a task blocks the event loop this long (default %(default)g; 0 turns it off)")  # fmt: skip
     _security_args(p, server=False)
 
 

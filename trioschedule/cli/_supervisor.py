@@ -33,10 +33,11 @@ def child_argv(args: argparse.Namespace) -> list[str]:
     The token travels in the environment (``ps`` shows command lines) and
     each child gets its name from ``supervise``.
     """
-    argv = [sys.executable, "-m", "trioschedule", "--log-level", args.log_level, "worker", args.target]
+    argv = [sys.executable, "-m", "trioschedule", "--log-level", args.log_level, "--log-format", args.log_format,
+            "worker", args.target]
     argv += ["--connect", f"{args.connect[0]}:{args.connect[1]}", "--concurrency", str(args.concurrency)]
     argv += ["--heartbeat-interval", str(args.heartbeat_interval), "--heartbeat-timeout", str(args.heartbeat_timeout)]
-    argv += ["--drain-grace", str(args.drain_grace)]
+    argv += ["--drain-grace", str(args.drain_grace), "--blocked-warning", str(args.blocked_warning)]
     for flag in _FORWARDED:
         value = getattr(args, flag)
         if value is not None:

@@ -253,10 +253,13 @@ def prepare(conn: sqlite3.Connection, path: str, synchronous: str) -> None:
 def _migrate(conn: sqlite3.Connection, path: str, version: int) -> None:
     """Every migration after ``version``, in one transaction that also stamps the file."""
     with transaction(conn):
-        for migration in MIGRATIONS:
-            if migration.version <= version:
-                continue
-            _log.info("migrating %s to format version %d: %s", path, migration.version, migration.description)
+        pending = [migration for migration in MIGRATIONS if migration.version > version]
+        if version == 0:  # a new journal: nothing to migrate, as far as the user is concerned
+            _log.info("created the journal %s (format version %d)", path, MIGRATIONS[-1].version)
+        else:
+            _log.info("migrating the journal %s from format version %d to %d: %s", path, version,
+                      MIGRATIONS[-1].version, "; ".join(m.description for m in pending))  # fmt: skip
+        for migration in pending:
             for step in migration.steps:
                 if isinstance(step, str):
                     conn.execute(step)
