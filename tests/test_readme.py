@@ -31,3 +31,12 @@ async def test_the_testing_example_passes_as_written_in_a_fresh_directory(tmp_pa
     output = done.stdout.decode() + done.stderr.decode()
     assert done.returncode == 0, output
     assert "2 passed" in output, output
+
+
+def test_the_readme_testing_snippet_is_examples_test_math():
+    """The README shows examples/test_math.py; the two must not drift apart."""
+    readme = Path(ROOT, "README.md").read_text()
+    section = readme[readme.index("### Testing your own tasks"):]
+    snippet = re.findall(r"```python\n(.*?)```", section, re.DOTALL)[0]
+    source = Path(ROOT, "examples", "test_math.py").read_text()
+    assert source[source.index("import pytest"):].strip() == snippet.strip()
