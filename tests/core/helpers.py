@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from trioschedule._core.recovery import row_of
 from trioschedule._core.scheduler import Limits, Scheduler
 from trioschedule._core.tasks import DELAYED, DONE, QUEUED, RUNNING, Task
 from trioschedule._protocol import messages as m
@@ -80,16 +81,7 @@ class RecordingJournal:
 
     def stored(self, task: Task) -> StoredTask:
         """``StoreJournal._stored``: the row of ``task`` as it is now (deadline on the wall clock)."""
-        now, wall = self.clock.monotonic(), self.clock.wall()
-        return StoredTask(
-            id=task.id, name=task.name, args=task.args or [], kwargs=task.kwargs or {}, priority=task.priority,
-            retries=task.retries, deadline=None if task.deadline is None else wall + (task.deadline - now),
-            not_before=task.not_before, state=task.state if task.state != DELAYED else QUEUED,
-            attempt=task.attempt, failures=task.failures, losses=task.losses,
-            session=task.session.id if task.session else None,
-            outcome=None if task.outcome is None else m.converter.unstructure(task.outcome),
-            submitted_at=task.submitted_at, finished_at=task.finished_at or None,
-        )  # fmt: skip
+        return row_of(task, self.clock.monotonic(), self.clock.wall())
 
     def snapshot(self) -> list[StoredTask]:
         """What a restarted dispatcher's store would hand to recovery (copies)."""

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING
 from .._peer import Peer
 from .._protocol import messages as m
 from .._protocol.connection import WORKER
+from .._store.base import StoredTask
 from .sessions import WorkerSession
-from .tasks import DELAYED, DONE, RUNNING, Task
+from .tasks import DELAYED, DONE, QUEUED, RUNNING, Task
 
 if TYPE_CHECKING:
-    from .._store.base import StoredTask
     from .scheduler import Scheduler
 
-__all__ = ["recover"]
+__all__ = ["recover", "row_of"]
 
 log = logging.getLogger("trioschedule.dispatcher")
 
@@ -106,3 +106,22 @@ def _recover_running(s: Scheduler, task: Task, session_id: str, detached: dict[s
     task.started = task.assumed = True  # it may well have been: count a loss unless its worker comes back
     session.assigned[task.id] = task
     s.running += 1
+
+
+def row_of(task: Task, now: float, wall: float) -> StoredTask:
+    """The journal's row for ``task`` as it is now: what :func:`recover` reads back.
+
+    ``now``/``wall`` are the same instant on the scheduler's clock and the
+    wall clock: deadlines are journaled on the wall clock, since the
+    scheduler's clock does not survive a restart.  A delayed task is
+    journaled as queued with its ``not_before``.
+    """
+    return StoredTask(
+        id=task.id, name=task.name, args=task.args or [], kwargs=task.kwargs or {}, priority=task.priority,
+        retries=task.retries, deadline=None if task.deadline is None else wall + (task.deadline - now),
+        not_before=task.not_before, state=task.state if task.state != DELAYED else QUEUED,
+        attempt=task.attempt, failures=task.failures, losses=task.losses,
+        session=task.session.id if task.session else None,
+        outcome=None if task.outcome is None else m.converter.unstructure(task.outcome),
+        submitted_at=task.submitted_at, finished_at=task.finished_at or None,
+    )  # fmt: skip

@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .._core.tasks import DELAYED, DONE, QUEUED, RUNNING, Task
+from .._core.recovery import row_of
+from .._core.tasks import DONE, RUNNING, Task
 from .._errors import StoreError
 from .._protocol import messages as m
 from .._store.base import Store, StoredTask
@@ -139,12 +140,4 @@ class StoreJournal:
     def _stored(self, task: Task, now: float | None = None, wall: float | None = None) -> StoredTask:
         if now is None or wall is None:
             now, wall = self.clock(), self.wall_clock()
-        return StoredTask(
-            id=task.id, name=task.name, args=task.args or [], kwargs=task.kwargs or {}, priority=task.priority,
-            retries=task.retries, deadline=None if task.deadline is None else wall + (task.deadline - now),
-            not_before=task.not_before, state=task.state if task.state != DELAYED else QUEUED,
-            attempt=task.attempt, failures=task.failures, losses=task.losses,
-            session=task.session.id if task.session else None,
-            outcome=None if task.outcome is None else m.converter.unstructure(task.outcome),
-            submitted_at=task.submitted_at, finished_at=task.finished_at or None,
-        )  # fmt: skip
+        return row_of(task, now, wall)
