@@ -206,7 +206,7 @@ async def run_conformance(command: list[str], *, out: TextIO = sys.stdout, skip:
     logger = logging.getLogger("trioschedule.dispatcher")
     logger.addHandler(kit.warnings)
     propagate, logger.propagate = logger.propagate, False  # its lines would drown the report; failures quote them
-    log_file = tempfile.TemporaryFile("w+")
+    log_file = tempfile.TemporaryFile("w+")  # noqa: SIM115 - read for the report after the worker has exited, then closed
     try:
         async with trio.open_nursery() as nursery:
             d = KitDispatcher("127.0.0.1", 0, store="memory:", heartbeat_interval=HEARTBEAT, heartbeat_timeout=TIMEOUT,

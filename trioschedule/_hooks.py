@@ -48,7 +48,7 @@ class HookRunner:
             return
         try:
             await hook(*args)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a hook that raises is logged and counted, never fatal
             self.errors += 1
             self._log.exception("hook %s raised (the %s carries on)", hook.__name__, type(self._owner).__name__)
 

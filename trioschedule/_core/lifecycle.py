@@ -30,8 +30,18 @@ log = logging.getLogger("trioschedule.dispatcher")
 class Limits:
     """The scheduler's settings (the dispatcher's constructor arguments of the same names)."""
 
-    __slots__ = ("max_queued", "max_client_queued", "max_losses", "retry_backoff", "retry_backoff_max",
-                 "heartbeat_timeout", "cancel_timeout", "session_grace", "result_ttl", "max_results")  # fmt: skip
+    __slots__ = (
+        "cancel_timeout",
+        "heartbeat_timeout",
+        "max_client_queued",
+        "max_losses",
+        "max_queued",
+        "max_results",
+        "result_ttl",
+        "retry_backoff",
+        "retry_backoff_max",
+        "session_grace",
+    )  # fmt: skip
 
     def __init__(self, *, max_queued: int, max_client_queued: int, max_losses: int, retry_backoff: float,
                  retry_backoff_max: float, heartbeat_timeout: float, cancel_timeout: float, session_grace: float,

@@ -20,7 +20,7 @@ class Placement:
     decisions (``assign``), so that every state change stays in one place.
     """
 
-    __slots__ = ("queues", "ready", "by_name")
+    __slots__ = ("by_name", "queues", "ready")
 
     def __init__(self) -> None:
         self.queues: dict[str, TaskQueue] = {}

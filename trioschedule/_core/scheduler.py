@@ -293,8 +293,7 @@ class Scheduler(Lifecycle):
         Raises :class:`RemoteProtocolError` (and changes nothing) for an
         attempt newer than the one sent: no correct worker can report that.
         """
-        if results.seq > session.last_seq:
-            session.last_seq = results.seq
+        session.last_seq = max(session.last_seq, results.seq)
         assigned = session.assigned
         for outcome in results.results:  # before changing anything: a frame is taken whole or refused
             task = assigned.get(outcome.id)

@@ -22,8 +22,24 @@ class WorkerSession:
     ``Scheduler.dirty_sessions`` for the shell to send them.
     """
 
-    __slots__ = ("id", "peer", "conn", "names", "window", "assigned", "buffer", "control", "buffer_cancel",
-                 "last_seq", "acked", "detached_at", "draining", "retries", "no_retry", "expiry")  # fmt: skip
+    __slots__ = (
+        "acked",
+        "assigned",
+        "buffer",
+        "buffer_cancel",
+        "conn",
+        "control",
+        "detached_at",
+        "draining",
+        "expiry",
+        "id",
+        "last_seq",
+        "names",
+        "no_retry",
+        "peer",
+        "retries",
+        "window",
+    )  # fmt: skip
 
     def __init__(self, session_id: str, peer: Peer, names: frozenset[str] = frozenset(), window: int = 1) -> None:
         self.id = session_id
@@ -51,7 +67,7 @@ class ClientRecord:
     record is put in ``Scheduler.dirty_clients`` for the shell to send them.
     """
 
-    __slots__ = ("peer", "conn", "pending", "owned")
+    __slots__ = ("conn", "owned", "peer", "pending")
 
     def __init__(self, peer: Peer, conn: Any) -> None:
         self.peer = peer

@@ -10,7 +10,15 @@ if TYPE_CHECKING:
     from .sessions import ClientRecord, WorkerSession
 
 __all__ = [
-    "DELAYED", "DONE", "QUEUED", "RUNNING", "TRANSITIONS", "IdSequence", "NO_KWARGS", "Task", "check_options",
+    "DELAYED",
+    "DONE",
+    "NO_KWARGS",
+    "QUEUED",
+    "RUNNING",
+    "TRANSITIONS",
+    "IdSequence",
+    "Task",
+    "check_options",
 ]  # fmt: skip
 
 QUEUED: Final = "queued"  # waiting in its name's queue for a worker with room
@@ -45,10 +53,33 @@ class Task:
     """
 
     __slots__ = (
-        "id", "name", "args", "kwargs", "priority", "retries", "deadline", "state", "attempt",
-        "failures", "losses", "session", "started", "outcome", "slot", "watchers", "owner",
-        "cancel_reason", "submitted_at", "finished_at", "seq", "not_before", "batch", "batch_index", "reclaiming",
-        "expires", "assumed",
+        "args",
+        "assumed",
+        "attempt",
+        "batch",
+        "batch_index",
+        "cancel_reason",
+        "deadline",
+        "expires",
+        "failures",
+        "finished_at",
+        "id",
+        "kwargs",
+        "losses",
+        "name",
+        "not_before",
+        "outcome",
+        "owner",
+        "priority",
+        "reclaiming",
+        "retries",
+        "seq",
+        "session",
+        "slot",
+        "started",
+        "state",
+        "submitted_at",
+        "watchers",
     )  # fmt: skip
 
     def __init__(self, task_id: str, name: str, args: list[Any], kwargs: dict[str, Any], priority: int,
@@ -104,7 +135,7 @@ class IdSequence:
     small task costs.
     """
 
-    __slots__ = ("prefix", "count")
+    __slots__ = ("count", "prefix")
 
     def __init__(self, prefix_length: int = 32) -> None:
         self.prefix = uuid.uuid4().hex[:prefix_length]

@@ -23,7 +23,7 @@ class Batch:
     count reaching zero mean the batch is done.
     """
 
-    __slots__ = ("outcomes", "unfinished", "_done", "_complete", "_drained", "_drained_at")
+    __slots__ = ("_complete", "_done", "_drained", "_drained_at", "outcomes", "unfinished")
 
     def __init__(self) -> None:
         self.outcomes: list[m.Outcome | None] = []

@@ -123,9 +123,9 @@ class ConnectionHandler:
         if hello.role == WORKER:
             session, resumed = core.attach_worker(conn, hello, conn.address)
             welcome = self._welcome(session.id, proof, resumed)
-            serve = lambda: self._serve_worker(session)  # noqa: E731
-            make_heartbeat: Callable[[], Any] = lambda: m.Heartbeat(ack=session.acked)  # noqa: E731
-            leave = lambda clean: core.detach_worker(session, clean)  # noqa: E731
+            serve = lambda: self._serve_worker(session)
+            make_heartbeat: Callable[[], Any] = lambda: m.Heartbeat(ack=session.acked)
+            leave = lambda clean: core.detach_worker(session, clean)
             peer = session.peer
             d._links[peer.id] = conn
         else:
@@ -134,8 +134,8 @@ class ConnectionHandler:
             client = ClientRecord(peer, conn)
             self.clients[peer.id] = client
             welcome = self._welcome(peer.id, proof)
-            serve = lambda: self._serve_client(client)  # noqa: E731
-            leave = lambda clean: self._client_left(client)  # noqa: E731
+            serve = lambda: self._serve_client(client)
+            leave = lambda clean: self._client_left(client)
             make_heartbeat = m.Heartbeat
             d._links[peer.id] = conn
         if self.journal.active:  # write-ahead: tasks, acknowledgements and outcomes only once journaled

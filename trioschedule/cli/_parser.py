@@ -143,13 +143,13 @@ def build_parser(*, script: str | None = None) -> argparse.ArgumentParser:
 
     p = command("status", "show a dispatcher's status (task counts start from zero when the dispatcher starts)")
     p.add_argument("address", type=parse_address, metavar="HOST:PORT", nargs="?", default=default_address(),
-                   help="default $TRIOSCHEDULE_ADDRESS, else %s" % DEFAULT_ADDRESS)  # fmt: skip
+                   help=f"default $TRIOSCHEDULE_ADDRESS, else {DEFAULT_ADDRESS}")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _security_args(p, server=False)
 
     p = command("stop", "stop a dispatcher gracefully (and with --workers, its workers)")
     p.add_argument("address", type=parse_address, metavar="HOST:PORT", nargs="?", default=default_address(),
-                   help="default $TRIOSCHEDULE_ADDRESS, else %s" % DEFAULT_ADDRESS)  # fmt: skip
+                   help=f"default $TRIOSCHEDULE_ADDRESS, else {DEFAULT_ADDRESS}")  # fmt: skip
     p.add_argument("--grace", type=float, help="seconds to let running tasks finish (default: the dispatcher's)")
     p.add_argument("--workers", action="store_true",
                    help="stop the connected workers too (they drain and exit 0) instead of letting them wait")  # fmt: skip
