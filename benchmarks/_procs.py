@@ -36,9 +36,10 @@ REPO = os.path.dirname(HERE)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-import trio  # noqa: E402
+import trio
+import trio.lowlevel
 
-from trioschedule import Dispatcher, Worker, open_client, task  # noqa: E402
+from trioschedule import Dispatcher, Worker, open_client, task
 
 HOST = "127.0.0.1"
 WARMUP = 200  # untimed W1 tasks before the timed runs (as the baseline does)
@@ -136,7 +137,7 @@ async def run_workers(args: argparse.Namespace) -> None:
             worker = cls(HOST, args.port, concurrency=args.concurrency, name=name, **options)
             nursery.start_soon(worker.run)
             if args.count > 50 and i % 50 == 49:
-                await trio.sleep(0)  # let the first connections proceed while the rest start
+                await trio.lowlevel.checkpoint()  # let the first connections proceed while the rest start
 
 
 # ============================================================== dispatcher
@@ -272,7 +273,7 @@ class RoundTimeout(Exception):
 
 def _w3_connections(disp: Dispatcher) -> dict[str, tuple]:
     """Worker name -> (session id, connection, peer) for every session the dispatcher holds now."""
-    return {s.peer.name: (s.id, s.conn, s.peer) for s in disp._core.sessions.values()}  # noqa: SLF001 - a diagnostic
+    return {s.peer.name: (s.id, s.conn, s.peer) for s in disp._core.sessions.values()}
 
 
 def _w3_report(disp: BenchDispatcher, r: int, timeout: float, at_start: dict[str, tuple], round_t0: float) -> str:

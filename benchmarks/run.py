@@ -715,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
     waited: dict = {}
     with tempfile.TemporaryDirectory(prefix="trioschedule-bench-") as logdir:
 
-        def step(key: str, what: str, fn, *a, **kw) -> None:  # noqa: ANN001
+        def step(key: str, what: str, fn, *a, **kw) -> None:
             print(f"- {what} ...", file=sys.stderr, flush=True)
             meter = CpuMeter()
             raw[key] = fn(*a, **kw)

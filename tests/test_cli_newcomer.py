@@ -133,7 +133,7 @@ async def test_bad_usage_is_one_line_and_exit_2(tmp_path):
 
 async def test_submit_wait_for_a_task_no_worker_offers_says_so(tmp_path):
     with processes(tmp_path) as procs:
-        dispatcher, port = await procs.start_dispatcher("--store", "memory:")
+        _dispatcher, port = await procs.start_dispatcher("--store", "memory:")
         address = f"127.0.0.1:{port}"
         procs.start_worker(port)
         await connected_workers(procs, address)
@@ -167,7 +167,7 @@ async def test_quiet_start_and_honest_status(tmp_path):
         _, port = await procs.start_dispatcher()  # the command line's default journal, new
         address = f"127.0.0.1:{port}"
         procs.start_worker(port)
-        [worker] = await connected_workers(procs, address)
+        [_worker] = await connected_workers(procs, address)
         status = json.loads((await procs.run("status", address, "--json")).stdout)
         assert status["clients"] == [], status  # the status command does not count itself
         table = (await procs.run("status", address)).stdout

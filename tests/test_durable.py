@@ -40,13 +40,12 @@ async def test_restart_on_the_same_journal_runs_everything_once(tmp_path):
     path = tmp_path / "journal.sqlite3"
     workers = [worker("a", concurrency=4), worker("b", concurrency=4)]
     with trio.fail_after(30):
-        async with open_cluster(journaled(path), *workers) as cluster:
-            async with cluster.client() as client:
-                handles = [await client.submit("sleep", [0.3, i]) for i in range(40)]
-                await trio.sleep(0.5)  # some done, some running, most queued
-                await cluster.stop_dispatcher()
-                await cluster.start_dispatcher(journaled(path))
-                results = [await h.result() for h in handles]
+        async with open_cluster(journaled(path), *workers) as cluster, cluster.client() as client:
+            handles = [await client.submit("sleep", [0.3, i]) for i in range(40)]
+            await trio.sleep(0.5)  # some done, some running, most queued
+            await cluster.stop_dispatcher()
+            await cluster.start_dispatcher(journaled(path))
+            results = [await h.result() for h in handles]
     assert results == list(range(40))
     runs = collections.Counter(args for w in workers for name, args in w.ran if name == "sleep")
     assert sum(runs.values()) == 40, "a task that was running on a returning worker is not run again"
@@ -68,10 +67,9 @@ async def test_reattach_after_restart_and_retention(tmp_path):
                 assert await other.task(delayed.id).result() == 2
                 assert trio.current_time() - start >= 0.5  # its delay was kept, not dropped
         # past the retention time the outcome is gone
-        async with open_cluster(journaled(path, result_ttl=0.001)) as cluster:
-            async with cluster.client() as other:
-                with pytest.raises(KeyError):
-                    await other.task(done.id).result()
+        async with open_cluster(journaled(path, result_ttl=0.001)) as cluster, cluster.client() as other:
+            with pytest.raises(KeyError):
+                await other.task(done.id).result()
 
 
 async def test_a_finished_map_leaves_nothing_in_the_journal(tmp_path):
@@ -86,7 +84,7 @@ async def test_a_finished_map_leaves_nothing_in_the_journal(tmp_path):
             assert await d.map("add", [(i, 1) for i in range(300)]) == [i + 1 for i in range(300)]
             await cluster.stop_dispatcher()
             restarted = await cluster.start_dispatcher(journaled(path))
-            assert list(restarted._core.tasks) == [kept.id]  # noqa: SLF001
+            assert list(restarted._core.tasks) == [kept.id]
             assert await restarted.task(kept.id).result() == 42
 
 
@@ -143,7 +141,7 @@ async def test_a_map_in_a_sigkilled_dispatcher_runs_each_task_once_after_the_res
     """The map() runs inside the dispatcher: its chunk is journaled as one group (format 4)."""
     port = free_port()
     journal = tmp_path / "journal.sqlite3"
-    ran = lambda: ran_args(tmp_path)  # noqa: E731
+    ran = lambda: ran_args(tmp_path)
     with processes(tmp_path, E2E_DIR=str(tmp_path)) as procs:
         args, dispatcher = await start_journaled(procs, port, journal)
         async with open_client("127.0.0.1", port) as client:

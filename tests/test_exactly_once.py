@@ -70,7 +70,7 @@ async def scenario(ops):
                     await cluster.start_worker(MathWorker(name=f"n{counter}", concurrency=arg + 1))
                 elif op == "sleep":
                     await trio.sleep(arg)
-            for worker in list(cluster._stalled):  # noqa: SLF001 - heal every partition
+            for worker in list(cluster._stalled):
                 cluster.resume(worker)
             await cluster.start_worker(MathWorker(name="final", concurrency=4))
             with trio.fail_after(10_000):

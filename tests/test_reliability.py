@@ -60,13 +60,12 @@ async def test_killed_worker_tasks_rerun_elsewhere(autojump_clock):
 
 async def test_only_started_tasks_count_a_loss(autojump_clock):
     a = Counting(name="a", prefetch=3)  # one running, three prefetched
-    async with open_cluster(quick_dispatcher(max_losses=0), a) as cluster:
-        async with cluster.client() as client:
-            handles = [await client.submit("slow", [f"k{i}"]) for i in range(4)]
-            await trio.sleep(1)
-            cluster.kill(a)
-            await cluster.start_worker(Counting(name="b", prefetch=3))
-            outcomes = [await h.outcome() for h in handles]
+    async with open_cluster(quick_dispatcher(max_losses=0), a) as cluster, cluster.client() as client:
+        handles = [await client.submit("slow", [f"k{i}"]) for i in range(4)]
+        await trio.sleep(1)
+        cluster.kill(a)
+        await cluster.start_worker(Counting(name="b", prefetch=3))
+        outcomes = [await h.outcome() for h in handles]
     assert [o.status for o in outcomes] == ["lost", "ok", "ok", "ok"]
     assert "lost 1 times" in outcomes[0].reason
 
@@ -89,31 +88,29 @@ async def test_poison_task_ends_lost_instead_of_looping(autojump_clock):
 
 async def test_worker_that_reconnects_in_grace_keeps_its_tasks(autojump_clock):
     a = Counting(name="a")
-    async with open_cluster(quick_dispatcher(session_grace=5), a) as cluster:
-        async with cluster.client() as client:
-            handle = await client.submit("slow", ["k"])
-            await trio.sleep(1)
-            cluster.cut(a)
-            await trio.sleep(1)
-            assert len(cluster.links[a]) == 2  # it reconnected on a new link
-            await cluster.start_worker(Counting(name="b"))
-            assert await handle.result() == "k done"
-            assert Counting.runs == {"k": 1}  # resumed, not run twice
-            [session] = [w for w in cluster.dispatcher.status()["workers"] if w["name"] == "a"]
-            assert session["done"] == 1
+    async with open_cluster(quick_dispatcher(session_grace=5), a) as cluster, cluster.client() as client:
+        handle = await client.submit("slow", ["k"])
+        await trio.sleep(1)
+        cluster.cut(a)
+        await trio.sleep(1)
+        assert len(cluster.links[a]) == 2  # it reconnected on a new link
+        await cluster.start_worker(Counting(name="b"))
+        assert await handle.result() == "k done"
+        assert Counting.runs == {"k": 1}  # resumed, not run twice
+        [session] = [w for w in cluster.dispatcher.status()["workers"] if w["name"] == "a"]
+        assert session["done"] == 1
 
 
 async def test_results_sent_while_disconnected_are_delivered_after_resume(autojump_clock):
     a = Counting(name="a")
-    async with open_cluster(quick_dispatcher(session_grace=30), a) as cluster:
-        async with cluster.client() as client:
-            handle = await client.submit("slow", ["k", 2])
-            await trio.sleep(1)
-            cluster.stall(a)  # the result is produced while nothing gets through
-            await trio.sleep(8)
-            cluster.resume(a)
-            assert await handle.result() == "k done"
-            assert Counting.runs == {"k": 1}
+    async with open_cluster(quick_dispatcher(session_grace=30), a) as cluster, cluster.client() as client:
+        handle = await client.submit("slow", ["k", 2])
+        await trio.sleep(1)
+        cluster.stall(a)  # the result is produced while nothing gets through
+        await trio.sleep(8)
+        cluster.resume(a)
+        assert await handle.result() == "k done"
+        assert Counting.runs == {"k": 1}
 
 
 async def test_partitioned_worker_is_declared_gone_and_its_late_result_ignored(autojump_clock):
@@ -149,40 +146,37 @@ class Flaky(Worker):
 
 async def test_retries_with_backoff(autojump_clock):
     Flaky.attempts = {}
-    async with open_cluster(quick_dispatcher(retry_backoff=1.0), Flaky()) as cluster:
-        async with cluster.client() as client:
-            start = trio.current_time()
-            handle = await client.submit("flaky", ["b", 2], retries=2)
-            assert await handle.result() == 3
-            assert trio.current_time() - start >= 0.5 + 1.0  # two backoffs, equal jitter
-            with pytest.raises(TaskFailed, match="attempt 2"):
-                await (await client.submit("flaky", ["c", 5], retries=1)).result()
-            assert Flaky.attempts["c"] == 2
-            assert await (await client.submit("defaults", ["d", 3])).result() == 4
-            with pytest.raises(TaskFailed, match="KeyError"):
-                await (await client.submit("defaults", ["e", 3, "KeyError"])).result()
-            assert Flaky.attempts["e"] == 1
+    async with open_cluster(quick_dispatcher(retry_backoff=1.0), Flaky()) as cluster, cluster.client() as client:
+        start = trio.current_time()
+        handle = await client.submit("flaky", ["b", 2], retries=2)
+        assert await handle.result() == 3
+        assert trio.current_time() - start >= 0.5 + 1.0  # two backoffs, equal jitter
+        with pytest.raises(TaskFailed, match="attempt 2"):
+            await (await client.submit("flaky", ["c", 5], retries=1)).result()
+        assert Flaky.attempts["c"] == 2
+        assert await (await client.submit("defaults", ["d", 3])).result() == 4
+        with pytest.raises(TaskFailed, match="KeyError"):
+            await (await client.submit("defaults", ["e", 3, "KeyError"])).result()
+        assert Flaky.attempts["e"] == 1
 
 
 async def test_deadline_while_queued(autojump_clock):
-    async with open_cluster(quick_dispatcher()) as cluster:
-        async with cluster.client() as client:
-            handle = await client.submit("add", [1, 2], timeout=3)
-            start = trio.current_time()
-            with pytest.raises(TaskTimeout):
-                await handle.result()
-            assert 2.9 <= trio.current_time() - start <= 3.1
+    async with open_cluster(quick_dispatcher()) as cluster, cluster.client() as client:
+        handle = await client.submit("add", [1, 2], timeout=3)
+        start = trio.current_time()
+        with pytest.raises(TaskTimeout):
+            await handle.result()
+        assert 2.9 <= trio.current_time() - start <= 3.1
 
 
 async def test_deadline_while_running_is_enforced_by_the_worker(autojump_clock):
     worker = MathWorker()
-    async with open_cluster(quick_dispatcher(), worker) as cluster:
-        async with cluster.client() as client:
-            handle = await client.submit("sleep", [100], timeout=2)
-            with pytest.raises(TaskTimeout):
-                await handle.result()
-            assert worker.cleaned_up == ["sleep 100"]
-            assert await client.call("add", 1, 1) == 2
+    async with open_cluster(quick_dispatcher(), worker) as cluster, cluster.client() as client:
+        handle = await client.submit("sleep", [100], timeout=2)
+        with pytest.raises(TaskTimeout):
+            await handle.result()
+        assert worker.cleaned_up == ["sleep 100"]
+        assert await client.call("add", 1, 1) == 2
 
 
 async def test_deadline_enforced_by_dispatcher_when_worker_goes_quiet(autojump_clock):
@@ -199,20 +193,19 @@ async def test_deadline_enforced_by_dispatcher_when_worker_goes_quiet(autojump_c
 
 async def test_cancel_queued_and_running(autojump_clock):
     worker = MathWorker(prefetch=0)
-    async with open_cluster(quick_dispatcher(), worker) as cluster:
-        async with cluster.client() as client:
-            running = await client.submit("sleep", [100])
-            queued = await client.submit("sleep", [100])
-            await trio.sleep(1)
-            await queued.cancel("not needed")
-            with pytest.raises(TaskCancelled, match="not needed"):
-                await queued.result()
-            await running.cancel(reason="user pressed stop")
-            with pytest.raises(TaskCancelled) as info:
-                await running.result()
-            assert info.value.reason == "user pressed stop"
-            assert worker.cleaned_up == ["sleep 100"]  # the task's finally ran
-            assert await client.call("add", 2, 2) == 4
+    async with open_cluster(quick_dispatcher(), worker) as cluster, cluster.client() as client:
+        running = await client.submit("sleep", [100])
+        queued = await client.submit("sleep", [100])
+        await trio.sleep(1)
+        await queued.cancel("not needed")
+        with pytest.raises(TaskCancelled, match="not needed"):
+            await queued.result()
+        await running.cancel(reason="user pressed stop")
+        with pytest.raises(TaskCancelled) as info:
+            await running.result()
+        assert info.value.reason == "user pressed stop"
+        assert worker.cleaned_up == ["sleep 100"]  # the task's finally ran
+        assert await client.call("add", 2, 2) == 4
 
 
 async def test_an_idle_runner_reads_and_a_task_that_waits_hands_reading_back(autojump_clock):
@@ -225,15 +218,15 @@ async def test_an_idle_runner_reads_and_a_task_that_waits_hands_reading_back(aut
         d = cluster.dispatcher
         assert await d.call("add", 1, 1) == 2
         await trio.sleep(0.1)
-        turn = worker._turn  # noqa: SLF001
+        turn = worker._turn
         assert turn is not None and turn.runner not in (None, _UNCLAIMED)  # a runner reads
-        conn = worker._conn  # noqa: SLF001
+        conn = worker._conn
         assert await d.call("add", 2, 2) == 4
         assert turn.runner not in (None, _UNCLAIMED)  # that task never waited: the runner kept reading
 
         # Longer than heartbeat_timeout: unless somebody reads, the worker would drop the connection.
         assert await d.call("sleep", 12, "slept") == "slept"
-        assert worker._conn is conn  # noqa: SLF001
+        assert worker._conn is conn
 
         running = await d.submit("sleep", [100])
         await trio.sleep(1)
@@ -253,7 +246,7 @@ async def test_a_cut_connection_while_a_runner_reads_reconnects(autojump_clock):
         d = cluster.dispatcher
         assert await d.call("add", 1, 1) == 2
         await trio.sleep(0.1)
-        assert worker._turn is not None and worker._turn.runner not in (None, _UNCLAIMED)  # noqa: SLF001
+        assert worker._turn is not None and worker._turn.runner not in (None, _UNCLAIMED)
         cluster.cut(worker)
         with trio.fail_after(30):
             assert await d.call("add", 3, 3) == 6
@@ -296,13 +289,12 @@ async def test_backpressure_waits_or_refuses(autojump_clock):
 
 
 async def test_client_reconnects_and_still_gets_results(autojump_clock):
-    async with open_cluster(quick_dispatcher(), MathWorker()) as cluster:
-        async with cluster.client() as client:
-            handle = await client.submit("sleep", [3, "survived"])
-            cluster.cut(client)
-            assert await handle.result() == "survived"
-            cluster.cut(client)
-            assert await client.call("add", 1, 2) == 3
+    async with open_cluster(quick_dispatcher(), MathWorker()) as cluster, cluster.client() as client:
+        handle = await client.submit("sleep", [3, "survived"])
+        cluster.cut(client)
+        assert await handle.result() == "survived"
+        cluster.cut(client)
+        assert await client.call("add", 1, 2) == 3
 
 
 async def test_dispatcher_drain_lets_running_tasks_finish(autojump_clock):
@@ -365,7 +357,7 @@ async def test_worker_drain_hands_back_prefetched_tasks(autojump_clock):
             await cluster.start_worker(Counting(name="b"))
             assert [await h.result() for h in handles] == [f"k{i} done" for i in range(4)]
             assert Counting.runs == {f"k{i}": 1 for i in range(4)}
-        tasks = cluster.dispatcher._core.tasks  # noqa: SLF001
+        tasks = cluster.dispatcher._core.tasks
         assert all(t.losses == 0 and t.failures == 0 for t in tasks.values())  # handing back burns nothing
 
 
@@ -382,14 +374,13 @@ async def test_dispatcher_restart_workers_come_back(autojump_clock):
 
 async def test_worker_stopping_past_grace_hands_its_running_task_on(autojump_clock):
     a = Counting(name="a")
-    async with open_cluster(quick_dispatcher(), a) as cluster:
-        async with cluster.client() as client:
-            handle = await client.submit("slow", ["k", 100])
-            await trio.sleep(1)
-            a.stop(grace=2)
-            await cluster.start_worker(Counting(name="b"))
-            assert await handle.result() == "k done"
-            assert Counting.runs == {"k": 2}
+    async with open_cluster(quick_dispatcher(), a) as cluster, cluster.client() as client:
+        handle = await client.submit("slow", ["k", 100])
+        await trio.sleep(1)
+        a.stop(grace=2)
+        await cluster.start_worker(Counting(name="b"))
+        assert await handle.result() == "k done"
+        assert Counting.runs == {"k": 2}
 
 
 async def test_an_idle_worker_steals_prefetched_tasks_stuck_behind_a_long_one(autojump_clock):

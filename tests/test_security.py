@@ -244,7 +244,7 @@ async def test_mutual_tls_worker_and_client_run_tasks(pki):
                 status = await admin.status()
         # Over TLS the worker's reader keeps reading: a cancelled SSLStream read is not always
         # safe, so its runners never ask for the read turn (see _worker/readturn.py).
-        turn = worker._turn  # noqa: SLF001
+        turn = worker._turn
         assert turn is not None and not turn.shared and turn.runner is None and not turn.wanted
         assert [w["connected"] for w in status["workers"]] == [True]
         assert {role for role, _ in dispatcher.connected} == {"worker", "client", "admin"}
@@ -393,7 +393,7 @@ async def test_missing_token_is_refused(caplog):
 
 async def test_peer_with_token_refuses_a_dispatcher_without_one():
     dispatcher = RecordingDispatcher()
-    async with serving(dispatcher) as (nursery, port):
+    async with serving(dispatcher) as (_nursery, port):
         with trio.fail_after(10):
             with pytest.raises(AuthenticationError, match="cannot prove who it is"):
                 async with open_client(HOST, port, token=TOKEN):
@@ -490,7 +490,7 @@ async def test_recorded_handshake_cannot_be_replayed(caplog):
         assert isinstance(frames[-1], m.Error)
         await blast.aclose()
 
-        assert len(dispatcher._core.tasks) == 1  # noqa: SLF001 - only the legitimate client's task
+        assert len(dispatcher._core.tasks) == 1
         assert [role for role, _ in dispatcher.connected] == ["worker", "client"]
         await still_serving(port, token=TOKEN)
 
@@ -545,7 +545,7 @@ async def test_proofs_are_compared_in_constant_time(monkeypatch):
         return real(a, b)
 
     monkeypatch.setattr(_protocol.hmac, "compare_digest", spy)
-    async with serving(RecordingDispatcher(token=TOKEN)) as (nursery, port):
+    async with serving(RecordingDispatcher(token=TOKEN)) as (_nursery, port):
         with trio.fail_after(10):
             async with open_client(HOST, port, token=TOKEN):
                 pass
@@ -588,7 +588,7 @@ async def test_a_worker_with_bad_credentials_stops_with_one_clear_error(pki, cas
     if worker_options.pop("other_ca", False):
         worker_options["ssl_context"] = client_ssl_context(pki.other_ca)
     dispatcher = RecordingDispatcher(**dispatcher_options)
-    async with serving(dispatcher) as (nursery, port):
+    async with serving(dispatcher) as (_nursery, port):
         intruder = MathWorker(HOST, port, **worker_options)
         with trio.fail_after(10):
             queued = dispatcher.submit_nowait("add", [1, 2])
@@ -681,7 +681,7 @@ async def test_a_role_cannot_send_what_its_table_does_not_allow(role, message, c
         await logged(caplog, re.escape(raw.address) + r": closed: protocol error \(unexpected-message\)")
         await raw.aclose()
         assert not dispatcher.draining
-        assert "w" not in dispatcher._core.tasks  # noqa: SLF001
+        assert "w" not in dispatcher._core.tasks
         assert worker.messages == []
         await still_serving(port, token=SECRETS["client"])
 
@@ -859,7 +859,7 @@ async def test_raw_peer_sending_too_large_a_frame_gets_frame_too_large(caplog):
         assert [(type(f), f.code) for f in frames] == [(m.Error, "frame-too-large")]
         assert str(SMALL_FRAME) in frames[0].message
         await raw.aclose()
-        assert "big" not in dispatcher._core.tasks  # noqa: SLF001
+        assert "big" not in dispatcher._core.tasks
         await still_serving(port, token=TOKEN, max_frame_size=SMALL_FRAME)
 
 

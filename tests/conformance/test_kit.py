@@ -59,7 +59,7 @@ async def test_a_broken_worker_fails_with_a_clear_message(flaw, check, says):
 
 
 async def test_an_unknown_check_is_a_usage_error():
-    code, out, err = await conformance("--skip", "nonsense", "--", sys.executable, BROKEN, "no-attempt")
+    code, _out, err = await conformance("--skip", "nonsense", "--", sys.executable, BROKEN, "no-attempt")
     assert code == 2 and "unknown check(s) nonsense" in err
 
 

@@ -118,10 +118,10 @@ class Batch:
 
 
 def limits(**overrides: Any) -> Limits:
-    settings: dict[str, Any] = dict(
-        max_queued=10_000, max_client_queued=10_000, max_losses=2, retry_backoff=1.0, retry_backoff_max=8.0,
-        heartbeat_timeout=5.0, cancel_timeout=3.0, session_grace=10.0, result_ttl=1e7, max_results=100_000,
-    )  # fmt: skip
+    settings: dict[str, Any] = {
+        "max_queued": 10_000, "max_client_queued": 10_000, "max_losses": 2, "retry_backoff": 1.0, "retry_backoff_max": 8.0,
+        "heartbeat_timeout": 5.0, "cancel_timeout": 3.0, "session_grace": 10.0, "result_ttl": 1e7, "max_results": 100_000,
+    }  # fmt: skip
     settings.update(overrides)
     return Limits(**settings)
 

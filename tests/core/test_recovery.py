@@ -47,7 +47,7 @@ def test_queued_and_delayed_rows_wait_again_with_their_counts_and_deadlines():
     advance(core, clock, 5.1)
     assert delayed.state == QUEUED
     session, _ = core.attach_worker(Conn(), hello("t", concurrency=3), "addr")
-    assert queued.state == RUNNING and queued.attempt == 3 and list(session.assigned)[0] == "queued"
+    assert queued.state == RUNNING and queued.attempt == 3 and next(iter(session.assigned)) == "queued"
     advance(core, clock, 45)
     assert queued.state == RUNNING  # past its deadline: the worker reports, or heartbeat_timeout later
     advance(core, clock, 5.1)
@@ -55,7 +55,7 @@ def test_queued_and_delayed_rows_wait_again_with_their_counts_and_deadlines():
 
 
 def test_a_running_row_waits_for_its_worker_to_resume():
-    core, journal, clock = _recovered([_row("r1", state=RUNNING, attempt=1, session="s1"),
+    core, _journal, _clock = _recovered([_row("r1", state=RUNNING, attempt=1, session="s1"),
                                        _row("r2", state=RUNNING, attempt=2, session="s1")])  # fmt: skip
     r1, r2 = core.tasks["r1"], core.tasks["r2"]
     session = core.sessions["s1"]
@@ -81,7 +81,7 @@ def test_a_running_row_whose_worker_never_returns_is_requeued_with_a_loss():
 
 
 def test_a_running_row_at_its_last_loss_ends_as_lost():
-    core, journal, clock = _recovered([_row("r", state=RUNNING, attempt=3, losses=2, session="s")],
+    core, _journal, clock = _recovered([_row("r", state=RUNNING, attempt=3, losses=2, session="s")],
                                       session_grace=1.0, max_losses=2)  # fmt: skip
     advance(core, clock, 2)
     assert core.tasks["r"].outcome.status == m.LOST
@@ -107,7 +107,7 @@ def test_outcomes_are_kept_within_result_ttl_and_forgotten_beyond():
 
 
 def test_recovery_with_nothing_journaled_does_nothing():
-    core, journal, clock = _recovered([])
+    core, journal, _clock = _recovered([])
     assert core.tasks == {} and journal.calls == []
 
 
@@ -139,7 +139,7 @@ def test_a_restart_from_the_journal_round_trips_every_kind_of_task():
 def test_a_resumed_worker_can_hand_back_what_recovery_guessed_had_started():
     """Recovery marks running rows as started (they may have been).  The worker knows better: when
     it releases a task it never started, the task goes to another worker at once, with no loss."""
-    core, journal, clock = _recovered([_row("held", state=RUNNING, attempt=1, session="s")])
+    core, _journal, _clock = _recovered([_row("held", state=RUNNING, attempt=1, session="s")])
     back, _ = core.attach_worker(Conn(), hello("t", concurrency=1, prefetch=1, session="s", running={"held": 1}),
                                  "addr")  # fmt: skip
     other, _ = core.attach_worker(Conn(), hello("t", concurrency=1), "addr")
@@ -154,7 +154,7 @@ def test_a_worker_holding_a_later_attempt_than_the_journal_knows_keeps_it():
 
     (The session is known from another task it runs: a session nobody knows is answered as new.)
     """
-    core, journal, clock = _recovered([_row("lagged"), _row("given-up", attempt=1, losses=1),
+    core, journal, _clock = _recovered([_row("lagged"), _row("given-up", attempt=1, losses=1),
                                        _row("known", state=RUNNING, attempt=1, session="s")])  # fmt: skip
     held = {"lagged": 1, "given-up": 1, "known": 1}
     session, resumed = core.attach_worker(Conn(), hello("t", concurrency=3, session="s", running=held), "addr")
@@ -168,7 +168,7 @@ def test_a_worker_holding_a_later_attempt_than_the_journal_knows_keeps_it():
 def test_a_resumed_worker_that_reported_a_start_cannot_hand_that_task_back():
     """Once the worker itself says the task started, the guess is knowledge: a release of it is
     ignored, since giving it to another worker could run it twice."""
-    core, journal, clock = _recovered([_row("held", state=RUNNING, attempt=1, session="s")])
+    core, _journal, _clock = _recovered([_row("held", state=RUNNING, attempt=1, session="s")])
     back, _ = core.attach_worker(Conn(), hello("t", concurrency=1, prefetch=1, session="s", running={"held": 1}),
                                  "addr")  # fmt: skip
     core.attach_worker(Conn(), hello("t", concurrency=1), "addr")

@@ -36,7 +36,7 @@ class Conn:
 
 
 def attach(core, *tasks, **kwargs):
-    session, resumed = core.attach_worker(Conn(), hello(*tasks, **kwargs), "127.0.0.1:1")
+    session, _resumed = core.attach_worker(Conn(), hello(*tasks, **kwargs), "127.0.0.1:1")
     return session
 
 

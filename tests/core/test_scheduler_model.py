@@ -41,8 +41,8 @@ from .helpers import Batch, FakeClock, RecordingJournal, Slot, hello, limits
 
 NAMES = ("a", "b", "c")
 MAX_LOSSES = 2
-LIMITS = dict(max_losses=MAX_LOSSES, retry_backoff=1.0, retry_backoff_max=8.0, heartbeat_timeout=5.0,
-              cancel_timeout=3.0, session_grace=10.0)  # fmt: skip
+LIMITS = {"max_losses": MAX_LOSSES, "retry_backoff": 1.0, "retry_backoff_max": 8.0, "heartbeat_timeout": 5.0,
+              "cancel_timeout": 3.0, "session_grace": 10.0}  # fmt: skip
 EPS = 1e-6
 
 names = st.sampled_from(NAMES)
@@ -263,7 +263,7 @@ class SchedulerModel(RuleBasedStateMachine):
         """What one reported outcome must have done to its task."""
         if before is None:
             return
-        state, session_id, attempt, losses, failures, cancel_reason, _ = before
+        state, session_id, attempt, _losses, failures, cancel_reason, _ = before
         if state != RUNNING or session_id != worker.session_id or attempt != outcome.attempt:
             return  # stale: must change nothing (checked by the transition invariant)
         task = self.core.tasks.get(outcome.id)

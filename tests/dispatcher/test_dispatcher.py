@@ -22,14 +22,13 @@ from ..conftest import MathWorker, OtherWorker, quick_dispatcher
 
 
 async def test_call_submit_and_map_return_values(autojump_clock):
-    async with open_cluster(quick_dispatcher(), MathWorker()) as cluster:
-        async with cluster.client() as client:
-            handle = await client.submit("add", args=[1, 2])
-            assert await handle.result() == 3
-            assert handle.done()
-            assert await client.call("add", 2, 3) == 5
-            assert await client.call("mul", 4, b=5) == 20
-            assert await client.map("add", [(i, 1) for i in range(300)]) == [i + 1 for i in range(300)]
+    async with open_cluster(quick_dispatcher(), MathWorker()) as cluster, cluster.client() as client:
+        handle = await client.submit("add", args=[1, 2])
+        assert await handle.result() == 3
+        assert handle.done()
+        assert await client.call("add", 2, 3) == 5
+        assert await client.call("mul", 4, b=5) == 20
+        assert await client.map("add", [(i, 1) for i in range(300)]) == [i + 1 for i in range(300)]
 
 
 async def test_dispatcher_side_submit_call_map(autojump_clock):
@@ -76,7 +75,7 @@ async def test_queuing_a_large_map_lets_other_tasks_run(autojump_clock, monkeypa
 
         async def probe() -> None:
             for _ in range(50):  # bounded: once it stops, the mock clock can jump
-                seen.append(len(d._core.tasks))  # noqa: SLF001
+                seen.append(len(d._core.tasks))
                 await trio.lowlevel.checkpoint()
 
         async with trio.open_nursery() as nursery:
@@ -95,7 +94,7 @@ async def test_map_tasks_are_forgotten_as_they_end_and_push_no_other_outcome_out
         kept = await d.submit("add", [20, 22])
         assert await kept.result() == 42
         assert await d.map("add", [(i, 1) for i in range(50)]) == [i + 1 for i in range(50)]
-        assert list(d._core.tasks) == [kept.id]  # noqa: SLF001
+        assert list(d._core.tasks) == [kept.id]
         assert await d.task(kept.id).result() == 42
         assert d.status()["tasks"]["done"] == 51
 
@@ -168,7 +167,7 @@ async def test_map_task_cancelled_by_id_ends_cancelled_in_its_place(autojump_clo
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run_map)
             await trio.testing.wait_all_tasks_blocked()
-            queued = [t for t in d._core.tasks.values() if t.name == "add"]  # noqa: SLF001
+            queued = [t for t in d._core.tasks.values() if t.name == "add"]
             assert d.cancel_nowait(queued[2].id, "not this one")
             await cluster.start_worker(MathWorker())
         assert results[:2] == [1, 2] and results[3:] == [4, 5]
@@ -176,26 +175,24 @@ async def test_map_task_cancelled_by_id_ends_cancelled_in_its_place(autojump_clo
 
 
 async def test_failure_carries_type_message_and_traceback(autojump_clock):
-    async with open_cluster(quick_dispatcher(), MathWorker()) as cluster:
-        async with cluster.client() as client:
-            with pytest.raises(TaskFailed) as info:
-                await client.call("fail", "it broke")
-            assert info.value.remote_type == "ValueError"
-            assert info.value.remote_message == "it broke"
-            assert 'raise ValueError(message)' in info.value.remote_traceback
-            assert "trioschedule/_worker" not in info.value.remote_traceback
+    async with open_cluster(quick_dispatcher(), MathWorker()) as cluster, cluster.client() as client:
+        with pytest.raises(TaskFailed) as info:
+            await client.call("fail", "it broke")
+        assert info.value.remote_type == "ValueError"
+        assert info.value.remote_message == "it broke"
+        assert 'raise ValueError(message)' in info.value.remote_traceback
+        assert "trioschedule/_worker" not in info.value.remote_traceback
 
 
 async def test_unknown_task_name_waits_until_a_worker_offers_it(autojump_clock):
-    async with open_cluster(quick_dispatcher(), MathWorker()) as cluster:
-        async with cluster.client() as client:
-            handle = await client.submit("other")
-            await trio.sleep(5)
-            assert not handle.done()
-            assert cluster.dispatcher.status()["waiting_for_worker"] == {"other": 1}
-            await cluster.start_worker(OtherWorker())
-            with trio.fail_after(5):
-                assert await handle.result() == "other"
+    async with open_cluster(quick_dispatcher(), MathWorker()) as cluster, cluster.client() as client:
+        handle = await client.submit("other")
+        await trio.sleep(5)
+        assert not handle.done()
+        assert cluster.dispatcher.status()["waiting_for_worker"] == {"other": 1}
+        await cluster.start_worker(OtherWorker())
+        with trio.fail_after(5):
+            assert await handle.result() == "other"
 
 
 async def test_dispatcher_call_with_arguments_that_are_not_json_fails_at_once(autojump_clock):
@@ -209,11 +206,10 @@ async def test_dispatcher_call_with_arguments_that_are_not_json_fails_at_once(au
 
 
 async def test_result_that_is_not_json_is_a_clean_failure(autojump_clock):
-    async with open_cluster(quick_dispatcher(), MathWorker()) as cluster:
-        async with cluster.client() as client:
-            with pytest.raises(TaskFailed, match="cannot be sent"):
-                await client.call("not_json")
-            assert await client.call("add", 1, 1) == 2
+    async with open_cluster(quick_dispatcher(), MathWorker()) as cluster, cluster.client() as client:
+        with pytest.raises(TaskFailed, match="cannot be sent"):
+            await client.call("not_json")
+        assert await client.call("add", 1, 1) == 2
 
 
 async def test_least_loaded_worker_gets_the_work(autojump_clock):
@@ -372,9 +368,8 @@ class Registry(Worker):
 
 
 async def test_task_options_and_names(autojump_clock):
-    async with open_cluster(quick_dispatcher(), Registry()) as cluster:
-        async with cluster.client() as client:
-            assert await client.call("renamed") == "sync inline"
+    async with open_cluster(quick_dispatcher(), Registry()) as cluster, cluster.client() as client:
+        assert await client.call("renamed") == "sync inline"
 
 
 class Sizes(Worker):

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 import trustme
 
@@ -581,7 +582,7 @@ async def test_a_thread_writes_whole_heartbeats_between_the_loops_frames():
                     if i % 7 == 0:
                         await server.write_now()
                     if i % 50 == 0:
-                        await trio.sleep(0)
+                        await trio.lowlevel.checkpoint()
                 received: list[Any] = []
                 with trio.fail_after(20):
                     while sum(type(msg) is m.Message for msg in received) < 2000:

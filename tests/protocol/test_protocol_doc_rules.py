@@ -23,9 +23,9 @@ def documented_tables() -> list[tuple[type, str, str]]:
     """(class, field, documented type) for every field row of every table in section 5."""
     rows = []
     section_5 = DOC[DOC.index("## 5. Message reference") : DOC.index("## 6. Worker flow")]
-    for chunk in re.split(r"^(?=\*\*)", section_5, flags=re.M):
+    for chunk in re.split(r"^(?=\*\*)", section_5, flags=re.MULTILINE):
         found = re.match(r"\*\*`?([A-Za-z-]+)`?\*\*", chunk)
-        table = re.search(r"^((?:\|.*\n)+)", chunk, flags=re.M)
+        table = re.search(r"^((?:\|.*\n)+)", chunk, flags=re.MULTILINE)
         cls = found and (NESTED.get(found.group(1)) or m.TAGS.get(found.group(1)))
         if not cls or table is None:
             continue
@@ -99,7 +99,7 @@ def test_section_2_names_every_object_field_for_php() -> None:
 
 
 def test_every_welcome_example_carries_max_frame_size() -> None:
-    welcomes = re.findall(r"^b'.*\"type\":\"welcome\"}'$", DOC, flags=re.M)
+    welcomes = re.findall(r"^b'.*\"type\":\"welcome\"}'$", DOC, flags=re.MULTILINE)
     assert len(welcomes) >= 4
     for frame in welcomes:
         assert '"max_frame_size":10485760' in frame
