@@ -19,6 +19,7 @@ __all__ = [
     "HANDSHAKE_TIMEOUT",
     "HEARTBEAT_INTERVAL",
     "HEARTBEAT_TIMEOUT",
+    "HISTORY",
     "HOST",
     "MAX_CLIENT_QUEUED",
     "MAX_CONNECTIONS",
@@ -67,6 +68,7 @@ RETRY_BACKOFF = 0.5
 RETRY_BACKOFF_MAX = 60.0
 RESULT_TTL = 3600.0
 MAX_RESULTS = 10_000
+HISTORY = 1_000  # ended tasks kept for `trioschedule tasks` (0: none)
 
 # Workers and clients.
 #: Where workers and clients connect unless told otherwise, in the Python API (the command line reads ADDRESS).
