@@ -230,7 +230,7 @@ class Client:
         reply = await self._request(m.StatusRequest(), m.StatusReply)
         return reply.status  # type: ignore[no-any-return]
 
-    async def tasks(self, *, failed: bool = False, unfinished: bool = False, limit: int = 50) -> list[dict[str, Any]]:
+    async def tasks(self, *, failed: bool = False, unfinished: bool = False, limit: int = defaults.TASKS_LISTED) -> list[dict[str, Any]]:
         """Recent task outcomes, newest first, or with ``unfinished`` the tasks not ended yet (needs ``role="admin"``).
 
         ``failed`` keeps outcomes other than ``ok``.  The dispatcher keeps its

@@ -153,7 +153,7 @@ def build_parser(*, script: str | None = None) -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--failed", action="store_true", help="only outcomes other than ok")
     which.add_argument("--queued", action="store_true", help="the tasks not ended yet: queued, delayed, running")
-    p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N, newest first (default %(default)d)")
+    p.add_argument("--limit", type=int, default=defaults.TASKS_LISTED, metavar="N", help="at most N, newest first (default %(default)d)")
     p.add_argument("--json", action="store_true", help="print JSON (one array) instead of a table")
     _security_args(p, server=False)
 
