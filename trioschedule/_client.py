@@ -230,6 +230,15 @@ class Client:
         reply = await self._request(m.StatusRequest(), m.StatusReply)
         return reply.status  # type: ignore[no-any-return]
 
+    async def tasks(self, *, failed: bool = False, unfinished: bool = False, limit: int = defaults.TASKS_LISTED) -> list[dict[str, Any]]:
+        """Recent task outcomes, newest first, or with ``unfinished`` the tasks not ended yet (needs ``role="admin"``).
+
+        ``failed`` keeps outcomes other than ``ok``.  The dispatcher keeps its
+        last ``history`` outcomes (``Dispatcher(history=N)``) and caps ``limit``.
+        """
+        reply = await self._request(m.TasksRequest(failed=failed, unfinished=unfinished, limit=limit), m.TasksReply)
+        return list(reply.tasks)
+
     async def stop_dispatcher(self, grace: float | None = None, *, workers: bool = False) -> float:
         """Ask the dispatcher to drain and exit (needs ``role="admin"``); returns its grace period.
 
@@ -443,7 +452,7 @@ class Client:
                         acceptance = self._acceptances.pop(rejection.id, None)
                         if acceptance is not None:
                             acceptance.answer(rejection)
-                elif kind in (m.StatusReply, m.Stopping):
+                elif kind in (m.StatusReply, m.TasksReply, m.Stopping):
                     if self._replies:
                         _, slot = self._replies.popleft()
                         slot.set(message)

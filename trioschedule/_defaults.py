@@ -19,6 +19,7 @@ __all__ = [
     "HANDSHAKE_TIMEOUT",
     "HEARTBEAT_INTERVAL",
     "HEARTBEAT_TIMEOUT",
+    "HISTORY",
     "HOST",
     "MAX_CLIENT_QUEUED",
     "MAX_CONNECTIONS",
@@ -37,6 +38,7 @@ __all__ = [
     "RETRY_BACKOFF_MAX",
     "SEND_TIMEOUT",
     "SESSION_GRACE",
+    "TASKS_LISTED",
 ]  # fmt: skip
 
 #: Where the command line listens and connects unless told otherwise.
@@ -67,6 +69,8 @@ RETRY_BACKOFF = 0.5
 RETRY_BACKOFF_MAX = 60.0
 RESULT_TTL = 3600.0
 MAX_RESULTS = 10_000
+HISTORY = 1_000  # ended tasks kept for `trioschedule tasks` (0: none)
+TASKS_LISTED = 50  # entries `trioschedule tasks` and Client.tasks() ask for
 
 # Workers and clients.
 #: Where workers and clients connect unless told otherwise, in the Python API (the command line reads ADDRESS).

@@ -37,6 +37,8 @@ SAMPLES: dict[type, Any] = {
     m.Broadcast: m.Broadcast(data="all"),
     m.StatusRequest: m.StatusRequest(),
     m.StatusReply: m.StatusReply(status={"workers": []}),
+    m.TasksRequest: m.TasksRequest(failed=True),
+    m.TasksReply: m.TasksReply(tasks=({"id": "t1", "status": "error"},), history=1000),
     m.Stop: m.Stop(),
     m.Stopping: m.Stopping(grace=30.0),
 }

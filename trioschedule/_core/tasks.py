@@ -80,6 +80,7 @@ class Task:
         "state",
         "submitted_at",
         "watchers",
+        "worker",
     )  # fmt: skip
 
     def __init__(self, task_id: str, name: str, args: list[Any], kwargs: dict[str, Any], priority: int,
@@ -112,6 +113,7 @@ class Task:
         self.finished_at = 0.0
         self.seq = seq
         self.not_before: float | None = None
+        self.worker: str | None = None  # the peer name of the worker given its last attempt (for the history)
 
     def __repr__(self) -> str:
         return f"<Task {self.name} {self.id} {self.state} attempt {self.attempt}>"

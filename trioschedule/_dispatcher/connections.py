@@ -33,6 +33,7 @@ from .._protocol.connection import (
     proofs_match,
 )
 from .._util import one_error, until_closed
+from .status import tasks_listing
 
 if TYPE_CHECKING:
     from .dispatcher import Dispatcher
@@ -237,6 +238,8 @@ class ConnectionHandler:
                     document = d.status()
                     document["clients"] = [c for c in document["clients"] if c["id"] != client.peer.id]  # not the asker
                     conn.send(m.StatusReply(status=document))
+                elif kind is m.TasksRequest and is_admin:
+                    conn.send(tasks_listing(d, message))
                 elif kind is m.Stop and is_admin:
                     grace = d.drain_grace if message.grace is None else message.grace
                     conn.send(m.Stopping(grace=grace))

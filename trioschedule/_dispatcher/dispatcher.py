@@ -101,6 +101,8 @@ class Dispatcher:
     * ``max_losses``: how often a task may lose its worker before it ends as lost.
     * ``retry_backoff``/``retry_backoff_max``: base and cap of retry delays.
     * ``result_ttl``/``max_results``: how long/how many finished outcomes are kept.
+    * ``history``: how many ended tasks are kept for ``trioschedule tasks`` and
+      the failures in ``status`` (0 keeps none; bounded memory either way).
     * ``drain_grace``: how long :meth:`stop` lets running tasks finish.
     """
 
@@ -128,6 +130,7 @@ class Dispatcher:
         cancel_timeout: float | None = None,
         result_ttl: float = defaults.RESULT_TTL,
         max_results: int = defaults.MAX_RESULTS,
+        history: int = defaults.HISTORY,
         drain_grace: float = defaults.DRAIN_GRACE,
     ) -> None:
         self.host = host
@@ -148,6 +151,7 @@ class Dispatcher:
             retry_backoff=retry_backoff, retry_backoff_max=retry_backoff_max, heartbeat_timeout=heartbeat_timeout,
             cancel_timeout=heartbeat_timeout if cancel_timeout is None else cancel_timeout,
             session_grace=session_grace, result_ttl=result_ttl, max_results=max_results,
+            history=history,
         )  # fmt: skip
         self._journal = StoreJournal(self.store, clock=trio.current_time, wall_clock=time.time)
         self._core = Scheduler(limits, self._journal, clock=trio.current_time, wall_clock=time.time,

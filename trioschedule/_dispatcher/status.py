@@ -6,16 +6,20 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from .._core.tasks import QUEUED
+from .._core.tasks import DELAYED, QUEUED, RUNNING
 from .._protocol import messages as m
 
 if TYPE_CHECKING:
     from .dispatcher import Dispatcher
 
-__all__ = ["status_document"]
+__all__ = ["status_document", "tasks_listing"]
 
 #: Ids listed per task name that no connected worker offers (so they can be cancelled by id).
 WAITING_IDS_SHOWN = 10
+#: Failed (not ``ok``) outcomes in the status document, newest first.
+RECENT_FAILURES_SHOWN = 20
+#: The most entries one ``tasks`` request gets, whatever limit it asks for.
+TASKS_LIMIT = 1000
 
 
 def status_document(dispatcher: Dispatcher) -> dict[str, Any]:
@@ -55,7 +59,37 @@ def status_document(dispatcher: Dispatcher) -> dict[str, Any]:
         ],
         "clients": [c.peer.describe() for c in d._connections.clients.values()],
         "hook_errors": d._hooks.errors,
+        "recent_failures": [e.describe() for e in core.history.latest(RECENT_FAILURES_SHOWN, failed=True)],
     }
+
+
+def tasks_listing(dispatcher: Dispatcher, request: m.TasksRequest) -> m.TasksReply:
+    """What ``trioschedule tasks`` shows: recent outcomes from the history, or the unfinished tasks.
+
+    The unfinished are found by walking the task table (an admin request,
+    rare); the outcomes are read from the core's bounded history.
+    """
+    core = dispatcher._core
+    limit = max(0, min(request.limit, TASKS_LIMIT))
+    if not request.unfinished:
+        entries = [e.describe() for e in core.history.latest(limit, failed=request.failed)]
+        return m.TasksReply(tasks=tuple(entries), history=core.history.size)
+    found: list[dict[str, Any]] = []
+    offered = core.placement.offered()
+    for task in reversed(core.tasks.values()):  # newest first
+        if len(found) >= limit:
+            break
+        if task.state in (QUEUED, DELAYED, RUNNING):
+            found.append({
+                "id": task.id,
+                "name": task.name,
+                "state": task.state,
+                "waiting_for_worker": task.state == QUEUED and task.name not in offered,
+                "worker": task.worker if task.state == RUNNING else None,
+                "attempt": task.attempt,
+                "submitted_at": task.submitted_at,
+            })  # fmt: skip
+    return m.TasksReply(tasks=tuple(found), history=core.history.size)
 
 
 def _waiting_ids(core: Any, waiting: dict[str, int]) -> dict[str, list[str]]:

@@ -58,6 +58,8 @@ from .schema import (
     Submission,
     Submit,
     TaskSpec,
+    TasksReply,
+    TasksRequest,
     Watch,
     Welcome,
 )
@@ -100,6 +102,8 @@ __all__ = [
     "Submission",
     "Submit",
     "TaskSpec",
+    "TasksReply",
+    "TasksRequest",
     "Watch",
     "Welcome",
     "converter",

@@ -53,6 +53,8 @@ __all__ = [
     "Submission",
     "Submit",
     "TaskSpec",
+    "TasksReply",
+    "TasksRequest",
     "Watch",
     "Welcome",
 ]
@@ -325,6 +327,29 @@ class StatusReply:
 
 
 @attrs.frozen(kw_only=True)
+class TasksRequest:
+    """Ask for tasks (admin role): the most recent outcomes, or with ``unfinished`` the queued, delayed and running.
+
+    ``failed`` keeps the outcomes other than ``ok``; ``limit`` caps the
+    entries (the dispatcher also caps it, see docs/PROTOCOL.md).
+    """
+
+    TYPE: ClassVar[str] = "tasks"
+    failed: bool = False
+    unfinished: bool = False
+    limit: int = 50
+
+
+@attrs.frozen(kw_only=True)
+class TasksReply:
+    """The tasks asked for, newest first, each a JSON object (see docs/PROTOCOL.md for the fields)."""
+
+    TYPE: ClassVar[str] = "tasks-reply"
+    tasks: tuple[dict[str, Any], ...] = ()
+    history: int = 0  # how many outcomes the dispatcher keeps (0: its history is off)
+
+
+@attrs.frozen(kw_only=True)
 class Stop:
     """Ask the dispatcher to drain and exit (admin role)."""
 
@@ -344,11 +369,11 @@ class Stopping:
 MESSAGE_TYPES: tuple[Any, ...] = (
     Hello, Challenge, Auth, Welcome, Error, Heartbeat, Message, Goodbye, Cancel,
     Run, Results, Release, Reclaim, Submit, Accepted, Watch, Outcomes, Broadcast,
-    StatusRequest, StatusReply, Stop, Stopping,
+    StatusRequest, StatusReply, TasksRequest, TasksReply, Stop, Stopping,
 )  # fmt: skip
 AnyMessage = Union[  # noqa: UP007 - a runtime union object for cattrs
     Hello, Challenge, Auth, Welcome, Error, Heartbeat, Message, Goodbye, Cancel,
     Run, Results, Release, Reclaim, Submit, Accepted, Watch, Outcomes, Broadcast,
-    StatusRequest, StatusReply, Stop, Stopping,
+    StatusRequest, StatusReply, TasksRequest, TasksReply, Stop, Stopping,
 ]  # fmt: skip
 TAGS: dict[str, type] = {cls.TYPE: cls for cls in MESSAGE_TYPES}

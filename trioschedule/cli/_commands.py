@@ -28,7 +28,7 @@ from .._handles import unwrap
 from .._net.security import client_ssl_context, server_ssl_context, token_from_env
 from .._protocol import messages as m
 from .._worker import Worker
-from ._format import format_status
+from ._format import format_status, format_tasks
 from ._loading import load_object
 from ._parser import parse_arg
 from ._supervisor import supervise
@@ -61,7 +61,7 @@ def build_dispatcher(cls: type[Dispatcher], args: argparse.Namespace) -> Dispatc
         handshake_timeout=args.handshake_timeout, session_grace=args.session_grace, drain_grace=args.drain_grace,
         max_connections=args.max_connections, max_queued=args.max_queued,
         max_client_queued=args.max_client_queued, max_frame_size=args.max_frame_size, max_losses=args.max_losses,
-        result_ttl=args.result_ttl, max_results=args.max_results,
+        result_ttl=args.result_ttl, max_results=args.max_results, history=args.history,
     )  # fmt: skip
 
 
@@ -241,6 +241,13 @@ async def status(args: argparse.Namespace) -> int:
     return 0
 
 
+async def tasks(args: argparse.Namespace) -> int:
+    async with _open_client(args, role="admin", reconnect_attempts=0) as client:
+        entries = await client.tasks(failed=args.failed, unfinished=args.queued, limit=args.limit)
+    print(json.dumps(entries, indent=2, sort_keys=True) if args.json else format_tasks(entries, unfinished=args.queued))
+    return 0
+
+
 async def stop(args: argparse.Namespace) -> int:
     async with _open_client(args, role="admin", reconnect_attempts=0) as client:
         grace = await client.stop_dispatcher(args.grace, workers=args.workers)
@@ -259,6 +266,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "cancel": lambda args: trio.run(cancel, args),
     "broadcast": lambda args: trio.run(broadcast, args),
     "status": lambda args: trio.run(status, args),
+    "tasks": lambda args: trio.run(tasks, args),
     "stop": lambda args: trio.run(stop, args),
     "conformance": lambda args: trio.run(
         functools.partial(run_conformance, args.worker_command, skip=tuple(args.skip), fail_fast=args.fail_fast)

@@ -1,10 +1,11 @@
-"""The human table that ``trioschedule status`` prints, in the spirit of Workerman's."""
+"""The human tables that ``trioschedule status`` and ``trioschedule tasks`` print, in the spirit of Workerman's."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-__all__ = ["format_status"]
+__all__ = ["format_status", "format_tasks"]
 
 _TASK_COUNTS = ("queued", "delayed", "running", "done", "failed", "cancelled", "timeout", "lost")
 _WORKER_COLUMNS = ("name", "host", "pid", "concurrency", "running", "done", "failed", "address", "state", "tasks")
@@ -35,7 +36,48 @@ def format_status(status: dict[str, Any]) -> str:
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_WORKER_COLUMNS)]
         lines.append("  ".join(h.ljust(w) for h, w in zip(_WORKER_COLUMNS, widths)))
         lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
+    failures = status.get("recent_failures") or []
+    if failures:
+        lines.append("recent failures, newest first (`trioschedule tasks --failed` lists more):")
+        lines.extend(f"  {_failure_line(e)}" for e in failures[:FAILURES_SHOWN])
     return "\n".join(lines)
+
+
+#: Failures the status table shows (the JSON carries all the document has).
+FAILURES_SHOWN = 5
+
+
+def format_tasks(entries: list[dict[str, Any]], *, unfinished: bool = False) -> str:
+    """Render ``Client.tasks()`` entries as the ``tasks`` table: one line each, newest first."""
+    if not entries:
+        return "no unfinished tasks" if unfinished else "no ended tasks kept (or the dispatcher's history is off)"
+    if unfinished:
+        return "\n".join(
+            f"{e['id']}  {e['name']}  {e['state']}" + (f" on {e['worker']}" if e.get("worker") else "")
+            + ("  waiting for a worker that offers it" if e.get("waiting_for_worker") else "")
+            + f"  attempt {e['attempt']}  submitted {_clock(e['submitted_at'])}"
+            for e in entries
+        )  # fmt: skip
+    return "\n".join(
+        f"{_clock(e['finished_at'])}  {_failure_line(e)}  ({e['args']})"
+        + (f" on {e['worker']}" if e.get("worker") else "") + f"  attempt {e['attempt']}"
+        for e in entries
+    )  # fmt: skip
+
+
+def _failure_line(e: dict[str, Any]) -> str:
+    """``ID NAME STATUS: ErrorType: message`` on one line."""
+    error = e.get("error")
+    why = f"{error['type']}: {error['message']}" if error else (e.get("reason") or "")
+    why = " ".join(str(why).split())  # one line, whatever the message holds
+    if len(why) > 120:
+        why = why[:117] + "..."
+    return f"{e['id']}  {e['name']}  {e['status']}" + (f": {why}" if why else "")
+
+
+def _clock(timestamp: float) -> str:
+    """Local wall-clock time of day, ``HH:MM:SS``."""
+    return time.strftime("%H:%M:%S", time.localtime(timestamp))
 
 
 def _worker_row(w: dict[str, Any]) -> tuple[str, ...]:

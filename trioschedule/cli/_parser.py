@@ -147,6 +147,16 @@ def build_parser(*, script: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _security_args(p, server=False)
 
+    p = command("tasks", "list a dispatcher's recent task outcomes (or with --queued, its unfinished tasks)")
+    p.add_argument("address", type=parse_address, metavar="HOST:PORT", nargs="?", default=default_address(),
+                   help=f"default $TRIOSCHEDULE_ADDRESS, else {DEFAULT_ADDRESS}")  # fmt: skip
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--failed", action="store_true", help="only outcomes other than ok")
+    which.add_argument("--queued", action="store_true", help="the tasks not ended yet: queued, delayed, running")
+    p.add_argument("--limit", type=int, default=defaults.TASKS_LISTED, metavar="N", help="at most N, newest first (default %(default)d)")
+    p.add_argument("--json", action="store_true", help="print JSON (one array) instead of a table")
+    _security_args(p, server=False)
+
     p = command("stop", "stop a dispatcher gracefully (and with --workers, its workers)")
     p.add_argument("address", type=parse_address, metavar="HOST:PORT", nargs="?", default=default_address(),
                    help=f"default $TRIOSCHEDULE_ADDRESS, else {DEFAULT_ADDRESS}")  # fmt: skip
@@ -195,6 +205,8 @@ def _dispatcher_command(p: argparse.ArgumentParser) -> None:
                    help="how long finished outcomes are kept for result and reattaching (default %(default)g)")  # fmt: skip
     p.add_argument("--max-results", type=int, default=defaults.MAX_RESULTS, metavar="N",
                    help="how many finished outcomes are kept (default %(default)d)")  # fmt: skip
+    p.add_argument("--history", type=int, default=defaults.HISTORY, metavar="N",
+                   help="ended tasks kept for `tasks` and status (default %(default)d; 0 keeps none)")  # fmt: skip
     _security_args(p, server=True)
 
 
