@@ -34,6 +34,7 @@ from ._store.base import Store as Store
 from ._store.base import StoredTask as StoredTask
 from ._store.sqlite import SQLiteStore as SQLiteStore
 from ._store.sqlite import StoreStatistics as StoreStatistics
+from ._task import Retry as Retry
 from ._task import TaskOptions as TaskOptions
 from ._task import task as task
 from ._worker import Worker as Worker
@@ -54,6 +55,7 @@ __all__ = [
     "QueueFull",
     "Rejected",
     "RemoteProtocolError",
+    "Retry",
     "SQLiteStore",
     "Store",
     "StoreError",

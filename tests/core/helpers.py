@@ -136,12 +136,14 @@ def make_scheduler(clock: FakeClock | None = None, journal: RecordingJournal | N
 
 def hello(*tasks: str, concurrency: int = 1, prefetch: int = 0, session: str | None = None,
           running: dict[str, int] | None = None, retries: dict[str, int] | None = None,
-          no_retry: dict[str, tuple[str, ...]] | None = None, name: str = "w") -> m.Hello:  # fmt: skip
+          no_retry: dict[str, tuple[str, ...]] | None = None, name: str = "w",
+          retry_delay: dict[str, float] | None = None, retry_timeout: tuple[str, ...] = ()) -> m.Hello:  # fmt: skip
     """A worker's hello, as ``Worker._connect_forever`` builds it."""
     return m.Hello(
         version=m.PROTOCOL_VERSION, role=WORKER, name=name, host="test", pid=1, tasks=tuple(tasks),
         concurrency=concurrency, prefetch=prefetch, session=session, running=dict(running or {}),
-        retries=dict(retries or {}), no_retry=dict(no_retry or {}),
+        retries=dict(retries or {}), no_retry=dict(no_retry or {}), retry_delay=dict(retry_delay or {}),
+        retry_timeout=retry_timeout,
     )  # fmt: skip
 
 

@@ -280,9 +280,12 @@ class SchedulerModel(RuleBasedStateMachine):
             if failures < limit and error_type not in worker.no_retry.get(exp.name, ()):
                 assert task is not None and task.state == DELAYED, (task, outcome)
                 assert task.failures == failures + 1
-                backoff = min(8.0, 1.0 * 2 ** failures)
                 wait = task.not_before - self.clock.wall()
-                assert backoff / 2 - EPS <= wait <= backoff + EPS, (wait, backoff)
+                if outcome.error is not None and outcome.error.retry_after is not None:
+                    assert abs(wait - outcome.error.retry_after) <= EPS, (wait, outcome)  # exactly: no jitter
+                else:
+                    backoff = min(8.0, 1.0 * 2 ** failures)
+                    assert backoff / 2 - EPS <= wait <= backoff + EPS, (wait, backoff)
             else:
                 assert exp.outcome is not None and exp.outcome.status == m.ERROR, (outcome, exp)
 
@@ -455,7 +458,7 @@ class SchedulerModel(RuleBasedStateMachine):
         return list(self.workers.values()).index(worker)
 
     @rule(pick=picks, which=picks, status=st.sampled_from((m.OK, m.OK, m.ERROR, m.ERROR, m.CANCELLED, m.TIMEOUT)),
-          error_type=st.sampled_from(("ValueError", "KeyError")), report=st.booleans())  # fmt: skip
+          error_type=st.sampled_from(("ValueError", "KeyError", "Retry")), report=st.booleans())  # fmt: skip
     def worker_finishes(self, pick: int, which: int, status: str, error_type: str, report: bool) -> None:
         """A running task ends; a Cancel that arrived makes it end cancelled, most of the time.
 
@@ -479,7 +482,8 @@ class SchedulerModel(RuleBasedStateMachine):
             reason = "the worker stopped before the task finished"
         if task_id in worker.started:
             worker.started.remove(task_id)
-        error = m.RemoteError(type=error_type, message="boom") if status == m.ERROR else None
+        retry_after = 2.5 if error_type == "Retry" else None  # the task raised Retry(after=2.5)
+        error = m.RemoteError(type=error_type, message="boom", retry_after=retry_after) if status == m.ERROR else None
         if status in (m.OK, m.ERROR):
             reason = None
         worker.results.append(m.Outcome(id=task_id, status=status, attempt=attempt, value=1 if status == m.OK else None,

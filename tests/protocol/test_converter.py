@@ -32,7 +32,10 @@ json_values = st.recursive(
     max_leaves=8,
 )
 ids = st.text(min_size=1, max_size=12)
-errors = st.none() | st.builds(m.RemoteError, type=st.text(max_size=8), message=st.text(max_size=8), traceback=st.text(max_size=8))
+errors = st.none() | st.builds(
+    m.RemoteError, type=st.text(max_size=8), message=st.text(max_size=8), traceback=st.text(max_size=8),
+    retry_after=st.none() | st.floats(min_value=0, max_value=1e6),
+)
 specs = st.builds(
     m.TaskSpec, id=ids, name=ids, args=st.lists(json_values, max_size=3),
     kwargs=st.dictionaries(st.text(max_size=5), json_values, max_size=2), attempt=st.integers(0, 5),

@@ -92,7 +92,8 @@ def test_section_2_names_every_object_field_for_php() -> None:
     for cls, field, kind in ROWS:
         if kind.startswith("{"):
             object_fields.add(f"{cls.TYPE}.{field}" if hasattr(cls, "TYPE") and field != "kwargs" else field)
-    assert object_fields == {"hello.running", "hello.retries", "hello.no_retry", "kwargs", "status-reply.status"}
+    assert object_fields == {"hello.running", "hello.retries", "hello.no_retry", "hello.retry_delay", "kwargs",
+                             "status-reply.status"}
     for name in object_fields:
         assert f"`{name}`" in SECTION_2, name
     assert "json_decode($text, true)" in SECTION_2 and "PHP_INT_MAX" in SECTION_2

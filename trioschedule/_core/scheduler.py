@@ -13,6 +13,7 @@ journal's operations.  The legal state changes are ``tasks.TRANSITIONS``.
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -215,6 +216,8 @@ class Scheduler(Lifecycle):
         peer.track_running(session.assigned)
         session.retries = dict(hello.retries)
         session.no_retry = dict(hello.no_retry)
+        session.retry_delay = dict(hello.retry_delay)
+        session.retry_timeout = frozenset(hello.retry_timeout)
         session.conn = conn
         session.draining = False
         self.placement.offer(session)
@@ -360,21 +363,51 @@ class Scheduler(Lifecycle):
             # Nobody asked: the worker gave the task up (it was stopping). Run it elsewhere.
             self._return_to_queue(task, lost=True)
             return
-        if outcome.status == m.ERROR and task.cancel_reason is None and not self.draining:
+        if task.cancel_reason is None and not self.draining and self._retriable(session, task, outcome):
             limit = task.retries if task.retries is not None else session.retries.get(task.name, 0)
-            error_type = outcome.error.type if outcome.error else ""
+            error = outcome.error
+            error_type = error.type if error is not None else ""
             if task.failures < limit and error_type not in session.no_retry.get(task.name, ()):
                 task.failures += 1
-                backoff = min(self.limits.retry_backoff_max, self.limits.retry_backoff * 2 ** (task.failures - 1))
-                delay = self.rng.uniform(backoff / 2, backoff)  # "equal jitter": never retry at once
-                log.info("task %s (%s) failed with %s; retry %d/%d in %.2f s",
-                         task.id, task.name, error_type, task.failures, limit, delay)  # fmt: skip
+                delay = self._retry_delay(session, task, error)
+                log.info("task %s (%s) %s; retry %d/%d in %.2f s", task.id, task.name,
+                         f"failed with {error_type}" if error is not None else "ran past its time limit",
+                         task.failures, limit, delay)  # fmt: skip
                 self._delay(task, delay)
                 self._journal(task)
                 return
         if task.cancel_reason is not None and outcome.status in (m.CANCELLED, m.ERROR):
             outcome = m.Outcome(id=task.id, status=m.CANCELLED, attempt=outcome.attempt, reason=task.cancel_reason)
         self.finish(task, outcome)
+
+    def _retriable(self, session: WorkerSession, task: Task, outcome: m.Outcome) -> bool:
+        """An error is; a timeout only for a task that opted in, and only while its deadline is ahead.
+
+        A timeout the worker reports is either the task's deadline (nothing
+        left to retry in) or its per-attempt ``time_limit``; the dispatcher
+        cannot tell them apart from the outcome, and need not: a deadline
+        still ahead means it was the time limit.
+        """
+        if outcome.status == m.ERROR:
+            return True
+        return (
+            outcome.status == m.TIMEOUT and task.name in session.retry_timeout
+            and (task.deadline is None or self.clock() < task.deadline)
+        )  # fmt: skip
+
+    def _retry_delay(self, session: WorkerSession, task: Task, error: m.RemoteError | None) -> float:
+        """What the task asked for (``Retry(after=...)``, then its ``retry_delay``), exactly; else the backoff.
+
+        An asked-for delay has no jitter: the task named a time (a rate
+        limit's reset, say), and waking early would only fail again.
+        """
+        asked = error.retry_after if error is not None else None
+        if asked is None or not math.isfinite(asked):
+            asked = session.retry_delay.get(task.name)
+        if asked is not None and math.isfinite(asked):
+            return max(0.0, asked)
+        backoff = min(self.limits.retry_backoff_max, self.limits.retry_backoff * 2 ** (task.failures - 1))
+        return self.rng.uniform(backoff / 2, backoff)  # "equal jitter": never retry at once
 
     def unsendable(self, session: WorkerSession, task_id: str, attempt: int, exc: Exception) -> None:
         """A task's spec could not be encoded into a frame: it ends with an error instead of vanishing."""

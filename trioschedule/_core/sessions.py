@@ -38,6 +38,8 @@ class WorkerSession:
         "no_retry",
         "peer",
         "retries",
+        "retry_delay",
+        "retry_timeout",
         "window",
     )  # fmt: skip
 
@@ -57,6 +59,8 @@ class WorkerSession:
         self.draining = False
         self.retries: dict[str, int] = {}
         self.no_retry: dict[str, tuple[str, ...]] = {}
+        self.retry_delay: dict[str, float] = {}  # per task name: a fixed wait before a retry, instead of the backoff
+        self.retry_timeout: frozenset[str] = frozenset()  # task names whose time-limited attempts are retried
         self.expiry = 0  # bumped on every attach and detach: a stale expiry timer does nothing
 
 

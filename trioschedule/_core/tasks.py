@@ -35,7 +35,7 @@ TRANSITIONS: Final[dict[tuple[str, str], str]] = {
     (DELAYED, RUNNING): "a resuming worker still holds it",
     (DELAYED, DONE): "cancelled, deadline passed, or lost when a dispatcher without a journal stops",
     (RUNNING, QUEUED): "its worker gave it back, was lost, or handed it over to an idle worker",
-    (RUNNING, DELAYED): "it raised and has retries left: retried after a backoff",
+    (RUNNING, DELAYED): "it raised (or hit its time limit, opted in) and has retries left: retried after a delay",
     (RUNNING, DONE): "its worker reported an outcome, or it was cancelled, timed out or lost for good",
 }
 

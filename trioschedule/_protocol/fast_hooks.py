@@ -27,7 +27,7 @@ __all__ = ["new_outcome", "new_results", "new_run", "new_spec", "new_submission"
 
 _EMPTY: tuple[()] = ()  # marks a missing key in ``d.get(key, _EMPTY)``; never a JSON value
 _SPEC_KEYS = frozenset(("id", "name", "args", "kwargs", "attempt", "timeout"))
-_ERROR_KEYS = frozenset(("type", "message", "traceback"))
+_ERROR_KEYS = frozenset(("type", "message", "traceback", "retry_after"))
 _OUTCOME_KEYS = frozenset(("id", "status", "attempt", "value", "error", "reason"))
 _SUBMISSION_KEYS = frozenset(("id", "name", "args", "kwargs", "timeout", "retries", "delay", "priority"))
 _RUN_KEYS = frozenset(("tasks", "ack"))
@@ -225,13 +225,16 @@ def structure_remote_error(d: Any, _: Any = None) -> RemoteError:
     return RemoteError(
         type=_str(d["type"], "type"), message=_str(d["message"], "message"),
         traceback=_str(d.get("traceback", ""), "traceback"),
+        retry_after=_optional_number(d.get("retry_after"), "retry_after"),
     )  # fmt: skip
 
 
 def unstructure_remote_error(e: RemoteError) -> dict[str, Any]:
-    d = {"type": e.type, "message": e.message}
+    d: dict[str, Any] = {"type": e.type, "message": e.message}
     if e.traceback != "":
         d["traceback"] = e.traceback
+    if e.retry_after is not None:
+        d["retry_after"] = e.retry_after
     return d
 
 

@@ -80,6 +80,8 @@ class RemoteError:
     type: str
     message: str
     traceback: str = ""
+    #: Seconds the task asked to wait before its retry (it raised ``trioschedule.Retry(after=...)``).
+    retry_after: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -148,6 +150,8 @@ class Hello:
     running: dict[str, int] = attrs.field(factory=dict)
     retries: dict[str, int] = attrs.field(factory=dict)
     no_retry: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+    retry_delay: dict[str, float] = attrs.field(factory=dict)
+    retry_timeout: tuple[str, ...] = ()
 
 
 @attrs.frozen(kw_only=True)

@@ -25,7 +25,7 @@ from .._net.connection import Connection
 from .._net.splitting import send_split
 from .._protocol import messages as m
 from .._protocol.framing import encode_frame
-from .._task import TaskOptions
+from .._task import Retry, TaskOptions
 from .readturn import UNCLAIMED, ReadTurn, resume
 
 __all__ = ["Running", "TaskRunner", "describe_exception", "encodable"]
@@ -322,23 +322,31 @@ class TaskRunner:
         try:
             # The call is spelled out here, not in a helper coroutine: for a
             # small task, one more coroutine per call is a measurable share.
-            if spec.timeout is None:
+            limit = options.time_limit
+            if spec.timeout is None and limit is None:
                 if options.is_async:
                     value = await (fn(*spec.args, **spec.kwargs) if spec.kwargs else fn(*spec.args))
                 else:
                     value = await self._call_sync(fn, options, spec)
             else:
-                with trio.CancelScope(deadline=trio.current_time() + spec.timeout) as scope:
+                # The sooner of the task's deadline and its per-attempt time limit.
+                by_limit = limit is not None and (spec.timeout is None or limit < spec.timeout)
+                seconds = limit if by_limit else spec.timeout
+                assert seconds is not None
+                with trio.CancelScope(deadline=trio.current_time() + seconds) as scope:
                     running.scope = scope
                     if options.is_async:
                         value = await fn(*spec.args, **spec.kwargs)
                     else:
                         value = await self._call_sync(fn, options, spec)
-                if scope.cancelled_caught:  # ours (a cancel message), or the deadline
+                if scope.cancelled_caught:  # ours (a cancel message), the deadline, or the time limit
                     if running.cancel_reason is not None:
                         outcome = m.Outcome(id=task_id, status=m.CANCELLED, attempt=spec.attempt, reason=running.cancel_reason)
                     else:
-                        reason = f"the task ran past its deadline ({spec.timeout:g} s left when it started)"
+                        if by_limit:
+                            reason = f"the attempt ran past its time limit ({seconds:g} s)"
+                        else:
+                            reason = f"the task ran past its deadline ({seconds:g} s left when it started)"
                         outcome = m.Outcome(id=task_id, status=m.TIMEOUT, attempt=spec.attempt, reason=reason)
         except Exception as exc:  # noqa: BLE001 - the task's failure is its outcome
             self.failed += 1
@@ -380,6 +388,7 @@ def describe_exception(exc: BaseException) -> m.RemoteError:
         type=type(exc).__qualname__,
         message=str(exc),
         traceback="".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__)),
+        retry_after=exc.after if isinstance(exc, Retry) else None,
     )
 
 

@@ -175,6 +175,8 @@ class Worker(TaskRunner):
             session=self._session, running=self._held(),
             retries={n: o.retries for n, (_, o) in self.tasks.items() if o.retries},
             no_retry={n: o.no_retry for n, (_, o) in self.tasks.items() if o.no_retry},
+            retry_delay={n: o.retry_delay for n, (_, o) in self.tasks.items() if o.retry_delay is not None},
+            retry_timeout=tuple(n for n, (_, o) in self.tasks.items() if o.retry_on_timeout),
         )  # fmt: skip
 
     def _retry(self, exc: Exception, attempts: int, connected_once: bool) -> str:
