@@ -265,10 +265,11 @@ class ProtocolConnection:
         state = table[kind]
         self.state = state if state != READY else self._resolve(state)
 
-    def error_frame(self, code: str, message: str) -> bytes:
+    def error_frame(self, code: str, message: str, leader: str | None = None) -> bytes:
         """The frame that tells the peer why we are closing (always allowed)."""
         self.state = CLOSED
-        return encode_frame(m.encode(m.Error(code=code, message=message[:1000].encode("utf-8", "backslashreplace").decode())), self.max_frame_size)
+        text = message[:1000].encode("utf-8", "backslashreplace").decode()
+        return encode_frame(m.encode(m.Error(code=code, message=text, leader=leader)), self.max_frame_size)
 
     def _resolve(self, state: str) -> str:
         if state == READY:

@@ -192,6 +192,7 @@ class Error:
     TYPE: ClassVar[str] = "error"
     code: str
     message: str
+    leader: str | None = None  # with code "not-leader": the HOST:PORT of the dispatcher that leads, if known
 
 
 # ------------------------------------------------------------- both ways

@@ -159,6 +159,21 @@ class Store:
     async def flush(self, mark: Any = None) -> None:
         """Make every buffered update durable; with a :meth:`mark`, at least everything before it."""
 
+    # Schedules (docs/SCHEDULES.md).  A schedule is journaled as one JSON-able
+    # record keyed by its ``"name"``; the dispatcher owns the record's shape.
+    # The base class keeps none: with ``memory:`` schedules last as long as
+    # the dispatcher's process.
+
+    async def load_schedules(self) -> list[dict[str, Any]]:
+        """The schedule records journaled so far (called once, after :meth:`open`)."""
+        return []
+
+    async def save_schedules(self, records: list[dict[str, Any]]) -> None:
+        """Insert or replace the records by ``record["name"]``; return once they are durable."""
+
+    async def delete_schedule(self, name: str) -> None:
+        """Drop the schedule record ``name`` (no error if there is none); return once that is durable."""
+
     async def close(self) -> None:
         """Flush and release the store."""
 
