@@ -15,6 +15,10 @@ __all__ = [
     "CLI_STORE",
     "CONCURRENCY",
     "CONNECT_TIMEOUT",
+    "CRASH_BACKOFF_INITIAL",
+    "CRASH_BACKOFF_MAX",
+    "CRASH_LIMIT",
+    "CRASH_WINDOW",
     "DRAIN_GRACE",
     "HANDSHAKE_TIMEOUT",
     "HEARTBEAT_INTERVAL",
@@ -27,12 +31,14 @@ __all__ = [
     "MAX_LOSSES",
     "MAX_QUEUED",
     "MAX_RESULTS",
+    "MEMORY_CHECK_INTERVAL",
     "PORT",
     "PREFETCH_MIN",
     "PREFETCH_PER_RUNNER",
     "RECONNECT_ATTEMPTS",
     "RECONNECT_INITIAL",
     "RECONNECT_MAX",
+    "RELOAD_READY_TIMEOUT",
     "RESULT_TTL",
     "RETRY_BACKOFF",
     "RETRY_BACKOFF_MAX",
@@ -87,3 +93,16 @@ RECONNECT_ATTEMPTS: int | None = None
 #: worker that goes idle, so they never wait behind a long one.
 PREFETCH_MIN = 128
 PREFETCH_PER_RUNNER = 4
+
+# The worker supervisor (``worker --processes N``, cli/_supervisor.py).
+#: Seconds between a recycling worker's looks at its own memory (max_memory): cheap, and bounded.
+MEMORY_CHECK_INTERVAL = 1.0
+#: A child that exits with an error this many seconds or less after it started counts as a crash at start...
+CRASH_WINDOW = 5.0
+#: ...and is restarted after a pause that doubles from CRASH_BACKOFF_INITIAL up to CRASH_BACKOFF_MAX...
+CRASH_BACKOFF_INITIAL = 0.5
+CRASH_BACKOFF_MAX = 30.0
+#: ...until it has crashed at start this many times in a row: then the supervisor gives up (exit 1).
+CRASH_LIMIT = 5
+#: Seconds a reload waits for a replacement child to connect before giving up (the old child keeps serving).
+RELOAD_READY_TIMEOUT = 60.0

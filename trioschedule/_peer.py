@@ -32,6 +32,7 @@ class Peer:
     done: int = 0
     failed: int = 0
     connected: bool = True
+    restarts: int = 0  # a worker: times its supervisor replaced its process (hello.restarts)
     _running: Sized = attrs.field(default=(), repr=False, init=False)
 
     @property
@@ -60,4 +61,5 @@ class Peer:
             "running": self.running,
             "done": self.done,
             "failed": self.failed,
+            "restarts": self.restarts,
         }

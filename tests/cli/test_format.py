@@ -14,7 +14,7 @@ def status_document(**changes):
         "waiting_for_worker": {},
         "workers": [
             {"name": "w-0", "host": "box", "pid": 11, "concurrency": 4, "running": 3, "done": 40, "failed": 5,
-             "address": "127.0.0.1:50000", "connected": True, "draining": False, "tasks": ["add", "resize"]},
+             "restarts": 2, "address": "127.0.0.1:50000", "connected": True, "draining": False, "tasks": ["add", "resize"]},
             {"name": "a-much-longer-name", "host": "box", "pid": 12, "concurrency": 1, "running": 0, "done": 0,
              "failed": 0, "address": "127.0.0.1:50001", "connected": False, "draining": False},
         ],
@@ -29,9 +29,9 @@ def test_the_table_shows_counts_and_one_aligned_row_per_worker():
         "trioschedule dispatcher  pid 4242  127.0.0.1:7311  uptime 1d 1:01:01  store sqlite:trioschedule.sqlite3",
         "tasks: queued 1  delayed 2  running 3  done 40  failed 5  cancelled 6  timeout 7  lost 8",
         "workers: 2   clients: 1",
-        "name                host  pid  concurrency  running  done  failed  address          state      tasks     ",
-        "w-0                 box   11   4            3        40    5       127.0.0.1:50000  connected  add,resize",
-        "a-much-longer-name  box   12   1            0        0     0       127.0.0.1:50001  detached             ",
+        "name                host  pid  concurrency  running  done  failed  restarts  address          state      tasks     ",
+        "w-0                 box   11   4            3        40    5       2         127.0.0.1:50000  connected  add,resize",
+        "a-much-longer-name  box   12   1            0        0     0       0         127.0.0.1:50001  detached             ",
     ]
 
 

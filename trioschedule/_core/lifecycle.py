@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .._logging import context
 from .._protocol import messages as m
 from .history import History
 from .journal import Journal
@@ -26,6 +27,7 @@ from .timers import Timers
 __all__ = ["Lifecycle", "Limits"]
 
 log = logging.getLogger("trioschedule.dispatcher")
+OK_STATUS = m.OK
 
 
 class Limits:
@@ -76,6 +78,7 @@ class Lifecycle:
         self.clock = clock
         self.wall_clock = wall_clock
         self.rng = rng or random.Random()
+        self._quiet = False  # lose_unfinished logs one line for all
         self.tasks: dict[str, Task] = {}
         self.placement = Placement()
         self.sessions: dict[str, WorkerSession] = {}
@@ -130,7 +133,6 @@ class Lifecycle:
             task.losses += 1
             if task.losses > self.limits.max_losses:
                 reason = f"the task's worker was lost {task.losses} times (limit {self.limits.max_losses})"
-                log.warning("task %s (%s) given up: %s", task.id, task.name, reason)
                 self.finish(task, m.Outcome(id=task.id, status=m.LOST, attempt=task.attempt, reason=reason))
                 return
         # A delivery that never started costs nothing: only losses and failures are limited.
@@ -189,15 +191,22 @@ class Lifecycle:
 
     def _cancel_unacknowledged(self, task: Task) -> None:
         if task.state == RUNNING and task.cancel_reason is not None:
-            log.warning("task %s: the worker did not acknowledge its cancellation in time", task.id)
+            log.warning("task %s (%s): the worker did not acknowledge its cancellation in time", task.id, task.name,
+                        extra=context(task_id=task.id, task_name=task.name, peer=task.worker))  # fmt: skip
             self.finish(task, m.Outcome(id=task.id, status=m.CANCELLED, attempt=task.attempt, reason=task.cancel_reason))
             self.dispatch()
 
     def lose_unfinished(self, reason: str) -> None:
-        """Without a journal, a stopping dispatcher ends every unfinished task as lost."""
-        for task in list(self.tasks.values()):
-            if task.state != DONE:
+        """Without a journal, a stopping dispatcher ends every unfinished task as lost (one log line for all)."""
+        unfinished = [task for task in self.tasks.values() if task.state != DONE]
+        if unfinished:
+            log.warning("%d unfinished task(s) lost: %s", len(unfinished), reason)
+        self._quiet = True  # not one line per task
+        try:
+            for task in unfinished:
                 self.finish(task, m.Outcome(id=task.id, status=m.LOST, attempt=task.attempt, reason=reason))
+        finally:
+            self._quiet = False
 
     def dispatch(self) -> None:
         """Give queued tasks to workers that offer them and have room, least loaded first."""
@@ -249,7 +258,10 @@ class Lifecycle:
         task.expires = (self.clock() if now is None else now) + self.limits.result_ttl
         self.unfinished -= 1
         counts = self.counts
-        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        status = outcome.status
+        counts[status] = counts.get(status, 0) + 1
+        if status != OK_STATUS and not self._quiet:  # one line for every task that did not succeed (off the ok path)
+            _log_ended(task, outcome)
         if task.owner is not None:
             task.owner.owned -= 1
         if self._history is not None:
@@ -330,3 +342,16 @@ class Lifecycle:
     def map_window(self, name: str, minimum: int, chunk: int) -> int:
         """How many unfinished tasks one ``map()`` may have: twice what the workers offering ``name`` hold, or more."""
         return max(minimum, 2 * self.placement.capacity(name) + chunk)
+
+
+def _log_ended(task: Task, outcome: m.Outcome) -> None:
+    """The one log line of a task that ended other than ok: failed, timed out and lost warn, cancelled informs."""
+    level = logging.INFO if outcome.status == m.CANCELLED else logging.WARNING
+    if not log.isEnabledFor(level):
+        return
+    error = outcome.error
+    why = f"{error.type}: {error.message}" if error is not None else (outcome.reason or "")
+    attempts = outcome.attempt or task.attempt
+    log.log(level, "task %s (%s) ended %s after %d attempt(s)%s%s", task.id, task.name, outcome.status, attempts,
+            f" on {task.worker!r}" if task.worker else "", f": {why}" if why else "",
+            extra=context(task_id=task.id, task_name=task.name, peer=task.worker))  # fmt: skip

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .._errors import QueueFull, Rejected, RemoteProtocolError
+from .._logging import context
 from .._peer import Peer
 from .._protocol import messages as m
 from .._protocol.connection import WORKER
@@ -196,7 +197,7 @@ class Scheduler(Lifecycle):
         """
         peer = Peer(
             id=uuid.uuid4().hex, role=WORKER, name=hello.name or f"{hello.role}-{hello.pid}", address=address,
-            pid=hello.pid, host=hello.host, connected_at=self.wall_clock(),
+            pid=hello.pid, host=hello.host, connected_at=self.wall_clock(), restarts=hello.restarts,
         )  # fmt: skip
         # Only a session this dispatcher knows can be resumed: an id it never
         # gave out (made up, or from before a restart without a journal, or
@@ -262,7 +263,6 @@ class Scheduler(Lifecycle):
             session.expiry += 1
             self.timers.at(self.clock() + self.limits.session_grace, self.expire_session_timer,
                            (session, session.expiry))  # fmt: skip
-        log.info("worker %r detached with %d task(s) assigned", session.peer.name, len(session.assigned))
 
     def expire_session_timer(self, arg: tuple[WorkerSession, int]) -> None:
         session, expiry = arg
@@ -372,7 +372,7 @@ class Scheduler(Lifecycle):
                 delay = self._retry_delay(session, task, error)
                 log.info("task %s (%s) %s; retry %d/%d in %.2f s", task.id, task.name,
                          f"failed with {error_type}" if error is not None else "ran past its time limit",
-                         task.failures, limit, delay)  # fmt: skip
+                         task.failures, limit, delay, extra=context(task_id=task.id, task_name=task.name))  # fmt: skip
                 self._delay(task, delay)
                 self._journal(task)
                 return

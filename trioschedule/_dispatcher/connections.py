@@ -19,6 +19,7 @@ from .._errors import (
     RemoteProtocolError,
     StoreError,
 )
+from .._logging import context
 from .._net.connection import Connection, describe_address
 from .._peer import Peer
 from .._protocol import messages as m
@@ -62,28 +63,29 @@ class ConnectionHandler:
         conn = Connection(stream, ProtocolConnection(DISPATCHER, max_frame_size=d.max_frame_size),
                           send_timeout=d.send_timeout, address=address)  # fmt: skip
         self.count += 1
+        where = context(peer=address)
         try:
             if self.count > d.max_connections:
                 await conn.send_error("too-many-connections",
                                       f"the dispatcher serves at most {d.max_connections} connections")  # fmt: skip
-                log.warning("%s: refused: %d connections is the limit", address, d.max_connections)
+                log.warning("%s: refused: %d connections is the limit", address, d.max_connections, extra=where)
                 return
             try:
                 with trio.fail_after(d.handshake_timeout):
                     hello, proof = await self._handshake(conn)
             except trio.TooSlowError:
                 await conn.send_error("handshake-timeout", f"no complete handshake within {d.handshake_timeout:g} s")
-                log.warning("%s: closed: no handshake within %g s", address, d.handshake_timeout)
+                log.warning("%s: closed: no handshake within %g s", address, d.handshake_timeout, extra=where)
                 return
-            await self._serve_peer(conn, hello, proof)
+            await self._serve_peer(conn, hello, proof)  # logs its own connected and disconnected lines
         except RemoteProtocolError as exc:
-            log.warning("%s: closed: protocol error (%s): %s", address, exc.code, exc)
+            log.warning("%s: closed: protocol error (%s): %s", address, exc.code, exc, extra=where)
         except AuthenticationError as exc:
-            log.warning("%s: closed: authentication failed: %s", address, exc)
+            log.warning("%s: closed: authentication failed: %s", address, exc, extra=where)
         except ConnectionClosed as exc:
-            log.info("%s: connection closed: %s", address, exc.reason)
+            log.info("%s: closed before the handshake ended: %s", address, exc.reason, extra=where)
         except Exception:  # a bug while serving one peer must not take the others down
-            log.exception("%s: closed after an internal error", address)
+            log.exception("%s: closed after an internal error", address, extra=where)
         finally:
             self.count -= 1
             await conn.aclose()
@@ -148,9 +150,12 @@ class ConnectionHandler:
             await conn.run_heartbeat(d.heartbeat_interval, d.heartbeat_timeout, make_heartbeat)
 
         clean = False
+        fields = context(peer=peer.name, worker_pid=peer.pid if hello.role == WORKER else None)
+        why: str | None = "the dispatcher stopped"  # unless the connection ends first
+        level, exc_info = logging.INFO, False
         try:
             await conn.send_now(welcome)
-            log.info("%s: %s %r connected (pid %d)", conn.address, peer.role, peer.name, peer.pid)
+            log.info("%s: %s %r connected (pid %d)", conn.address, peer.role, peer.name, peer.pid, extra=fields)
             if hello.role == WORKER:
                 for task_id in session.buffer_cancel:
                     conn.send(m.Cancel(id=task_id, reason="the dispatcher no longer expects this task"))
@@ -162,11 +167,20 @@ class ConnectionHandler:
                 nursery.start_soon(until_closed, heartbeats, nursery.cancel_scope)
                 clean = await serve()
                 nursery.cancel_scope.cancel()
-            if not clean and conn.closed_reason:
-                raise ConnectionClosed(conn.closed_reason)
+            why = "said goodbye" if clean else f"connection lost: {conn.closed_reason or 'closed'}"
+        # Every way a served peer leaves ends in the one line of the finally clause below.
+        except RemoteProtocolError as exc:
+            why, level = f"protocol error ({exc.code}): {exc}", logging.WARNING
+        except ConnectionClosed as exc:
+            why = f"connection lost: {exc.reason}"
+        except Exception:  # noqa: BLE001 - a bug while serving one peer must not take the others down
+            why, level, exc_info = "internal error", logging.ERROR, True
         finally:
             peer.connected = False
             d._links.pop(peer.id, None)
+            held = len(session.assigned) if hello.role == WORKER else 0
+            log.log(level, "%s: closed: %s (%s %r%s)", conn.address, why, peer.role, peer.name,
+                    f", {held} task(s) assigned" if held else "", exc_info=exc_info, extra=fields)  # fmt: skip
             leave(clean)
             self.effects.flush()
             with trio.CancelScope(shield=True):

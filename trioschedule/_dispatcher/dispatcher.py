@@ -331,11 +331,14 @@ class Dispatcher:
     async def _drain(self, grace: float, stop_accepting: Callable[[], Any] = lambda: None) -> None:
         core = self._core
         core.draining = True
-        log.info("draining: %d task(s) running, grace %g s", core.running, grace)
+        log.info("drain started: %d task(s) running, grace %g s", core.running, grace)
+        started = trio.current_time()
         with trio.move_on_after(grace):
             await self._effects.wait_idle()
         if core.running:
-            log.warning("grace period over with %d task(s) still running", core.running)
+            log.warning("drain finished: grace period over with %d task(s) still running", core.running)
+        else:
+            log.info("drain finished: no task running after %.1f s", trio.current_time() - started)
         if not self.store.durable:
             core.lose_unfinished("the dispatcher stopped before the task finished")
         self._effects.flush()

@@ -152,6 +152,7 @@ class Hello:
     no_retry: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
     retry_delay: dict[str, float] = attrs.field(factory=dict)
     retry_timeout: tuple[str, ...] = ()
+    restarts: int = 0  # times a supervisor replaced this worker's process (shown by status)
 
 
 @attrs.frozen(kw_only=True)

@@ -74,6 +74,8 @@ class TaskRunner:
         self._idle = trio.lowlevel.ParkingLot()
         self._stop = trio.Event()
         self._dispatcher_left = False  # it said goodbye: reconnect quietly until it is back
+        self._budget: int | None = None  # tasks it may still take (max_tasks), None: no limit
+        self._retiring = False  # took its last task (max_tasks): hands back every new one, then stops
         self.done = 0
         self.failed = 0
 
@@ -110,12 +112,15 @@ class TaskRunner:
             kind = type(message)
             if kind is m.Run:
                 self._ack(message.ack)
-                if self._stop.is_set():
-                    conn.send(m.Release(ids=tuple(spec.id for spec in message.tasks), stopping=True))
-                else:
-                    self._queue.extend(message.tasks)
-                    if self._work:  # runners waiting for work (unpark() costs even with nobody parked)
-                        self._work.unpark(count=len(message.tasks))
+                tasks = message.tasks
+                if self._stop.is_set() or self._retiring:
+                    conn.send(m.Release(ids=tuple(spec.id for spec in tasks), stopping=True))
+                    continue
+                if self._budget is not None:  # once per frame, not per task
+                    tasks = self._spend(conn, tasks)
+                self._queue.extend(tasks)
+                if self._work:  # runners waiting for work (unpark() costs even with nobody parked)
+                    self._work.unpark(count=len(tasks))
             elif kind is m.Reclaim:
                 self._reclaim(conn, message.ids)
             elif kind is m.Heartbeat:
@@ -133,6 +138,22 @@ class TaskRunner:
                     self._dispatcher_left = True
                 return False
         return True
+
+    def _spend(self, conn: Connection, tasks: tuple[m.TaskSpec, ...]) -> tuple[m.TaskSpec, ...]:
+        """Take what the budget (max_tasks) allows; with the last, hand the rest back and take no more.
+
+        ``stopping`` on that Release makes the dispatcher send this worker
+        nothing new; the worker stops once what it kept has run.
+        """
+        budget = self._budget
+        assert budget is not None
+        if len(tasks) < budget:
+            self._budget = budget - len(tasks)
+            return tasks
+        self._budget = 0
+        self._retiring = True
+        conn.send(m.Release(ids=tuple(spec.id for spec in tasks[budget:]), stopping=True))
+        return tasks[:budget]
 
     def _reclaim(self, conn: Connection, ids: tuple[str, ...]) -> None:
         """Hand back the requested tasks that have not started (another worker sits idle)."""

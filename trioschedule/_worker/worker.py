@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ import trio
 from .. import _defaults as defaults
 from .._errors import AuthenticationError, ConnectionClosed, ProtocolError
 from .._hooks import HookRunner
+from .._logging import context
 from .._net.connection import Connection
 from .._net.peerconn import Backoff, open_connection, stay_connected
 from .._protocol import messages as m
@@ -77,9 +79,16 @@ class Worker(TaskRunner):
         max_frame_size: int = defaults.MAX_FRAME_SIZE,
         drain_grace: float = defaults.DRAIN_GRACE,
         blocked_warning: float | None = defaults.BLOCKED_WARNING,
+        max_tasks: int | None = None,
+        max_memory: float | None = None,
+        restarts: int = 0,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if max_tasks is not None and max_tasks < 1:
+            raise ValueError("max_tasks must be at least 1 (or None: no limit)")
+        if max_memory is not None and max_memory <= 0:
+            raise ValueError("max_memory must be positive, in MiB (or None: no limit)")
         self.host = host
         self.port = port
         self.token = token
@@ -96,6 +105,12 @@ class Worker(TaskRunner):
         self.max_frame_size = max_frame_size
         self.drain_grace = drain_grace
         self.blocked_warning = blocked_warning
+        self.max_tasks = max_tasks
+        self.max_memory = max_memory
+        #: How many times a supervisor has replaced this worker's process (told to the dispatcher; status shows it).
+        self.restarts = restarts
+        #: Why the worker retired (ran ``max_tasks`` tasks, or grew past ``max_memory``), or None.
+        self.retired: str | None = None
         self._backoff = Backoff(reconnect_initial, reconnect_max)
         #: How to open a stream to the dispatcher; None means TCP (and TLS).
         #: trioschedule.testing sets it to an in-memory network.
@@ -107,6 +122,8 @@ class Worker(TaskRunner):
         self._session: str | None = None  # the dispatcher's, resumed after a reconnect
         self._beat_from_thread: Callable[[], bool] | None = None  # Connection.thread_heartbeat() while connected
         self._stop_grace = drain_grace
+        self._stop_why = ""
+        self._budget = max_tasks
         self._hooks = HookRunner(self, log)
 
     # ================================================================ hooks
@@ -155,6 +172,8 @@ class Worker(TaskRunner):
                 for _ in range(self.concurrency):
                     nursery.start_soon(self._runner)
                 nursery.start_soon(self._drain_on_stop, nursery.cancel_scope)
+                if max(self.max_tasks or 0, self.max_memory or 0):
+                    nursery.start_soon(self._retire_when_due)
                 await stay_connected(
                     self._connect, self._serve, retry=self._retry, backoff=self._backoff,
                     done=self._stop.is_set, log=log, pause=self._pause, task_status=task_status,
@@ -171,7 +190,7 @@ class Worker(TaskRunner):
             self.host, self.port, role=WORKER, token=self.token, ssl_context=self.ssl_context,
             max_frame_size=self.max_frame_size, connect_timeout=self.connect_timeout, connector=self.connector,
             name=self.name, host=socket.gethostname(), pid=os.getpid(),
-            tasks=tuple(self.tasks), concurrency=self.concurrency, prefetch=self.prefetch,
+            tasks=tuple(self.tasks), concurrency=self.concurrency, prefetch=self.prefetch, restarts=self.restarts,
             session=self._session, running=self._held(),
             retries={n: o.retries for n, (_, o) in self.tasks.items() if o.retries},
             no_retry={n: o.no_retry for n, (_, o) in self.tasks.items() if o.no_retry},
@@ -226,7 +245,7 @@ class Worker(TaskRunner):
         # For the watchdog's thread, should a task block the event loop.
         self._beat_from_thread = conn.thread_heartbeat() if self.blocked_warning is not None else None
         self._turn = ReadTurn(conn)
-        log.info("connected to %s at %s:%s", welcome.name, self.host, self.port)
+        log.info("connected to %s at %s:%s", welcome.name, self.host, self.port, extra=context(peer=welcome.name))
         await self._hooks.call_now(self.on_connect)
         try:
             async with trio.open_nursery() as nursery:
@@ -242,7 +261,7 @@ class Worker(TaskRunner):
             with trio.move_on_after(1) as scope:
                 scope.shield = True
                 await conn.aclose()
-            log.info("disconnected from the dispatcher: %s", conn.closed_reason)
+            log.info("disconnected from the dispatcher: %s", conn.closed_reason, extra=context(peer=welcome.name))
             with trio.CancelScope(shield=True):
                 await self._hooks.call_now(self.on_close)
 
@@ -261,11 +280,42 @@ class Worker(TaskRunner):
         self._results.clear()
         self._unacked.clear()
 
+    # ============================================================== recycling
+    async def _retire_when_due(self) -> None:
+        """Drain and stop once ``max_tasks`` have run or the process outgrew ``max_memory`` (a supervisor replaces it).
+
+        The memory is read every MEMORY_CHECK_INTERVAL seconds, not per task:
+        reading it costs microseconds, and memory grows slowly.
+        """
+        limit = None if self.max_memory is None else self.max_memory * 2**20
+        while not self._stop.is_set():
+            if self._retiring:  # it took its last task: stop once that has run
+                while (self._running or self._queue) and not self._stop.is_set():
+                    with trio.move_on_after(0.5):
+                        await self._idle.park()
+                self._retire(f"ran its {self.max_tasks} task(s) (max_tasks)")
+                return
+            if limit is not None:
+                used = resident_memory()
+                if used > limit:
+                    self._retire(f"uses {used / 2**20:.0f} MiB, over max_memory {self.max_memory:g} MiB")
+                    return
+            with trio.move_on_after(defaults.MEMORY_CHECK_INTERVAL):
+                await self._stop.wait()
+
+    def _retire(self, why: str) -> None:
+        if self._stop.is_set():  # stopped for another reason meanwhile
+            return
+        self.retired = why
+        self._stop_why = f" (retiring: it {why})"
+        self.stop()
+
     # ================================================================= drain
     async def _drain_on_stop(self, scope: trio.CancelScope) -> None:
         await self._stop.wait()
         grace = self._stop_grace
-        log.info("stopping: %d running, %d prefetched to hand back, grace %g s", len(self._running), len(self._queue), grace)
+        log.info("drain started%s: %d running, %d prefetched to hand back, grace %g s", self._stop_why,
+                 len(self._running), len(self._queue), grace)  # fmt: skip
         released = [spec.id for spec in self._queue]
         self._queue.clear()
         if self._conn is not None:  # even with nothing to hand back: status shows it draining
@@ -276,12 +326,17 @@ class Worker(TaskRunner):
         with trio.move_on_after(grace):
             while self._running:
                 await self._idle.park()
+        given_up = len(self._running)
         for running in self._running.values():
             running.cancel_reason = "the worker stopped before the task finished"
             running.scope.cancel()
         with trio.move_on_after(1):
             while self._running:
                 await self._idle.park()
+        if given_up:
+            log.warning("drain finished: %d task(s) still running after the grace were cancelled", given_up)
+        else:
+            log.info("drain finished: every running task ended, %d handed back", len(released))
         conn = self._conn
         if conn is not None:
             with trio.move_on_after(min(5.0, max(grace, 1.0))):
@@ -292,3 +347,15 @@ class Worker(TaskRunner):
                 except ConnectionClosed:
                     pass
         scope.cancel()
+
+
+def resident_memory() -> int:
+    """This process's resident memory in bytes: /proc/self/statm on Linux, else the peak from getrusage."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere

@@ -8,7 +8,8 @@ from typing import Any
 __all__ = ["format_status", "format_tasks"]
 
 _TASK_COUNTS = ("queued", "delayed", "running", "done", "failed", "cancelled", "timeout", "lost")
-_WORKER_COLUMNS = ("name", "host", "pid", "concurrency", "running", "done", "failed", "address", "state", "tasks")
+_WORKER_COLUMNS = ("name", "host", "pid", "concurrency", "running", "done", "failed", "restarts", "address", "state",
+                   "tasks")  # fmt: skip
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -83,7 +84,7 @@ def _clock(timestamp: float) -> str:
 def _worker_row(w: dict[str, Any]) -> tuple[str, ...]:
     state = "draining" if w["draining"] else ("connected" if w["connected"] else "detached")
     return (w["name"], w["host"], str(w["pid"]), str(w["concurrency"]), str(w["running"]), str(w["done"]),
-            str(w["failed"]), w["address"], state, ",".join(w.get("tasks", ())))  # fmt: skip
+            str(w["failed"]), str(w.get("restarts", 0)), w["address"], state, ",".join(w.get("tasks", ())))  # fmt: skip
 
 
 def _duration(seconds: float) -> str:

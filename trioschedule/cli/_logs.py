@@ -1,8 +1,11 @@
 """``--log-format text|json`` and ``--log-level``: how the command line's log lines look.
 
 JSON lines are for log collectors: one object per line with ``time`` (ISO
-8601 UTC), ``level``, ``logger``, ``pid``, ``message``, and ``exc`` when there
-is a traceback.
+8601 UTC, milliseconds), ``level``, ``logger``, ``pid`` (the process that
+wrote the line), ``event`` (the message), then the structured fields of
+``trioschedule._logging.FIELDS`` that the line carries (``task_id``,
+``task_name``, ``peer``, ``worker_pid``), and ``exception`` (the traceback
+text) when there is one.  docs/OPERATIONS.md lists the events.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ import json
 import logging
 import sys
 
+from .._logging import FIELDS
+
 __all__ = ["JsonFormatter", "configure_logging"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record."""
+    """One JSON object per record, on one line (newlines inside values are escaped by JSON)."""
 
     def format(self, record: logging.LogRecord) -> str:
         document = {
@@ -26,10 +31,16 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "pid": record.process,
-            "message": record.getMessage(),
+            "event": record.getMessage(),
         }
+        for field in FIELDS:
+            value = record.__dict__.get(field)
+            if value is not None:
+                document[field] = value
         if record.exc_info:
-            document["exc"] = self.formatException(record.exc_info)
+            document["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            document["exception"] = record.exc_text
         return json.dumps(document, default=str)
 
 
