@@ -31,7 +31,7 @@ from .._worker import Worker
 from ._format import format_status, format_tasks
 from ._loading import load_object
 from ._parser import parse_arg
-from ._supervisor import supervise
+from ._supervisor import EXIT_RETIRED, notify_ready, supervise
 
 __all__ = ["COMMANDS", "UsageError", "build_dispatcher", "build_worker"]
 
@@ -86,20 +86,35 @@ def build_worker(cls: type[Worker], args: argparse.Namespace) -> Worker:
     return cls(
         host, port, token=token_from_env(args.token), ssl_context=_client_ssl(args), concurrency=args.concurrency,
         name=args.name, heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
-        drain_grace=args.drain_grace, blocked_warning=args.blocked_warning or None, **options,
+        drain_grace=args.drain_grace, blocked_warning=args.blocked_warning or None,
+        max_tasks=args.max_tasks_per_child, max_memory=args.max_memory_per_child, restarts=args.restarts or 0, **options,
     )  # fmt: skip
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    """One worker process; or, with --processes N (or a per-child limit), a supervisor of N children.
+
+    A child that retired (a per-child limit) exits EXIT_RETIRED, which tells
+    its supervisor to replace it.
+    """
     cls = _load_subclass(args.target, Worker)
     if args.concurrency < 1 or args.processes < 1:
         raise UsageError("--concurrency and --processes must be at least 1")
-    if args.processes > 1:
+    if (args.max_tasks_per_child or 1) < 1 or (args.max_memory_per_child or 1) <= 0:
+        raise UsageError("--max-tasks-per-child must be at least 1 and --max-memory-per-child positive")
+    limited = args.max_tasks_per_child is not None or args.max_memory_per_child is not None
+    if not args.supervised and (args.processes > 1 or limited):
         return supervise(args)
     worker = build_worker(cls, args)
     _freeze_startup_objects()
-    trio.run(_run_with_signals, worker.run, worker.stop)
-    return 0
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            notify_ready()  # a reloading supervisor waits for this before it drains the old child
+
+    trio.run(_run_with_signals, run, worker.stop)
+    return EXIT_RETIRED if worker.retired else 0
 
 
 # ------------------------------------------------------------- clients

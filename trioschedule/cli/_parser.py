@@ -219,7 +219,17 @@ def _worker_command(p: argparse.ArgumentParser) -> None:
                    help="tasks run at once in each worker process (default %(default)d: raise it for tasks "
                         "that wait on I/O)")  # fmt: skip
     p.add_argument("--prefetch", type=int, help="tasks sent ahead of time per process (default: the Worker's)")
-    p.add_argument("--processes", type=int, default=1, help="worker processes to run (restarted if they die)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="worker processes to run under a supervisor that restarts them if they die and reloads "
+                        "them one at a time on SIGHUP (default 1: no supervisor)")  # fmt: skip
+    p.add_argument("--max-tasks-per-child", type=int, metavar="N",
+                   help="a worker process drains and is replaced after taking N tasks (runs a supervisor)")  # fmt: skip
+    p.add_argument("--max-memory-per-child", type=float, metavar="MiB",
+                   help="a worker process drains and is replaced once its resident memory passes MiB, checked "
+                        "every second (runs a supervisor)")  # fmt: skip
+    # Set by the supervisor on its children's command lines; not for people.
+    p.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--restarts", type=int, help=argparse.SUPPRESS)
     p.add_argument("--name", help="worker name shown in status")
     _liveness_args(p)
     p.add_argument("--drain-grace", type=float, default=defaults.DRAIN_GRACE, metavar="S",
