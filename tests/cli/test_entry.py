@@ -37,7 +37,8 @@ async def test_python_dash_m_runs_main():
 
 @pytest.mark.parametrize(
     ("argv", "needle"),
-    [([], "usage: python "), (["start", "-d"], "does not detach"), (["restart"], "start|status|stop")],
+    [([], "usage: python "), (["start", "-d"], "does not fork into the background; run it under systemd"),
+     (["kill"], "start|stop|restart|reload|status")],
 )
 def test_a_script_names_itself_in_usage_and_errors(argv, needle, capsys):
     from trioschedule import Dispatcher

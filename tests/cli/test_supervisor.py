@@ -20,7 +20,7 @@ def test_children_run_the_same_worker_command_as_one_process():
     assert argv[:3] == [sys.executable, "-m", "trioschedule"]
     assert "s3cret" not in argv  # it travels in the environment: `ps` shows command lines
     child = parser.parse_args(argv[3:])
-    assert (child.processes, child.name, child.token) == (1, None, None)  # one process each; supervise names it
+    assert (child.processes, child.name, child.token) == (None, None, None)  # one process each; supervise names it
     assert child.supervised and not args.supervised  # a child does not supervise in turn
     # Every other option, including one added later, reaches the children unchanged.
     mine = ("processes", "name", "token", "supervised")
@@ -31,4 +31,4 @@ def test_options_not_given_are_not_passed_on():
     parser = build_parser()
     args = parser.parse_args(["worker", "app.py:Jobs", "--processes", "2"])
     child = parser.parse_args(child_argv(args)[3:])
-    assert vars(child) == {**vars(args), "processes": 1, "supervised": True}
+    assert vars(child) == {**vars(args), "processes": None, "supervised": True}

@@ -258,7 +258,7 @@ class ConnectionHandler:
                     grace = d.drain_grace if message.grace is None else message.grace
                     conn.send(m.Stopping(grace=grace))
                     log.info("stop requested by %s (%s), grace %g s%s", client.peer.name, conn.address, grace,
-                             ", workers too" if message.workers else "")  # fmt: skip
+                             ", workers too" if message.workers else "", extra=context(peer=client.peer.name))  # fmt: skip
                     d.stop(grace, workers=message.workers)
                 elif kind is m.Goodbye:
                     if message.cancel_pending:

@@ -12,15 +12,15 @@ without ``--wait``).
 
 The package is laid out by responsibility: ``_parser`` (options and their
 defaults), ``_commands`` (what each command builds and runs), ``_supervisor``
-(``worker --processes N``), ``_format`` (the status table) and ``_loading``
-(``MODULE:CLASS``).
+(``worker --processes N``), ``_format`` (the status table), ``_loading``
+(``MODULE:CLASS``), ``_logs`` (``--log-format``) and ``_script`` (``python
+x.py start|stop|restart|reload|status``).
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
-import inspect
 import os
 import sys
 from collections.abc import Sequence
@@ -33,6 +33,7 @@ from ._logs import configure_logging
 from ._parser import DEFAULT_ADDRESS as DEFAULT_ADDRESS
 from ._parser import DEFAULT_STORE as DEFAULT_STORE
 from ._parser import build_parser
+from ._script import run_script as run_script
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -90,35 +91,3 @@ def _message(exc: BaseException, args: argparse.Namespace) -> str:
         # A TLS dispatcher drops a plaintext hello without a word.
         text += " (if the dispatcher serves TLS, pass --tls-ca FILE)"
     return text
-
-
-def run_script(cls: type, argv: Sequence[str] | None = None) -> int:
-    """Workerman's ``php start.php start|stop|status`` for a script that defines a Dispatcher or Worker subclass.
-
-    ``python my_dispatcher.py start [options]`` is ``trioschedule dispatcher
-    my_dispatcher.py:MyDispatcher [options]`` (a Worker subclass: ``worker``);
-    ``status`` and ``stop`` reach the dispatcher (``HOST:PORT`` optional).
-    Usage and errors name the script, not ``trioschedule``::
-
-        if __name__ == "__main__":
-            sys.exit(run_script(MyDispatcher))
-    """
-    from .._dispatcher.dispatcher import Dispatcher
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    script = f"python {sys.argv[0]}"
-    role = "dispatcher" if issubclass(cls, Dispatcher) else "worker"
-    commands = ("start", "status", "stop") if role == "dispatcher" else ("start", "status")
-    command, rest = (argv[0] if argv else ""), argv[1:]
-    if command not in commands:
-        print(f"usage: {script} {'|'.join(commands)} [options]  ({script} start --help lists the options)",
-              file=sys.stderr)  # fmt: skip
-        return 2
-    if any(arg in ("-d", "--daemon") for arg in rest):
-        print(f"{script}: error: -d: trioschedule does not detach from the terminal; run it under systemd or "
-              "supervisord, or with nohup ... &", file=sys.stderr)  # fmt: skip
-        return 2
-    if command == "start":
-        target = f"{os.path.abspath(inspect.getfile(cls))}:{cls.__qualname__}"
-        return main([role, target, *rest], script=f"{script} start")
-    return main([command, *rest], script=f"{script} {command}")

@@ -98,12 +98,13 @@ def run_worker(args: argparse.Namespace) -> int:
     its supervisor to replace it.
     """
     cls = _load_subclass(args.target, Worker)
-    if args.concurrency < 1 or args.processes < 1:
+    if args.concurrency < 1 or (args.processes is not None and args.processes < 1):
         raise UsageError("--concurrency and --processes must be at least 1")
     if (args.max_tasks_per_child or 1) < 1 or (args.max_memory_per_child or 1) <= 0:
         raise UsageError("--max-tasks-per-child must be at least 1 and --max-memory-per-child positive")
     limited = args.max_tasks_per_child is not None or args.max_memory_per_child is not None
-    if not args.supervised and (args.processes > 1 or limited):
+    if not args.supervised and (args.processes is not None or limited):
+        args.processes = args.processes or 1
         return supervise(args)
     worker = build_worker(cls, args)
     _freeze_startup_objects()

@@ -219,9 +219,9 @@ def _worker_command(p: argparse.ArgumentParser) -> None:
                    help="tasks run at once in each worker process (default %(default)d: raise it for tasks "
                         "that wait on I/O)")  # fmt: skip
     p.add_argument("--prefetch", type=int, help="tasks sent ahead of time per process (default: the Worker's)")
-    p.add_argument("--processes", type=int, default=1,
-                   help="worker processes to run under a supervisor that restarts them if they die and reloads "
-                        "them one at a time on SIGHUP (default 1: no supervisor)")  # fmt: skip
+    p.add_argument("--processes", type=int, metavar="N",
+                   help="run N worker processes under a supervisor that restarts them if they die and reloads "
+                        "them one at a time on SIGHUP (without it: one process, no supervisor)")  # fmt: skip
     p.add_argument("--max-tasks-per-child", type=int, metavar="N",
                    help="a worker process drains and is replaced after taking N tasks (runs a supervisor)")  # fmt: skip
     p.add_argument("--max-memory-per-child", type=float, metavar="MiB",
