@@ -5,12 +5,15 @@ It accepts jobs from clients (``python -m trioschedule submit``, or
 offers the task, or broadcasts a message to every worker, and the results come
 back to whoever submitted the job.  The hooks below print what happens.
 
-    python examples/dispatcher.py start            # listens on 127.0.0.1:7311
+    python examples/dispatcher.py start            # listens on 127.0.0.1:7311, pid in ./dispatcher.pid
     python examples/dispatcher.py start --listen 0.0.0.0:7311 --token s3cret
     python examples/dispatcher.py status           # or: python -m trioschedule status 127.0.0.1:7311
-    python examples/dispatcher.py stop
+    python examples/dispatcher.py stop             # SIGTERM to the pid in ./dispatcher.pid, waits for the drain
+    python examples/dispatcher.py restart          # stop, then start (workers reconnect and resume)
 
-which is the same as ``python -m trioschedule dispatcher examples/dispatcher.py:JobDispatcher``.
+``start`` is the same as ``python -m trioschedule dispatcher
+examples/dispatcher.py:JobDispatcher``.  ``start -d`` does not fork: run it
+under systemd instead (docs/OPERATIONS.md has the unit).
 """
 
 from __future__ import annotations

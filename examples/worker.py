@@ -7,10 +7,14 @@ external programs only the commands in ``ALLOWED_COMMANDS``, started with
 
 Run it (after ``python examples/dispatcher.py start`` in another terminal):
 
-    python examples/worker.py start                 # one process
-    python examples/worker.py start --processes 2   # two, restarted if they die
+    python examples/worker.py start                 # one process, under a supervisor; pid in ./worker.pid
+    python examples/worker.py start --processes 2 --max-tasks-per-child 1000
+    python examples/worker.py status                # this supervisor's processes, with their restarts
+    python examples/worker.py reload                # new code: the processes are replaced one at a time
+    python examples/worker.py stop                  # SIGTERM: every process drains, then exits
 
-which is the same as ``python -m trioschedule worker examples/worker.py:JobWorker``.
+``start`` is the same as ``python -m trioschedule worker
+examples/worker.py:JobWorker --processes 1``.
 """
 
 from __future__ import annotations

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .._logging import context
+
 if TYPE_CHECKING:
     from .worker import Worker
 
@@ -142,6 +144,6 @@ class Watchdog:
             pass
         ident = f" (id {task_ids[0]})" if len(task_ids) == 1 else ""
         blocked_by = f"task {name!r}{ident}"
-        log.warning("the event loop has been blocked for %.1f s by task %r%s in %s: %s",
-                    stalled, name, ident, where, FIX)  # fmt: skip
+        log.warning("the event loop has been blocked for %.1f s by task %r%s in %s: %s", stalled, name, ident, where,
+                    FIX, extra=context(task_name=name, task_id=task_ids[0] if len(task_ids) == 1 else None))  # fmt: skip
         return blocked_by
