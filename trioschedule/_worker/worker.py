@@ -295,7 +295,7 @@ class Worker(TaskRunner):
                         await self._idle.park()
                 self._retire(f"ran its {self.max_tasks} task(s) (max_tasks)")
                 return
-            if limit is not None:
+            if limit is not None and self.done + self.failed:  # it grew by running tasks (a fresh one would only loop)
                 used = resident_memory()
                 if used > limit:
                     self._retire(f"uses {used / 2**20:.0f} MiB, over max_memory {self.max_memory:g} MiB")
