@@ -345,8 +345,12 @@ class Lifecycle:
 
 
 def _log_ended(task: Task, outcome: m.Outcome) -> None:
-    """The one log line of a task that ended other than ok: failed, timed out and lost warn, cancelled informs."""
-    level = logging.INFO if outcome.status == m.CANCELLED else logging.WARNING
+    """The one log line of a task that ended other than ok: failed, timed out and lost warn.
+
+    A cancellation was asked for (and a client that leaves may cancel
+    thousands at once): it is a DEBUG line.
+    """
+    level = logging.DEBUG if outcome.status == m.CANCELLED else logging.WARNING
     if not log.isEnabledFor(level):
         return
     error = outcome.error
