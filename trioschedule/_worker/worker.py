@@ -55,6 +55,14 @@ class Worker(TaskRunner):
     watchdog also keeps the heartbeats flowing meanwhile, so a busy worker
     is not mistaken for a dead one (None turns it off).
 
+    ``max_tasks`` and ``max_memory`` (MiB of resident memory, read once a
+    second from the first task on) retire the worker: it hands back what it
+    has not started, finishes what it runs, and :meth:`run` returns with
+    :attr:`retired` saying why, so a supervisor can replace the process
+    (``worker --max-tasks-per-child``, docs/OPERATIONS.md).  ``restarts``
+    is how many times a supervisor replaced it (sent in its hello; status
+    shows it).
+
     This class is the worker's life: the public API, its hooks, connecting
     and resuming a session, heartbeats, and draining.  Running tasks and
     reporting them is its base class's, :class:`TaskRunner`.
@@ -172,7 +180,7 @@ class Worker(TaskRunner):
                 for _ in range(self.concurrency):
                     nursery.start_soon(self._runner)
                 nursery.start_soon(self._drain_on_stop, nursery.cancel_scope)
-                if max(self.max_tasks or 0, self.max_memory or 0):
+                if self.max_tasks is not None or self.max_memory is not None:
                     nursery.start_soon(self._retire_when_due)
                 await stay_connected(
                     self._connect, self._serve, retry=self._retry, backoff=self._backoff,
