@@ -7,6 +7,7 @@ Every process is started by tests/processes.py and stopped by PID in its
 from __future__ import annotations
 
 import collections
+import json
 import os
 import signal
 import subprocess
@@ -173,7 +174,8 @@ async def test_reload_under_load_replaces_both_children_with_new_code_and_loses_
             async with open_client(*address, role="admin") as admin:
                 counts = (await admin.status())["tasks"]
         assert counts["done"] == len(results) + 20 and (counts["failed"], counts["lost"], counts["cancelled"]) == (0, 0, 0)
-        assert fewest[0] >= 1, "never fewer than N-1 children serving"
+        # The issue asks for never fewer than N-1; the new child connects before the old one drains, so N.
+        assert fewest[0] >= 2, fewest
         # The last old child may still be finishing its drain: the supervisor says when it is done.
         log = await wait_for(lambda: "reload done" in procs.log("workers") and procs.log("workers"), timeout=60)
         assert log.count("connected; draining process") == 2, log
@@ -186,14 +188,17 @@ async def test_a_crash_loop_backs_off_then_gives_up_with_a_message(tmp_path):
         _, port = await procs.start_dispatcher("--store", "memory:")
         began = time.monotonic()
         supervisor = procs.start("worker", "crashy.py:Crashy", "--connect", f"127.0.0.1:{port}", "--processes", "2",
-                                 name="workers")  # fmt: skip
+                                 "--log-format", "json", name="workers")  # fmt: skip
         with trio.fail_after(120):
             code = await trio.to_thread.run_sync(supervisor.wait)
         took = time.monotonic() - began
         log = procs.log("workers")
         assert code == 1, log
-        assert "keep crashing at start" in log and "5 times in a row; giving up" in log, log
-        assert "cannot open the database (on purpose)" in log  # each child's own error is there to read
+        lines = [json.loads(line) for line in log.splitlines()]  # the children's crashes are JSON lines too
+        [gave_up] = [line for line in lines if line["logger"] == "trioschedule.supervisor" and line["level"] == "ERROR"]
+        assert "keep crashing at start" in gave_up["event"] and "5 times in a row; giving up" in gave_up["event"]
+        crashes = [line for line in lines if line["level"] == "CRITICAL"]
+        assert len(crashes) >= 5 and "cannot open the database (on purpose)" in crashes[0]["exception"], crashes
         # It backed off: 0.5 + 1 + 2 + 4 seconds between the five crashes of a slot.
         assert took >= 7.5, took
         assert "restarting it in 4.0 s" in log, log

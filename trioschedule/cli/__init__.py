@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -78,6 +79,9 @@ def main(argv: Sequence[str] | None = None, *, script: str | None = None) -> int
                     prefix = f"rejected ({exc.code}): "
                 print(f"trioschedule: {prefix}{_message(exc, args)}", file=sys.stderr)
                 return code
+        if args.log_format == "json":  # a crash is one JSON line too, with its traceback in "exception"
+            logging.getLogger("trioschedule").critical("%s crashed: %r", args.command, exc, exc_info=True)
+            return 1
         raise
 
 

@@ -268,8 +268,7 @@ class Supervisor:
             _wait_for_all(self.children(), grace=self.grace)
             return 0
         except CrashLoop as exc:
-            log.error("%s", exc)
-            print(f"trioschedule: error: {exc}", file=sys.stderr, flush=True)
+            log.error("%s", exc)  # one line, in the log's format (a JSON log stays all JSON)
             self.stopping = True
             self.signal_children(signal.SIGTERM)
             _wait_for_all(self.children(), grace=self.grace)
