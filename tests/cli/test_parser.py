@@ -106,3 +106,12 @@ def test_no_numeric_default_is_written_twice():
                 if keyword.arg == "default" and is_number and flag not in cli_only:
                     literal.append(flag)
     assert not literal, f"write these defaults in trioschedule/_defaults.py: {literal}"
+
+
+def test_every_command_takes_the_log_options_after_it():
+    """``--log-format`` and ``--log-level`` on every command (issue 15), not only before it."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in commands.items():
+        flags = {flag for action in sub._actions for flag in action.option_strings}
+        assert {"--log-format", "--log-level"} <= flags, name

@@ -169,6 +169,7 @@ def build_parser(*, script: str | None = None) -> argparse.ArgumentParser:
                        description="Start a dispatcher on a free loopback port, run COMMAND with "
                        "TRIOSCHEDULE_CONNECT=HOST:PORT in its environment, and check the worker it starts "
                        "(docs/PROTOCOL.md, section 13). Exits 1 if any check fails.")  # fmt: skip
+    _common_args(p, top=False)
     p.add_argument("--skip", action="append", default=[], metavar="CHECK",
                    help="leave a check out (repeatable), e.g. deadline for a worker without deadlines")  # fmt: skip
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed check")
