@@ -30,6 +30,7 @@ from .._core.tasks import check_options
 from .._errors import ConnectionClosed, Rejected, UnknownTaskId
 from .._handles import OutcomeSlot, TaskHandle, unwrap
 from .._hooks import HookRunner
+from .._logging import context
 from .._net.connection import Connection
 from .._net.security import Secrets, warn_if_exposed
 from .._peer import Peer
@@ -309,7 +310,7 @@ class Dispatcher:
             for name in sorted((names & seen) - warned):
                 offered = ", ".join(sorted(placement.offered())) or "nothing: no worker is connected"
                 log.warning("tasks named %r are waiting: no connected worker offers that task (workers offer: %s)",
-                            name, offered)  # fmt: skip
+                            name, offered, extra=context(task_name=name))  # fmt: skip
             warned = (warned | (names & seen)) & names
             seen = names
 

@@ -12,6 +12,7 @@ from .._core.scheduler import Scheduler
 from .._core.sessions import WorkerSession
 from .._errors import ConnectionClosed, LocalProtocolError
 from .._hooks import HookRunner
+from .._logging import context
 from .._net.connection import Connection
 from .._net.splitting import send_split
 from .._protocol import messages as m
@@ -81,7 +82,8 @@ class Effects:
                 except ConnectionClosed:
                     pass  # the reader notices and the session's grace period starts
                 except LocalProtocolError as exc:
-                    log.warning("cannot send %s to worker %r: %s", type(message).TYPE, session.peer.name, exc)
+                    log.warning("cannot send %s to worker %r: %s", type(message).TYPE, session.peer.name, exc,
+                                extra=context(peer=session.peer.name, worker_pid=session.peer.pid))  # fmt: skip
         if session.buffer:
             if not wake:
                 self.queued_on.add(conn)
