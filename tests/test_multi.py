@@ -112,8 +112,9 @@ async def test_a_dispatcher_killed_and_restarted_elsewhere_on_its_journal_loses_
     """The client and the workers know both addresses; the journal moves from the first to the second.
 
     While the second address is a stand-in standby (no leader yet), the client
-    keeps waiting; once the dispatcher is back there, the client reattaches to
-    every task by id and the workers resume their sessions.
+    keeps waiting, and submits made meanwhile wait too; once the dispatcher is
+    back there, the client reattaches to every task by id, the waiting
+    submits are accepted, and the workers resume their sessions.
     """
     first, second = free_port(), free_port()
     addresses = f"127.0.0.1:{first},127.0.0.1:{second}"
@@ -128,16 +129,26 @@ async def test_a_dispatcher_killed_and_restarted_elsewhere_on_its_journal_loses_
             handles = [await client.submit("slow_add", [i, 1], {"seconds": 0.05}) for i in range(200)]
             await wait_for(lambda: len(ran_args(tmp_path)) >= 40, timeout=30)
             await sigkill(d1)
-            async with stand_in(None, port=second) as standby:  # a failover under way: nobody leads yet
-                await wait_for(lambda: len(standby.hellos) >= 3, timeout=20)
-            await procs.start_dispatcher(*args, port=second, name="d2")
+            late = []  # submitted while no dispatcher leads: each submit returns once the new one accepted it
+
+            async def submit_late() -> None:
+                for i in range(200, 220):
+                    late.append(await client.submit("slow_add", [i, 1], {"seconds": 0.05}))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(submit_late)
+                async with stand_in(None, port=second) as standby:  # a failover under way: nobody leads yet
+                    await wait_for(lambda: len(standby.hellos) >= 3, timeout=20)
+                assert late == []
+                await procs.start_dispatcher(*args, port=second, name="d2")
+            handles += late
             with trio.fail_after(60):
                 outcomes = [await h.outcome() for h in handles]
             assert client.address == ("127.0.0.1", second)
         assert [(o.id, o.status, o.value) for o in outcomes] == [(h.id, "ok", i + 1) for i, h in enumerate(handles)]
         assert set(standby.hellos) <= {"client", "worker"} and "client" in standby.hellos
         counts = collections.Counter(ran_args(tmp_path))
-        assert set(counts) == set(range(200))
+        assert set(counts) == set(range(220))
         assert all(n == 1 for n in counts.values()), {a: n for a, n in counts.items() if n > 1}
         logs = procs.log("w0") + procs.log("w1")
         assert "connected to" in logs and f"127.0.0.1:{second}" in logs
