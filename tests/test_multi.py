@@ -180,3 +180,21 @@ async def test_the_command_line_takes_address_lists(tmp_path):
             stopped = await procs.run("stop", f"{standby.address},127.0.0.1:{port}")
             assert stopped.returncode == 0 and f"dispatcher at 127.0.0.1:{port} is stopping" in stopped.stdout
 
+
+
+async def test_a_first_connection_waits_for_a_leader_while_standbys_answer(nursery):
+    """A failover under way when the client starts: it keeps trying for leader_wait, and connects once one leads."""
+    dispatcher = Dispatcher("127.0.0.1", 0)
+    port = await nursery.start(dispatcher.serve)
+    with trio.fail_after(20):
+        async with stand_in(None) as standby:
+
+            async def elect() -> None:
+                await wait_for(lambda: len(standby.hellos) >= 3)
+                standby.leader = f"127.0.0.1:{port}"
+
+            nursery.start_soon(elect)
+            async with open_client(addresses=[standby.address], role="admin", reconnect_attempts=0, leader_wait=15) as client:
+                assert client.address == ("127.0.0.1", port)
+                assert (await client.status())["address"].endswith(f":{port}")
+            assert len(standby.hellos) >= 4
