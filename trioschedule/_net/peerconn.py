@@ -155,6 +155,16 @@ def _describe(exc: Exception) -> str:
         return f"not-leader: leader {exc.leader}" if exc.leader else "not-leader: no leader yet"
     if isinstance(exc, trio.TooSlowError):
         return "timed out"
+    if isinstance(exc, OSError) and exc.strerror is None:  # trio's "all attempts to connect to H:P failed"
+        reasons = {  # each "Error connecting to ('h', p): Connection refused" -> "connection refused"
+            e.strerror.rsplit(": ", 1)[-1].lower()
+            for e in getattr(exc.__cause__, "exceptions", ())
+            if isinstance(e, OSError) and e.strerror
+        }
+        if reasons:
+            return ", ".join(sorted(reasons))
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
     return str(exc) or type(exc).__name__
 
 
