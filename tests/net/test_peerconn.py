@@ -199,12 +199,14 @@ async def test_a_fatal_error_at_any_address_stops_at_once(autojump_clock):
     assert [type(e) for e in peers.errors] == [AuthenticationError]
 
 
-async def test_after_a_connection_the_next_round_starts_at_the_dispatcher_that_led(autojump_clock):
-    peers = Dispatchers({A: [OSError("refused")], B: ["first", OSError("gone"), "second"]})
+async def test_after_a_connection_ends_the_next_round_starts_with_the_next_address(autojump_clock):
+    peers = Dispatchers({A: [OSError("refused"), NotLeader("standby", leader="10.0.0.2:7311")],
+                         B: ["first", "second"], C: [OSError("refused")]})  # fmt: skip
     peers.done = lambda: len(peers.served) == 2  # type: ignore[method-assign]
     await stay_connected(peers.connect, peers.serve, retry=peers.retry, backoff=FixedBackoff(), done=peers.done,
-                         log=log, rotation=Rotation([A, B]))  # fmt: skip
-    assert [address for _, address in peers.attempts] == [A, B, B, A, B]
+                         log=log, rotation=Rotation([A, B, C]))  # fmt: skip
+    # B led; once its connection ended, C and A were tried before it (A, now a standby, named B).
+    assert [address for _, address in peers.attempts] == [A, B, C, A, B]
 
 
 class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
