@@ -78,7 +78,7 @@ def test_constructor_defaults_are_the_declared_defaults(command):
 
 def test_addresses_and_store_come_from_the_declared_defaults():
     assert (DEFAULT_ADDRESS, DEFAULT_STORE) == (_defaults.ADDRESS, _defaults.CLI_STORE)
-    assert defaults_of("dispatcher").listen == defaults_of("worker", "m:C").connect == parse_address(DEFAULT_ADDRESS)
+    assert [defaults_of("dispatcher").listen] == defaults_of("worker", "m:C").connect == [parse_address(DEFAULT_ADDRESS)]
     assert defaults_of("dispatcher").store == DEFAULT_STORE
     # Workers and clients built in Python connect where the command line's dispatcher listens by default.
     for connect in (Worker, open_client):
@@ -115,3 +115,21 @@ def test_every_command_takes_the_log_options_after_it():
     for name, sub in commands.items():
         flags = {flag for action in sub._actions for flag in action.option_strings}
         assert {"--log-format", "--log-level"} <= flags, name
+
+
+def test_every_command_that_reaches_a_dispatcher_takes_an_address_list():
+    from trioschedule.cli._parser import parse_addresses
+
+    both = "127.0.0.1:7311,[::1]:7312"
+    expected = [("127.0.0.1", 7311), ("::1", 7312)]
+    parser = build_parser()
+    for argv in (["submit", both, "add"], ["result", both, "id"], ["cancel", both, "id"], ["broadcast", both, "{}"],
+                 ["status", both], ["tasks", both], ["stop", both], ["worker", "m:C", "--connect", both]):  # fmt: skip
+        args = parser.parse_args(argv)
+        assert (args.connect if argv[0] == "worker" else args.address) == expected, argv
+        if argv[0] != "worker":
+            assert args.leader_wait == 15.0
+    assert parse_addresses("a:1,a:1,b:2") == [("a", 1), ("b", 2)]
+    for bad in ("a:1,", ",a:1", "a:1,,b:2", "a:1,b"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_addresses(bad)

@@ -36,6 +36,7 @@ import time
 from typing import Any
 
 from .. import _defaults as defaults
+from .._net.addresses import format_address
 from .._net.security import token_from_env
 
 __all__ = ["EXIT_RETIRED", "child_argv", "supervise"]
@@ -59,7 +60,8 @@ def child_argv(args: argparse.Namespace) -> list[str]:
     """
     argv = [sys.executable, "-m", "trioschedule", "--log-level", args.log_level, "--log-format", args.log_format,
             "worker", args.target, "--supervised"]
-    argv += ["--connect", f"{args.connect[0]}:{args.connect[1]}", "--concurrency", str(args.concurrency)]
+    argv += ["--connect", ",".join(format_address(address) for address in args.connect)]
+    argv += ["--concurrency", str(args.concurrency)]
     argv += ["--heartbeat-interval", str(args.heartbeat_interval), "--heartbeat-timeout", str(args.heartbeat_timeout)]
     argv += ["--drain-grace", str(args.drain_grace), "--blocked-warning", str(args.blocked_warning)]
     for flag in _FORWARDED:
