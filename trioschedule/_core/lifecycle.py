@@ -18,6 +18,7 @@ from typing import Any
 from .._protocol import messages as m
 from .history import History
 from .journal import Journal
+from .metrics import Metrics
 from .placement import Placement
 from .sessions import ClientRecord, WorkerSession
 from .tasks import DELAYED, DONE, QUEUED, RUNNING, IdSequence, Task
@@ -83,6 +84,7 @@ class Lifecycle:
         self.finished: deque[Task] = deque()  # ended tasks kept for reattaching, oldest first
         self.history = History(limits.history)  # the last N outcomes, for operators
         self._history = self.history.entries.append if limits.history > 0 else None
+        self.metrics = Metrics()  # per task name: counters and histograms, read at scrape time
         self.ids = IdSequence(12)  # task ids unique to this dispatcher instance
         self.unfinished = 0
         self.running = 0
@@ -248,8 +250,11 @@ class Lifecycle:
         finished_at = task.finished_at = self.wall_clock() if wall is None else wall
         task.expires = (self.clock() if now is None else now) + self.limits.result_ttl
         self.unfinished -= 1
+        status = outcome.status
         counts = self.counts
-        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        counts[status] = counts.get(status, 0) + 1
+        counts = task.stats.ended
+        counts[status] = counts.get(status, 0) + 1
         if task.owner is not None:
             task.owner.owned -= 1
         if self._history is not None:
@@ -326,6 +331,23 @@ class Lifecycle:
             elif task.state == DELAYED:
                 delayed += 1
         return queued, delayed, waiting
+
+    def queue_depths(self) -> dict[str, dict[str, int]]:
+        """Per task name: ``queued``, ``delayed``, ``running`` and ``waiting_for_worker`` (queued, and no
+        connected worker offers the name).  Walks the task table: for operators' pages, not the hot path."""
+        offered = self.placement.offered()
+        depths: dict[str, dict[str, int]] = {}
+        for task in self.tasks.values():
+            state = task.state
+            if state == DONE:
+                continue
+            counts = depths.get(task.name)
+            if counts is None:
+                counts = depths[task.name] = {"queued": 0, "delayed": 0, "running": 0, "waiting_for_worker": 0}
+            counts[state] += 1
+            if state == QUEUED and task.name not in offered:
+                counts["waiting_for_worker"] += 1
+        return depths
 
     def map_window(self, name: str, minimum: int, chunk: int) -> int:
         """How many unfinished tasks one ``map()`` may have: twice what the workers offering ``name`` hold, or more."""

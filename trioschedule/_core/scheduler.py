@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from bisect import bisect_left
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +69,9 @@ class Scheduler(Lifecycle):
         deadline = self.clock() + timeout if timeout is not None else None
         self._seq += 1
         wall = self.wall_clock()
-        task = Task(task_id, name, args, kwargs or NO_KWARGS, priority, retries, deadline, owner, self._seq, wall)
+        stats = self.metrics.of(name)
+        stats.submitted += 1
+        task = Task(task_id, name, args, kwargs or NO_KWARGS, priority, retries, deadline, owner, self._seq, wall, stats)
         if delay:
             task.state = DELAYED
             task.not_before = wall + delay
@@ -112,8 +115,10 @@ class Scheduler(Lifecycle):
         seq = self._seq + 1
         self._seq += count
         wall = self.wall_clock()
+        stats = self.metrics.of(name)
+        stats.submitted += count
         chunk = [
-            Task(task_id, name, args, NO_KWARGS, priority, retries, deadline, None, seq + i, wall)
+            Task(task_id, name, args, NO_KWARGS, priority, retries, deadline, None, seq + i, wall, stats)
             for i, (task_id, args) in enumerate(zip(self.ids.take(count), args_list))
         ]
         self.tasks.update([(task.id, task) for task in chunk])
@@ -306,12 +311,14 @@ class Scheduler(Lifecycle):
                     f"sent attempt {task.attempt}: copy attempt from the task's spec in run",
                     code="bad-message",
                 )
+        now, wall = self.clock(), self.wall_clock()
         for task_id in results.started:
             task = assigned.get(task_id)
             if task is not None:
+                if not task.started or task.assumed:
+                    self._started(task, now, wall)
                 task.started, task.assumed = True, False
         peer = session.peer
-        now, wall = self.clock(), self.wall_clock()
         for outcome in results.results:
             task = assigned.get(outcome.id)
             if task is None or task.attempt != outcome.attempt:
@@ -319,6 +326,23 @@ class Scheduler(Lifecycle):
             del assigned[outcome.id]
             self.running -= 1
             task.session = None
+            # Metrics (metrics.py): the attempt's run time, as the dispatcher saw it.
+            stats = task.stats
+            if task.started:
+                if not task.assumed:  # (an assumed start has no time)
+                    stats.run_time.observe(now - task.started_at)
+            else:  # it ended before the worker's report of its start could leave: started and ended now
+                # (Scheduler._started, inlined: this is the hot path of small tasks.)
+                stats.started += 1
+                if task.started_at < 0.0:
+                    waited = wall - task.submitted_at
+                    if waited < 0.0:  # (the wall clock stepped back)
+                        waited = 0.0
+                    wait = stats.queue_wait
+                    wait.counts[bisect_left(wait.bounds, waited)] += 1
+                    wait.sum += waited
+                task.started_at = now
+                stats.run_time.counts[0] += 1  # an observation of 0 s
             if outcome.status == m.OK:
                 peer.done += 1
                 self.finish(task, outcome, now, wall)
@@ -328,6 +352,15 @@ class Scheduler(Lifecycle):
         self.dispatch()
         if len(assigned) < peer.concurrency:
             self.steal_for(session)
+
+    @staticmethod
+    def _started(task: Task, now: float, wall: float) -> None:
+        """Count an attempt's start; a task's first start observes how long it waited since it was submitted."""
+        stats = task.stats
+        stats.started += 1
+        if task.started_at < 0.0:
+            stats.queue_wait.observe(wall - task.submitted_at)
+        task.started_at = now
 
     def on_release(self, session: WorkerSession, release: m.Release) -> None:
         """The worker hands back tasks it has not started (it is stopping, or was asked to).
@@ -369,6 +402,7 @@ class Scheduler(Lifecycle):
             error_type = error.type if error is not None else ""
             if task.failures < limit and error_type not in session.no_retry.get(task.name, ()):
                 task.failures += 1
+                task.stats.retried += 1
                 delay = self._retry_delay(session, task, error)
                 log.info("task %s (%s) %s; retry %d/%d in %.2f s", task.id, task.name,
                          f"failed with {error_type}" if error is not None else "ran past its time limit",
