@@ -117,6 +117,7 @@ class _Server:
             log.warning("http %s: connection ended by %s: %s", peer, type(exc).__name__, exc)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                await _linger(stream)
                 await stream.aclose()
 
 
@@ -167,9 +168,19 @@ class _Connection:
                     return None
                 conn.receive_data(bytes(data))
             elif isinstance(event, h11.Request):
+                # h11 caps a head only while it is incomplete: one that arrived whole in a read is checked here.
                 if len(event.headers) > self.limits.max_headers:
                     raise h11.RemoteProtocolError(f"more than {self.limits.max_headers} header fields",
                                                   error_status_hint=431)  # fmt: skip
+                size = len(event.target) + sum(len(name) + len(value) + 4 for name, value in event.headers)
+                if size > self.limits.max_head_bytes:
+                    raise h11.RemoteProtocolError(f"a request head of more than {self.limits.max_head_bytes} bytes",
+                                                  error_status_hint=431)  # fmt: skip
+                if event.http_version not in (b"1.0", b"1.1"):
+                    raise h11.RemoteProtocolError(f"HTTP/{event.http_version.decode('ascii', 'replace')} is not "
+                                                  "spoken here: HTTP/1.1 is", error_status_hint=505)  # fmt: skip
+                if sum(name == b"host" for name, _ in event.headers) > 1:  # RFC 9112 3.2: a 400, not a guess
+                    raise h11.RemoteProtocolError("more than one Host header", error_status_hint=400)
                 head = event
             elif isinstance(event, h11.Data):
                 body += len(event.data)
@@ -240,6 +251,25 @@ class _Connection:
             await self.stream.send_all(data)
         if sending.cancelled_caught:
             raise trio.BrokenResourceError(f"the response was not taken within {self.limits.send_timeout:g} s")
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Close our side first and read what the peer still sends for a moment (bounded), then close.
+
+    Closing with unread bytes makes the kernel send a reset, and the peer may
+    then lose the answer (a 400, a 503) it has not read yet.
+    """
+    send_eof = getattr(stream, "send_eof", None)
+    if send_eof is None:  # (TLS: no half-close)
+        return
+    try:
+        await send_eof()
+        with trio.move_on_after(0.5):
+            for _ in range(16):
+                if not await stream.receive_some(_READ_SIZE):
+                    break
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
 
 
 def _describe(stream: Any) -> str:
