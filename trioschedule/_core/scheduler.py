@@ -335,9 +335,7 @@ class Scheduler(Lifecycle):
                 # (Scheduler._started, inlined: this is the hot path of small tasks.)
                 stats.started += 1
                 if task.started_at < 0.0:
-                    waited = wall - task.submitted_at
-                    if waited < 0.0:  # (the wall clock stepped back)
-                        waited = 0.0
+                    waited = max(wall - task.submitted_at, 0.0)  # (0 if the wall clock stepped back)
                     wait = stats.queue_wait
                     wait.counts[bisect_left(wait.bounds, waited)] += 1
                     wait.sum += waited
