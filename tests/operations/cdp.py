@@ -68,16 +68,15 @@ class Page:
 
     def errors(self) -> list[dict[str, Any]]:
         """Console errors, uncaught exceptions and error log entries (CSP violations, failed loads) so far."""
-        found = []
-        for event in self.events:
+        def is_error(event: dict[str, Any]) -> bool:
             method, params = event["method"], event.get("params", {})
-            if method == "Runtime.exceptionThrown":
-                found.append(event)
-            elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                found.append(event)
-            elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
-                found.append(event)
-        return found
+            if method == "Runtime.consoleAPICalled":
+                return params.get("type") in ("error", "assert")
+            if method == "Log.entryAdded":
+                return params.get("entry", {}).get("level") == "error"
+            return method == "Runtime.exceptionThrown"
+
+        return [event for event in self.events if is_error(event)]
 
     def requested(self) -> list[str]:
         return [e["params"]["request"]["url"] for e in self.events if e["method"] == "Network.requestWillBeSent"]
