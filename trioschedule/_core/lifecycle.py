@@ -27,6 +27,7 @@ from .timers import Timers
 __all__ = ["Lifecycle", "Limits"]
 
 log = logging.getLogger("trioschedule.dispatcher")
+OK = m.OK
 
 
 class Limits:
@@ -253,8 +254,9 @@ class Lifecycle:
         status = outcome.status
         counts = self.counts
         counts[status] = counts.get(status, 0) + 1
-        counts = task.stats.ended
-        counts[status] = counts.get(status, 0) + 1
+        if status != OK:  # (an ok outcome comes from Scheduler.on_results, which counts its name's in bulk)
+            counts = task.stats.ended
+            counts[status] = counts.get(status, 0) + 1
         if task.owner is not None:
             task.owner.owned -= 1
         if self._history is not None:

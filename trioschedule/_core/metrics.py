@@ -15,7 +15,7 @@ from bisect import bisect_left
 
 from .._protocol import messages as m
 
-__all__ = ["QUEUE_WAIT_BUCKETS", "RUN_TIME_BUCKETS", "Histogram", "Metrics", "NameStats"]
+__all__ = ["QUEUE_WAIT_BUCKETS", "RUN_TIME_BUCKETS", "Histogram", "Metrics", "NameStats", "add_run"]
 
 #: Upper bounds (seconds) of the task run-time histogram's buckets (+Inf is implied).
 RUN_TIME_BUCKETS: tuple[float, ...] = (
@@ -40,10 +40,11 @@ class Histogram:
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
 
-    def observe(self, value: float) -> None:
+    def observe(self, value: float, times: int = 1) -> None:
+        """Count ``value`` (seconds) ``times`` times."""
         value = max(value, 0.0)  # (a wall clock that stepped back counts as no time at all)
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
+        self.counts[bisect_left(self.bounds, value)] += times
+        self.sum += value * times
 
     @property
     def count(self) -> int:
@@ -72,6 +73,23 @@ class NameStats:
         self.ended: dict[str, int] = dict.fromkeys(STATUSES, 0)  # final outcomes by status
         self.run_time = Histogram(RUN_TIME_BUCKETS)  # per attempt a worker reported
         self.queue_wait = Histogram(QUEUE_WAIT_BUCKETS)  # per task, submission to its first start
+
+
+def add_run(stats: NameStats, ok: int, quick: int, waits: int, waited: float) -> None:
+    """Add what one Results frame did to a run of tasks of one name (``Scheduler.on_results`` counts in locals).
+
+    ``ok``: outcomes ``ok`` (every other status is counted by ``Lifecycle.finish``);
+    ``quick``: attempts that started and ended within one report (started, and
+    run for 0 s as far as the dispatcher can tell); ``waits``: first starts that
+    all waited ``waited`` seconds since their submission.
+    """
+    if ok:
+        stats.ended[m.OK] += ok
+    if quick:
+        stats.started += quick
+        stats.run_time.counts[0] += quick
+    if waits:
+        stats.queue_wait.observe(waited, waits)
 
 
 #: Where tasks built outside a scheduler (tests that construct ``Task`` directly) count: read by nobody.

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from bisect import bisect_left
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,7 @@ from .._peer import Peer
 from .._protocol import messages as m
 from .._protocol.connection import WORKER
 from .lifecycle import Lifecycle, Limits
+from .metrics import NameStats, add_run
 from .recovery import recover
 from .sessions import ClientRecord, WorkerSession
 from .tasks import DELAYED, DONE, NO_KWARGS, QUEUED, RUNNING, Task, check_options
@@ -319,6 +319,11 @@ class Scheduler(Lifecycle):
                     self._started(task, now, wall)
                 task.started, task.assumed = True, False
         peer = session.peer
+        # Metrics (metrics.py), counted per run of tasks of one name in this frame and added once per run:
+        # for small tasks this loop is the hot path, and a map()'s tasks come in long runs.
+        run: NameStats | None = None
+        ok = quick = waits = 0  # in this run: ended ok, started and ended within one report, first starts
+        submitted = 0.0  # the submission time of the ``waits`` (a map() chunk shares one)
         for outcome in results.results:
             task = assigned.get(outcome.id)
             if task is None or task.attempt != outcome.attempt:
@@ -326,27 +331,33 @@ class Scheduler(Lifecycle):
             del assigned[outcome.id]
             self.running -= 1
             task.session = None
-            # Metrics (metrics.py): the attempt's run time, as the dispatcher saw it.
             stats = task.stats
-            if task.started:
+            if stats is not run:
+                if run is not None:
+                    add_run(run, ok, quick, waits, wall - submitted)
+                run, ok, quick, waits = stats, 0, 0, 0
+            if task.started:  # its start was reported: the attempt's run time as the dispatcher saw it
                 if not task.assumed:  # (an assumed start has no time)
                     stats.run_time.observe(now - task.started_at)
-            else:  # it ended before the worker's report of its start could leave: started and ended now
-                # (Scheduler._started, inlined: this is the hot path of small tasks.)
-                stats.started += 1
-                if task.started_at < 0.0:
-                    waited = max(wall - task.submitted_at, 0.0)  # (0 if the wall clock stepped back)
-                    wait = stats.queue_wait
-                    wait.counts[bisect_left(wait.bounds, waited)] += 1
-                    wait.sum += waited
-                task.started_at = now
-                stats.run_time.counts[0] += 1  # an observation of 0 s
+            else:  # it ended before the worker's report of its start could leave: started and ended now (0 s)
+                quick += 1
+                if task.started_at < 0.0:  # its first start: how long it waited since it was submitted
+                    if task.submitted_at != submitted and waits:
+                        add_run(stats, 0, 0, waits, wall - submitted)
+                        waits = 0
+                    submitted = task.submitted_at
+                    waits += 1
             if outcome.status == m.OK:
+                ok += 1
                 peer.done += 1
                 self.finish(task, outcome, now, wall)
             else:
                 peer.failed += 1
+                if not task.started:
+                    task.started_at = now  # (an ok task is done with it: only one that may run again needs it)
                 self._attempt_failed(session, task, outcome)
+        if run is not None:
+            add_run(run, ok, quick, waits, wall - submitted)
         self.dispatch()
         if len(assigned) < peer.concurrency:
             self.steal_for(session)
