@@ -16,7 +16,7 @@ import os
 import pytest
 import trio
 
-from trioschedule import open_client
+from trioschedule import Dispatcher, open_client
 
 from ..processes import processes, wait_for
 from .cdp import open_page
@@ -121,3 +121,36 @@ async def _connected(http: int, count: int, token: str | None = None):
 
 async def _has(page, element_id: str, needle: str) -> bool:
     return needle in await _text(page, element_id)
+
+
+class _WithSchedules(Dispatcher):
+    """A dispatcher whose status document has the ``schedules`` array the time-scheduling work adds."""
+
+    def status(self):
+        document = super().status()
+        document["schedules"] = [{
+            "name": "nightly <report>", "task": "add", "kind": "cron", "spec": "0 3 * * *", "paused": False,
+            "next_run": "2030-01-02T03:00:00Z", "next_runs": ["2030-01-02T03:00:00Z", "2030-01-03T03:00:00Z"],
+            "last_runs": [{"fire_time": "2030-01-01T03:00:00Z", "task_id": "s-1", "status": "ok"}],
+            "misfired": 1, "skipped": 0, "runs": 7,
+        }, {
+            "name": "paused-one", "task": "add", "kind": "every", "spec": 60, "paused": True, "next_run": None,
+            "next_runs": [], "last_runs": [], "misfired": 0, "skipped": 2, "runs": 0,
+        }]  # fmt: skip
+        return document
+
+
+async def test_schedules_are_shown_when_the_status_has_them(tmp_path):
+    async with trio.open_nursery() as nursery:
+        d = _WithSchedules(port=0, http="127.0.0.1:0")
+        await nursery.start(d.serve)
+        async with open_page(tmp_path, width=1100, height=800) as page:
+            await page.send("Page.navigate", {"url": f"http://127.0.0.1:{d.http_port}/"})
+            await wait_for(lambda: _has(page, "schedules", "nightly <report>"), timeout=30, interval=0.2)
+            assert not await page.evaluate("document.getElementById('schedules-section').classList.contains('hidden')")
+            rows = await page.evaluate("[...document.querySelectorAll('#schedules tbody tr')].map(r => r.textContent)")
+            assert len(rows) == 2 and "paused" in rows[1] and "0 3 * * *" in rows[0] and "every 60" in rows[1]
+            assert "2030" in rows[0] and "7" in rows[0]
+            assert page.errors() == []
+            await _screenshot(page, os.path.join(str(tmp_path), "schedules.png"))
+        nursery.cancel_scope.cancel()
