@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import sys
 
 import h11
 import trio
 import trustme
 
 from trioschedule import Dispatcher
+
+from ..processes import env
 
 
 async def _https_get(port: int, path: str, context: ssl.SSLContext, token: str) -> tuple[int, bytes]:
@@ -77,9 +80,6 @@ async def test_loopback_does_not_warn(caplog):
 
 
 async def test_without_http_nothing_is_served_and_prometheus_client_is_not_loaded():
-    import subprocess
-    import sys
-
     code = ("import sys, trio\nfrom trioschedule import Dispatcher\n"
             "async def main():\n"
             "    async with trio.open_nursery() as n:\n"
@@ -89,7 +89,7 @@ async def test_without_http_nothing_is_served_and_prometheus_client_is_not_loade
             "        n.cancel_scope.cancel()\n"
             "trio.run(main)\n"
             "assert 'prometheus_client' not in sys.modules and 'trioschedule._http' not in sys.modules\n")  # fmt: skip
-    from ..processes import env
-
-    done = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    with trio.fail_after(60):
+        done = await trio.run_process([sys.executable, "-c", code], env=env(), capture_stdout=True,
+                                      capture_stderr=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
