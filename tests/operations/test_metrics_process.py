@@ -36,6 +36,12 @@ async def test_metrics_count_what_the_client_saw(tmp_path):
             return len([w for w in document["workers"] if w["connected"]]) == 2
 
         await wait_for(two_workers, timeout=30, interval=0.2)
+
+        async def both_timed():  # each worker has answered a heartbeat ping (every 0.5 s here)
+            document = await api_status(http, TOKEN)
+            return all(w["heartbeat_rtt"] is not None for w in document["workers"] if w["connected"])
+
+        await wait_for(both_timed, timeout=30, interval=0.2)
         assert (await get(f"{base}/metrics"))[0] == 401  # the dispatcher's token guards it
 
         ok = failed = 0
@@ -78,6 +84,9 @@ async def test_metrics_count_what_the_client_saw(tmp_path):
         workers = {dict(k[1])["worker"] for k in samples if k[0] == "trioschedule_worker_last_frame_age_seconds"}
         assert len(workers) == 2
         assert value("trioschedule_journal_commit_seconds_count") == 0  # memory: no journal
+        assert value("trioschedule_heartbeat_round_trip_seconds_count") >= 2
+        timed = {dict(k[1])["worker"] for k in samples if k[0] == "trioschedule_worker_heartbeat_round_trip_seconds"}
+        assert timed == workers
 
         # OpenMetrics when asked for, parsed by prometheus-client's own OpenMetrics parser (which wants # EOF).
         status, headers, body = await get(f"{base}/metrics", TOKEN, accept="application/openmetrics-text; version=1.0.0")

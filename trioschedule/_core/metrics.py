@@ -26,6 +26,11 @@ QUEUE_WAIT_BUCKETS: tuple[float, ...] = RUN_TIME_BUCKETS
 #: Upper bounds (seconds) of the journal commit histogram's buckets.
 COMMIT_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
+#: Upper bounds (seconds) of the heartbeat round-trip histogram's buckets.
+HEARTBEAT_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+)  # fmt: skip
+
 #: The final statuses a task's outcome can have, in the order metrics list them.
 STATUSES: tuple[str, ...] = (m.OK, m.ERROR, m.CANCELLED, m.TIMEOUT, m.LOST)
 

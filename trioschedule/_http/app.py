@@ -137,6 +137,7 @@ class OperationsApp:
             conn = session.conn if session is not None else None
             worker["last_seen_ago"] = None if conn is None else max(0.0, now - conn.last_received)
             worker["rtt"] = None if conn is None else tcp_rtt(conn.stream)
+            worker["heartbeat_rtt"] = d._connections.round_trips.get(worker.get("session", ""))
         document["failures"] = [_failure(e) for e in d._core.history.latest(FAILURES_SHOWN, failed=True)]
         document["running"] = _running(d, now)
         document["queues"] = queue_depths(d)

@@ -128,14 +128,28 @@ class DispatcherCollector(Collector):
         rtt = GaugeMetricFamily("trioschedule_worker_rtt_seconds",
                                 "The kernel's smoothed TCP round-trip time to each connected worker (Linux).",
                                 labels=["worker"])  # fmt: skip
+        echo = GaugeMetricFamily("trioschedule_worker_heartbeat_round_trip_seconds",
+                                 "The last heartbeat round trip to each connected worker (workers that echo).",
+                                 labels=["worker"])  # fmt: skip
+        round_trips = d._connections.round_trips
         for session in workers:
             conn = session.conn
             seen.add_metric([session.peer.name], max(0.0, now - conn.last_received))
             value = tcp_rtt(conn.stream)
             if value is not None:
                 rtt.add_metric([session.peer.name], value)
+            last = round_trips.get(session.id)
+            if last is not None:
+                echo.add_metric([session.peer.name], last)
         yield seen
         yield rtt
+        yield echo
+        overall = HistogramMetricFamily("trioschedule_heartbeat_round_trip_seconds",
+                                        "Heartbeat round trips to all workers: from queuing a ping to reading "
+                                        "its echo (the network, both event loops, and any frame queued before "
+                                        "it).")  # fmt: skip
+        _add_histogram(overall, [], d._connections.heartbeat_rtt)
+        yield overall
 
     # ------------------------------------------------------------ dispatcher
     def family_dispatcher(self) -> Iterator[Metric]:

@@ -177,6 +177,7 @@ class Worker(TaskRunner):
             no_retry={n: o.no_retry for n, (_, o) in self.tasks.items() if o.no_retry},
             retry_delay={n: o.retry_delay for n, (_, o) in self.tasks.items() if o.retry_delay is not None},
             retry_timeout=tuple(n for n, (_, o) in self.tasks.items() if o.retry_on_timeout),
+            echo=True,  # we answer the dispatcher's timed heartbeats (its round-trip metric)
         )  # fmt: skip
 
     def _retry(self, exc: Exception, attempts: int, connected_once: bool) -> str:
