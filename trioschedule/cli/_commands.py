@@ -74,7 +74,7 @@ def run_dispatcher(args: argparse.Namespace) -> int:
             _freeze_startup_objects()
             print(f"trioschedule dispatcher listening on {args.listen[0]}:{bound} (pid {os.getpid()})", flush=True)
             if dispatcher.http_port is not None:
-                host = dispatcher.http.rpartition(":")[0] if dispatcher.http else ""
+                host = (dispatcher.http.rpartition(":")[0] if dispatcher.http else "") or "0.0.0.0"
                 scheme = "https" if dispatcher.ssl_context is not None else "http"
                 print(f"trioschedule dispatcher status page on {scheme}://{host}:{dispatcher.http_port}/", flush=True)
 
