@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import ssl
 import sys
 
@@ -13,7 +14,7 @@ import trustme
 
 from trioschedule import Dispatcher
 
-from ..processes import env
+from ..processes import env, processes
 
 
 async def _https_get(port: int, path: str, context: ssl.SSLContext, token: str) -> tuple[int, bytes]:
@@ -93,3 +94,16 @@ async def test_without_http_nothing_is_served_and_prometheus_client_is_not_loade
         done = await trio.run_process([sys.executable, "-c", code], env=env(), capture_stdout=True,
                                       capture_stderr=True, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()
+
+
+async def test_a_busy_or_bad_http_address_fails_the_command_with_one_line(tmp_path):
+    with socket.socket() as taken, processes(tmp_path) as procs:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        done = await procs.run("dispatcher", "--store", "memory:", "--listen", "127.0.0.1:0", "--http", busy)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        expected = f"cannot serve http on {busy}: the address is already in use; choose another address with --http"
+        assert expected in done.stderr, done.stderr
+        done = await procs.run("dispatcher", "--store", "memory:", "--http", "nonsense")
+        assert done.returncode == 2 and "http address 'nonsense' is not HOST:PORT" in done.stderr, done.stderr
