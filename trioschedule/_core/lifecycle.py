@@ -19,6 +19,7 @@ from .._logging import context
 from .._protocol import messages as m
 from .history import History
 from .journal import Journal
+from .metrics import Metrics
 from .placement import Placement
 from .sessions import ClientRecord, WorkerSession
 from .tasks import DELAYED, DONE, QUEUED, RUNNING, IdSequence, Task
@@ -86,6 +87,7 @@ class Lifecycle:
         self.finished: deque[Task] = deque()  # ended tasks kept for reattaching, oldest first
         self.history = History(limits.history)  # the last N outcomes, for operators
         self._history = self.history.entries.append if limits.history > 0 else None
+        self.metrics = Metrics()  # per task name: counters and histograms, read at scrape time
         self.ids = IdSequence(12)  # task ids unique to this dispatcher instance
         self.unfinished = 0
         self.running = 0
@@ -257,11 +259,14 @@ class Lifecycle:
         finished_at = task.finished_at = self.wall_clock() if wall is None else wall
         task.expires = (self.clock() if now is None else now) + self.limits.result_ttl
         self.unfinished -= 1
-        counts = self.counts
         status = outcome.status
+        counts = self.counts
         counts[status] = counts.get(status, 0) + 1
-        if status != OK_STATUS and not self._quiet:  # one line for every task that did not succeed (off the ok path)
-            _log_ended(task, outcome)
+        if status != OK_STATUS:  # (an ok outcome comes from Scheduler.on_results, which counts its name's in bulk)
+            counts = task.stats.ended
+            counts[status] = counts.get(status, 0) + 1
+            if not self._quiet:  # one line for every task that did not succeed (off the ok path)
+                _log_ended(task, outcome)
         if task.owner is not None:
             task.owner.owned -= 1
         if self._history is not None:
@@ -338,6 +343,23 @@ class Lifecycle:
             elif task.state == DELAYED:
                 delayed += 1
         return queued, delayed, waiting
+
+    def queue_depths(self) -> dict[str, dict[str, int]]:
+        """Per task name: ``queued``, ``delayed``, ``running`` and ``waiting_for_worker`` (queued, and no
+        connected worker offers the name).  Walks the task table: for operators' pages, not the hot path."""
+        offered = self.placement.offered()
+        depths: dict[str, dict[str, int]] = {}
+        for task in self.tasks.values():
+            state = task.state
+            if state == DONE:
+                continue
+            counts = depths.get(task.name)
+            if counts is None:
+                counts = depths[task.name] = {"queued": 0, "delayed": 0, "running": 0, "waiting_for_worker": 0}
+            counts[state] += 1
+            if state == QUEUED and task.name not in offered:
+                counts["waiting_for_worker"] += 1
+        return depths
 
     def map_window(self, name: str, minimum: int, chunk: int) -> int:
         """How many unfinished tasks one ``map()`` may have: twice what the workers offering ``name`` hold, or more."""

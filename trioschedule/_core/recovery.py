@@ -79,7 +79,7 @@ def recover(scheduler: Scheduler, stored: list[StoredTask], source: str) -> None
 def _task_of(s: Scheduler, row: StoredTask, now: float, wall: float) -> Task:
     deadline = None if row.deadline is None else now + (row.deadline - wall)
     task = Task(row.id, row.name, row.args, row.kwargs, row.priority, row.retries, deadline, None, s.next_seq(),
-                row.submitted_at)  # fmt: skip
+                row.submitted_at, s.metrics.of(row.name))  # fmt: skip
     task.attempt, task.failures, task.losses = row.attempt, row.failures, row.losses
     s.tasks[task.id] = task
     return task

@@ -24,6 +24,7 @@ from .._peer import Peer
 from .._protocol import messages as m
 from .._protocol.connection import WORKER
 from .lifecycle import Lifecycle, Limits
+from .metrics import NameStats, add_run
 from .recovery import recover
 from .sessions import ClientRecord, WorkerSession
 from .tasks import DELAYED, DONE, NO_KWARGS, QUEUED, RUNNING, Task, check_options
@@ -69,7 +70,9 @@ class Scheduler(Lifecycle):
         deadline = self.clock() + timeout if timeout is not None else None
         self._seq += 1
         wall = self.wall_clock()
-        task = Task(task_id, name, args, kwargs or NO_KWARGS, priority, retries, deadline, owner, self._seq, wall)
+        stats = self.metrics.of(name)
+        stats.submitted += 1
+        task = Task(task_id, name, args, kwargs or NO_KWARGS, priority, retries, deadline, owner, self._seq, wall, stats)
         if delay:
             task.state = DELAYED
             task.not_before = wall + delay
@@ -113,8 +116,10 @@ class Scheduler(Lifecycle):
         seq = self._seq + 1
         self._seq += count
         wall = self.wall_clock()
+        stats = self.metrics.of(name)
+        stats.submitted += count
         chunk = [
-            Task(task_id, name, args, NO_KWARGS, priority, retries, deadline, None, seq + i, wall)
+            Task(task_id, name, args, NO_KWARGS, priority, retries, deadline, None, seq + i, wall, stats)
             for i, (task_id, args) in enumerate(zip(self.ids.take(count), args_list))
         ]
         self.tasks.update([(task.id, task) for task in chunk])
@@ -306,12 +311,19 @@ class Scheduler(Lifecycle):
                     f"sent attempt {task.attempt}: copy attempt from the task's spec in run",
                     code="bad-message",
                 )
+        now, wall = self.clock(), self.wall_clock()
         for task_id in results.started:
             task = assigned.get(task_id)
             if task is not None:
+                if not task.started or task.assumed:
+                    self._started(task, now, wall)
                 task.started, task.assumed = True, False
         peer = session.peer
-        now, wall = self.clock(), self.wall_clock()
+        # Metrics (metrics.py), counted per run of tasks of one name in this frame and added once per run:
+        # for small tasks this loop is the hot path, and a map()'s tasks come in long runs.
+        run: NameStats | None = None
+        ok = quick = waits = 0  # in this run: ended ok, started and ended within one report, first starts
+        submitted = 0.0  # the submission time of the ``waits`` (a map() chunk shares one)
         for outcome in results.results:
             task = assigned.get(outcome.id)
             if task is None or task.attempt != outcome.attempt:
@@ -319,15 +331,45 @@ class Scheduler(Lifecycle):
             del assigned[outcome.id]
             self.running -= 1
             task.session = None
+            stats = task.stats
+            if stats is not run:
+                if run is not None:
+                    add_run(run, ok, quick, waits, wall - submitted)
+                run, ok, quick, waits = stats, 0, 0, 0
+            if task.started:  # its start was reported: the attempt's run time as the dispatcher saw it
+                if not task.assumed:  # (an assumed start has no time)
+                    stats.run_time.observe(now - task.started_at)
+            else:  # it ended before the worker's report of its start could leave: started and ended now (0 s)
+                quick += 1
+                if task.started_at < 0.0:  # its first start: how long it waited since it was submitted
+                    if task.submitted_at != submitted and waits:
+                        add_run(stats, 0, 0, waits, wall - submitted)
+                        waits = 0
+                    submitted = task.submitted_at
+                    waits += 1
             if outcome.status == m.OK:
+                ok += 1
                 peer.done += 1
                 self.finish(task, outcome, now, wall)
             else:
                 peer.failed += 1
+                if not task.started:
+                    task.started_at = now  # (an ok task is done with it: only one that may run again needs it)
                 self._attempt_failed(session, task, outcome)
+        if run is not None:
+            add_run(run, ok, quick, waits, wall - submitted)
         self.dispatch()
         if len(assigned) < peer.concurrency:
             self.steal_for(session)
+
+    @staticmethod
+    def _started(task: Task, now: float, wall: float) -> None:
+        """Count an attempt's start; a task's first start observes how long it waited since it was submitted."""
+        stats = task.stats
+        stats.started += 1
+        if task.started_at < 0.0:
+            stats.queue_wait.observe(wall - task.submitted_at)
+        task.started_at = now
 
     def on_release(self, session: WorkerSession, release: m.Release) -> None:
         """The worker hands back tasks it has not started (it is stopping, or was asked to).
@@ -369,6 +411,7 @@ class Scheduler(Lifecycle):
             error_type = error.type if error is not None else ""
             if task.failures < limit and error_type not in session.no_retry.get(task.name, ()):
                 task.failures += 1
+                task.stats.retried += 1
                 delay = self._retry_delay(session, task, error)
                 log.info("task %s (%s) %s; retry %d/%d in %.2f s", task.id, task.name,
                          f"failed with {error_type}" if error is not None else "ran past its time limit",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any, Final
 
+from .metrics import UNTRACKED, NameStats
+
 if TYPE_CHECKING:
     from .._protocol.messages import Outcome
     from .sessions import ClientRecord, WorkerSession
@@ -77,7 +79,9 @@ class Task:
         "session",
         "slot",
         "started",
+        "started_at",
         "state",
+        "stats",
         "submitted_at",
         "watchers",
         "worker",
@@ -85,7 +89,7 @@ class Task:
 
     def __init__(self, task_id: str, name: str, args: list[Any], kwargs: dict[str, Any], priority: int,
                  retries: int | None, deadline: float | None, owner: ClientRecord | None, seq: int,
-                 submitted_at: float) -> None:  # fmt: skip
+                 submitted_at: float, stats: NameStats = UNTRACKED) -> None:  # fmt: skip
         self.id = task_id
         self.name = name
         self.args = args
@@ -114,6 +118,8 @@ class Task:
         self.seq = seq
         self.not_before: float | None = None
         self.worker: str | None = None  # the peer name of the worker given its last attempt (for the history)
+        self.stats = stats  # its name's counters (``metrics.py``): no lookup on the hot path
+        self.started_at = -1.0  # scheduler clock of the current attempt's start; negative until it first started
 
     def __repr__(self) -> str:
         return f"<Task {self.name} {self.id} {self.state} attempt {self.attempt}>"

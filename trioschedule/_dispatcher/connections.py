@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .._core.metrics import HEARTBEAT_BUCKETS, Histogram
 from .._core.sessions import ClientRecord, WorkerSession
 from .._core.tasks import Task, check_options
 from .._errors import (
@@ -55,6 +56,11 @@ class ConnectionHandler:
         self.hooks = dispatcher._hooks
         self.clients: dict[str, ClientRecord] = {}
         self.count = 0  # connections open now, handshaken or not
+        # Heartbeat round trips (workers that said hello.echo): the ping each session waits for, the
+        # last round trip of each, and all of them as a histogram (for /metrics).
+        self._pings: dict[str, tuple[int, float]] = {}
+        self.round_trips: dict[str, float] = {}
+        self.heartbeat_rtt = Histogram(HEARTBEAT_BUCKETS)
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one connection until it closes; a failure ends this connection alone."""
@@ -149,6 +155,15 @@ class ConnectionHandler:
         async def heartbeats() -> None:
             await conn.run_heartbeat(d.heartbeat_interval, d.heartbeat_timeout, make_heartbeat)
 
+        async def pings() -> None:
+            """Once per heartbeat interval, a heartbeat the worker echoes at once: the round trip, measured."""
+            echo = 0
+            while True:
+                await trio.sleep(d.heartbeat_interval)
+                echo += 1
+                self._pings[session.id] = (echo, trio.current_time())
+                conn.send(m.Heartbeat(ack=session.acked, echo=echo))
+
         clean = False
         fields = context(peer=peer.name, worker_pid=peer.pid if hello.role == WORKER else None)
         why: str | None = "the dispatcher stopped"  # unless the connection ends first
@@ -165,6 +180,8 @@ class ConnectionHandler:
             async with one_error() as nursery:  # serve()'s ConnectionClosed or ProtocolError comes out as it is
                 nursery.start_soon(until_closed, conn.run_writer, nursery.cancel_scope)
                 nursery.start_soon(until_closed, heartbeats, nursery.cancel_scope)
+                if hello.role == WORKER and hello.echo:
+                    nursery.start_soon(until_closed, pings, nursery.cancel_scope)
                 clean = await serve()
                 nursery.cancel_scope.cancel()
             why = "said goodbye" if clean else f"connection lost: {conn.closed_reason or 'closed'}"
@@ -178,6 +195,9 @@ class ConnectionHandler:
         finally:
             peer.connected = False
             d._links.pop(peer.id, None)
+            if hello.role == WORKER:
+                self._pings.pop(session.id, None)
+                self.round_trips.pop(session.id, None)
             held = len(session.assigned) if hello.role == WORKER else 0
             log.log(level, "%s: closed: %s (%s %r%s)", conn.address, why, peer.role, peer.name,
                     f", {held} task(s) assigned" if held else "", exc_info=exc_info, extra=fields)  # fmt: skip
@@ -185,6 +205,15 @@ class ConnectionHandler:
             self.effects.flush()
             with trio.CancelScope(shield=True):
                 await self.hooks.call_now(d.on_close, peer)
+
+    def _echoed(self, session: WorkerSession, echo: int) -> None:
+        """A worker answered a ping: from queuing it (behind any frame before it) to reading the answer."""
+        sent = self._pings.get(session.id)
+        if sent is not None and sent[0] == echo:
+            del self._pings[session.id]
+            rtt = trio.current_time() - sent[1]
+            self.round_trips[session.id] = rtt
+            self.heartbeat_rtt.observe(rtt)
 
     def _client_left(self, client: ClientRecord) -> None:
         self.clients.pop(client.peer.id, None)
@@ -204,7 +233,8 @@ class ConnectionHandler:
                         await conn.send_error(exc.code, str(exc))
                         raise
                 elif kind is m.Heartbeat:
-                    pass
+                    if message.echo:
+                        self._echoed(session, message.echo)
                 elif kind is m.Message:
                     self.hooks.call(d.on_message, session.peer, message.data)
                 elif kind is m.Release:

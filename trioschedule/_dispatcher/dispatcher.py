@@ -105,6 +105,9 @@ class Dispatcher:
     * ``history``: how many ended tasks are kept for ``trioschedule tasks`` and
       the failures in ``status`` (0 keeps none; bounded memory either way).
     * ``drain_grace``: how long :meth:`stop` lets running tasks finish.
+    * ``http``: ``"HOST:PORT"`` to serve ``/metrics``, ``/api/status`` and a
+      live status page there (off by default; behind the admin token; see
+      docs/OPERATIONS.md).  The bound port is :attr:`http_port` once started.
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class Dispatcher:
         max_results: int = defaults.MAX_RESULTS,
         history: int = defaults.HISTORY,
         drain_grace: float = defaults.DRAIN_GRACE,
+        http: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -147,6 +151,12 @@ class Dispatcher:
         self.max_frame_size = max_frame_size
         self.max_connections = max_connections
         self.drain_grace = drain_grace
+        self.http = http or None
+        if self.http is not None:
+            from .._http import parse_address
+
+            parse_address(self.http)  # a typo fails here, not once serving
+        self.http_port: int | None = None
         limits = Limits(
             max_queued=max_queued, max_client_queued=max_client_queued, max_losses=max_losses,
             retry_backoff=retry_backoff, retry_backoff_max=retry_backoff_max, heartbeat_timeout=heartbeat_timeout,
@@ -266,6 +276,10 @@ class Dispatcher:
             nursery.start_soon(self._run_timers)
             nursery.start_soon(self._hooks.run)
             nursery.start_soon(self._warn_unoffered)
+            if self.http is not None:
+                from .._http import serve_operations  # (prometheus-client is loaded only for this)
+
+                self.http_port = await nursery.start(serve_operations, self, self.http)
             async with one_error() as connections:
                 accepting = trio.CancelScope()
 

@@ -11,9 +11,11 @@ here.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .._core.metrics import COMMIT_BUCKETS, Histogram
 from .._core.recovery import row_of
 from .._core.tasks import DONE, RUNNING, Task
 from .._errors import StoreError
@@ -40,6 +42,8 @@ class StoreJournal:
         # Running and done are journaled as narrow updates if the store has them (docs/STORE.md).
         self.bulk_starts = False
         self._narrow = False
+        #: Seconds each wait for durability took (``flush``, and each connection's write barrier), for metrics.
+        self.commit_time = Histogram(COMMIT_BUCKETS)
 
     # ------------------------------------------------------------ lifecycle
     async def open(self) -> list[StoredTask]:
@@ -102,7 +106,12 @@ class StoreJournal:
 
     async def flush(self) -> None:
         """Make everything journaled so far durable."""
+        if not self.active:
+            await self.store.flush()
+            return
+        started = time.perf_counter()
         await self.store.flush()
+        self.commit_time.observe(time.perf_counter() - started)
 
     def barrier(self, *, refuse_after_failure: bool) -> tuple[Callable[[], Any] | None, Callable[[Any], Awaitable[None]]]:
         """A connection's write barrier: ``(mark, wait)``.
@@ -116,14 +125,23 @@ class StoreJournal:
         submissions are refused; a worker must get nothing more to run.
         """
         store = self.store
+        observe = self.commit_time.observe
+        clock = time.perf_counter
         if type(store).mark is not Store.mark:
             mark: Callable[[], Any] | None = store.mark
-            flush: Callable[[Any], Awaitable[None]] = store.flush
+
+            async def flush(position: Any) -> None:
+                started = clock()
+                await store.flush(position)
+                observe(clock() - started)
+
         else:  # a store without marks (and perhaps an older flush() without the argument)
             mark = None
 
-            async def flush(_mark: Any) -> None:
+            async def flush(position: Any) -> None:  # (no marks: everything is flushed)
+                started = clock()
                 await store.flush()
+                observe(clock() - started)
 
         if refuse_after_failure:
             return mark, flush

@@ -76,8 +76,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def warn_if_exposed(log: logging.Logger, host: str, secrets: Secrets, ssl_context: Any) -> None:
-    """Log a warning when a dispatcher listens beyond loopback without a token or without TLS."""
+def warn_if_exposed(
+    log: logging.Logger, host: str, secrets: Secrets, ssl_context: Any, *, exposes: str = "submit tasks and read results"
+) -> None:
+    """Log a warning when a dispatcher listens beyond loopback without a token or without TLS.
+
+    ``exposes`` says what a stranger could do without the token (the HTTP
+    endpoint passes its own).
+    """
     if _is_loopback(host):
         return
     missing = [what for what, ok in (("a token", secrets.enabled), ("TLS", ssl_context is not None)) if not ok]
@@ -87,7 +93,7 @@ def warn_if_exposed(log: logging.Logger, host: str, secrets: Secrets, ssl_contex
             "Set --token/TRIOSCHEDULE_TOKEN and --tls-cert/--tls-key (see docs/SECURITY.md)",
             host or "all interfaces",
             " or ".join(missing),
-            "submit tasks and read results" if secrets.enabled is False else "read the traffic",
+            exposes if secrets.enabled is False else "read the traffic",
         )
 
 

@@ -153,6 +153,7 @@ class Hello:
     retry_delay: dict[str, float] = attrs.field(factory=dict)
     retry_timeout: tuple[str, ...] = ()
     restarts: int = 0  # times a supervisor replaced this worker's process (shown by status)
+    echo: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -199,10 +200,15 @@ class Error:
 # ------------------------------------------------------------- both ways
 @attrs.frozen(kw_only=True)
 class Heartbeat:
-    """Sent when a side has been quiet for a heartbeat interval.  ``ack``: see Results."""
+    """Sent when a side has been quiet for a heartbeat interval.  ``ack``: see Results.
+
+    ``echo``: a dispatcher's ping to a worker that said ``hello.echo``, which
+    answers at once with a heartbeat carrying the same ``echo`` (the round trip).
+    """
 
     TYPE: ClassVar[str] = "heartbeat"
     ack: int = 0
+    echo: int = 0
 
 
 @attrs.frozen(kw_only=True)

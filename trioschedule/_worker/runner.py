@@ -125,6 +125,8 @@ class TaskRunner:
                 self._reclaim(conn, message.ids)
             elif kind is m.Heartbeat:
                 self._ack(message.ack)
+                if message.echo:  # the dispatcher times its round trip: answer at once
+                    conn.send(m.Heartbeat(echo=message.echo))
             elif kind is m.Cancel:
                 self._cancel(message.id, message.reason or "cancelled")
             elif kind is m.Message:

@@ -220,6 +220,7 @@ class Worker(TaskRunner):
             no_retry={n: o.no_retry for n, (_, o) in self.tasks.items() if o.no_retry},
             retry_delay={n: o.retry_delay for n, (_, o) in self.tasks.items() if o.retry_delay is not None},
             retry_timeout=tuple(n for n, (_, o) in self.tasks.items() if o.retry_on_timeout),
+            echo=True,  # we answer the dispatcher's timed heartbeats (its round-trip metric)
         )  # fmt: skip
         self.address = address
         return conn, welcome

@@ -88,7 +88,8 @@ def main(argv: Sequence[str] | None = None, *, script: str | None = None) -> int
 def _message(exc: BaseException, args: argparse.Namespace) -> str:
     """The error's text, with the command-line spelling of what to do next."""
     if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
-        return f"{exc.strerror}; choose another address with --listen HOST:PORT (port 0 picks a free one)"
+        flag = "--http" if str(exc.strerror).startswith("cannot serve http") else "--listen"
+        return f"{exc.strerror}; choose another address with {flag} HOST:PORT (port 0 picks a free one)"
     text = str(exc).replace("pass token= or set TRIOSCHEDULE_TOKEN", "pass --token or set TRIOSCHEDULE_TOKEN")
     plaintext = getattr(args, "tls_ca", "given") is None and not getattr(args, "tls_cert", None)
     if isinstance(exc, ConnectionClosed) and plaintext and ("closed the connection" in text or "reset" in text):

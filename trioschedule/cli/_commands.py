@@ -62,7 +62,7 @@ def build_dispatcher(cls: type[Dispatcher], args: argparse.Namespace) -> Dispatc
         handshake_timeout=args.handshake_timeout, session_grace=args.session_grace, drain_grace=args.drain_grace,
         max_connections=args.max_connections, max_queued=args.max_queued,
         max_client_queued=args.max_client_queued, max_frame_size=args.max_frame_size, max_losses=args.max_losses,
-        result_ttl=args.result_ttl, max_results=args.max_results, history=args.history,
+        result_ttl=args.result_ttl, max_results=args.max_results, history=args.history, http=getattr(args, "http", None),
     )  # fmt: skip
 
 
@@ -74,6 +74,10 @@ def run_dispatcher(args: argparse.Namespace) -> int:
             bound = await nursery.start(dispatcher.serve)
             _freeze_startup_objects()
             print(f"trioschedule dispatcher listening on {args.listen[0]}:{bound} (pid {os.getpid()})", flush=True)
+            if dispatcher.http_port is not None:
+                host = (dispatcher.http.rpartition(":")[0] if dispatcher.http else "") or "0.0.0.0"
+                scheme = "https" if dispatcher.ssl_context is not None else "http"
+                print(f"trioschedule dispatcher status page on {scheme}://{host}:{dispatcher.http_port}/", flush=True)
 
     trio.run(_run_with_signals, run, dispatcher.stop)
     return 0

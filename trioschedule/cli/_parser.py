@@ -223,6 +223,9 @@ def _dispatcher_command(p: argparse.ArgumentParser) -> None:
                    help=f"address to listen on (default {DEFAULT_ADDRESS}; port 0 picks a free one)")  # fmt: skip
     p.add_argument("--store", default=DEFAULT_STORE,
                    help=f"journal: sqlite:PATH or memory: (default {DEFAULT_STORE} in the working directory)")  # fmt: skip
+    p.add_argument("--http", default=None, metavar="HOST:PORT",
+                   help="serve /metrics (Prometheus), /api/status and a live status page here "
+                        "(off by default; behind the admin token; docs/OPERATIONS.md)")  # fmt: skip
     _liveness_args(p)
     p.add_argument("--handshake-timeout", type=float, default=defaults.HANDSHAKE_TIMEOUT, metavar="S",
                    help="how long a new connection may take to say hello (default %(default)g)")  # fmt: skip
