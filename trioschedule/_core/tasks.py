@@ -73,6 +73,7 @@ class Task:
         "priority",
         "reclaiming",
         "retries",
+        "schedule",
         "seq",
         "session",
         "slot",
@@ -113,6 +114,7 @@ class Task:
         self.finished_at = 0.0
         self.seq = seq
         self.not_before: float | None = None
+        self.schedule: Any = None  # the Schedule this task is a run of (told when it ends), else None
         self.worker: str | None = None  # the peer name of the worker given its last attempt (for the history)
 
     def __repr__(self) -> str:
