@@ -4,6 +4,7 @@ SIGKILL and restart; no fire time runs twice (checked on every run's task id).""
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 import signal
@@ -34,7 +35,7 @@ async def test_a_schedule_every_second_survives_sigkill_with_no_fire_time_run_tw
     port = free_port()
     journal = tmp_path / "journal.sqlite3"
     args = ("--store", f"sqlite:{journal}", "--session-grace", "15")
-    done = lambda: records(tmp_path, "sched-done")  # noqa: E731 - every run that ended, by task id
+    done = lambda: records(tmp_path, "sched-done")
     with processes(tmp_path, E2E_DIR=str(tmp_path)) as procs:
         d1, _ = await procs.start_dispatcher(*args, port=port, name="d1")
         procs.start_worker(port, name="w")
@@ -48,7 +49,7 @@ async def test_a_schedule_every_second_survives_sigkill_with_no_fire_time_run_tw
         entry = {e["name"]: e for e in json.loads(listed.stdout)}["heartbeat"]
         assert entry["task"] == "tick" and entry["paused"] is False and entry["next_run"].endswith("Z")
         before = sorted(fire_time(r["id"]) for r in done())
-        assert all(b - a == 1.0 for a, b in zip(before, before[1:])), before
+        assert all(b - a == 1.0 for a, b in itertools.pairwise(before)), before
 
         await sigkill(d1)
         killed_at = max(before)
