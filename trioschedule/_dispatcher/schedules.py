@@ -60,6 +60,7 @@ class ScheduleShell:
             while True:
                 records, deleted, ready = self.schedules.take_changes()
                 if not (records or deleted or ready):
+                    self.effects.flush()
                     return
                 durable = True
                 try:
@@ -69,7 +70,7 @@ class ScheduleShell:
                     log.error("journaling schedules failed (%r): their runs due now are not submitted", exc)
                 if ready:
                     self.schedules.submit_ready(ready, durable)
-                    self.effects.flush()
+                self.effects.flush()  # Run frames, and the timer task's wake-up if a schedule's timer is the earliest now
 
     # ------------------------------------------------------------ the API's operations
     async def add(self, definition: dict[str, Any]) -> dict[str, Any]:
