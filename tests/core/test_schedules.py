@@ -422,3 +422,18 @@ def test_a_restart_links_running_runs_marks_lost_ones_and_catches_up_by_the_misf
     # b: 00:30..01:00 missed, within 25 s of now: 00:40, 00:50, 01:00; never 00:20 again.
     assert later.fire_times() == ["2026-06-01T00:00:40Z", "2026-06-01T00:00:50Z", "2026-06-01T00:01:00Z"]
     assert b.misfired == 1
+
+
+def test_a_very_long_gap_is_counted_and_only_its_recent_end_examined(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trioschedule._core import schedules as core_schedules
+
+    monkeypatch.setattr(core_schedules, "CATCH_UP_SCAN", 50)
+    h = Harness(at("2026-06-01T00:00:00"))
+    h.add("s", "job", cron="* * * * * *", misfire_grace=2, coalesce="all", overlap="allow")  # every second
+    h.clock.now += 1000.5  # a thousand fire times missed
+    h.schedules.fire(h.schedules.get("s"), h.wall())
+    h.settle()
+    s = h.schedules.get("s")
+    assert h.fire_times() == ["2026-06-01T00:16:39Z", "2026-06-01T00:16:40Z"]  # within the 2 s grace
+    assert s.last_fire == at("2026-06-01T00:16:40")
+    assert s.misfired >= 50 and s.runs == 2
