@@ -563,7 +563,8 @@ class Schedules:
         scanned = 0
         start = s.last_fire
         for fire in fires_between(d, s.anchor, start, now):
-            if fire + jitter_of(d, s.anchor, fire) > now + _TOLERANCE:
+            # Only a fire time within ``jitter`` of now may still be waiting for its jittered time.
+            if fire > now - d.jitter - _TOLERANCE and fire + jitter_of(d, s.anchor, fire) > now + _TOLERANCE:
                 break
             due.append(fire)
             scanned += 1
@@ -574,7 +575,7 @@ class Schedules:
                 scanned = 0
                 start = max(fire, now - 3600.0 if d.misfire_grace is None else now - d.misfire_grace - 1.0)
                 for later in fires_between(d, s.anchor, start, now):
-                    if later + jitter_of(d, s.anchor, later) > now + _TOLERANCE:
+                    if later > now - d.jitter - _TOLERANCE and later + jitter_of(d, s.anchor, later) > now + _TOLERANCE:
                         break
                     due.append(later)
                 break
@@ -583,7 +584,7 @@ class Schedules:
             return
         s.last_fire = due[-1]
         grace = d.misfire_grace
-        within = [f for f in due if grace is None or now - (f + jitter_of(d, s.anchor, f)) <= grace + _TOLERANCE]
+        within = [f for f in due if grace is None or self._in_grace(s, f, now, grace)]
         late = len(due) - len(within)
         if d.coalesce == "latest":
             chosen = within[-1:]
@@ -599,6 +600,16 @@ class Schedules:
             self._decide(s, fire)
         self._changed(s)
         self._arm(s)
+
+    @staticmethod
+    def _in_grace(s: Schedule, fire: float, now: float, grace: float) -> bool:
+        """Whether ``fire``'s run, due at its jittered time, is at most ``grace`` late at ``now``."""
+        late = now - fire
+        if late <= grace + _TOLERANCE:
+            return True  # jitter only makes it less late
+        if late - s.d.jitter > grace + _TOLERANCE:
+            return False  # even the largest jitter would not bring it within the grace
+        return late - jitter_of(s.d, s.anchor, fire) <= grace + _TOLERANCE
 
     def _decide(self, s: Schedule, fire: float) -> None:
         """Fire time ``fire`` is to run: unless the overlap policy says otherwise."""

@@ -278,10 +278,12 @@ async def _schedule_op(client: Client, args: argparse.Namespace) -> int:
                 raise UsageError(f"--kwarg expects NAME=VALUE, got {item!r}")
             kwargs[key] = _json_arg(value, f"--kwarg {key}")
         values = [_json_arg(text, f"argument {i + 1}") for i, text in enumerate(args.args)]
+        # Options not given are left to Client.add_schedule's own defaults.
+        given = {k: getattr(args, k) for k in ("jitter", "priority") if getattr(args, k) is not None}
         entry = await client.add_schedule(
             args.name, args.task, values, kwargs, every=args.every, start=args.start, cron=args.cron, tz=args.tz,
             at=args.at, misfire_grace=args.misfire_grace, coalesce=args.coalesce, overlap=args.overlap,
-            jitter=args.jitter, timeout=args.timeout, retries=args.retries, priority=args.priority,
+            timeout=args.timeout, retries=args.retries, **given,
         )  # fmt: skip
         print(f"schedule {entry['name']}: {entry['task']} {entry['spec']}, next run {entry['next_run'] or 'none'}",
               flush=True)  # fmt: skip

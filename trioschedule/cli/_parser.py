@@ -205,11 +205,11 @@ def _schedule_command(p: argparse.ArgumentParser, script: str | None) -> None:
                    help="what several missed fire times become (default %(default)s)")  # fmt: skip
     q.add_argument("--overlap", choices=("skip", "buffer-one", "allow"), default="skip",
                    help="a run due while the previous one runs (default %(default)s)")  # fmt: skip
-    q.add_argument("--jitter", type=float, default=0.0, metavar="S",
+    q.add_argument("--jitter", type=float, metavar="S",
                    help="delay each run by up to S seconds (deterministic per fire time)")  # fmt: skip
     q.add_argument("--timeout", type=float, help="each run's deadline in seconds, queueing included")
     q.add_argument("--retries", type=int, help="retries after a run raises (default: the task's own)")
-    q.add_argument("--priority", type=int, default=0, help="higher runs first")
+    q.add_argument("--priority", type=int, help="higher runs first")
     _security_args(q, server=False)
 
     q = op("list", "list the schedules with their next and last runs")
