@@ -49,7 +49,9 @@ async def test_a_schedule_every_second_survives_sigkill_with_no_fire_time_run_tw
         entry = {e["name"]: e for e in json.loads(listed.stdout)}["heartbeat"]
         assert entry["task"] == "tick" and entry["paused"] is False and entry["next_run"].endswith("Z")
         before = sorted(fire_time(r["id"]) for r in done())
-        assert all(b - a == 1.0 for a, b in itertools.pairwise(before)), before
+        gaps = [b - a for a, b in itertools.pairwise(before)]
+        # Whole seconds apart, mostly one (a loaded machine may stall the loop past a fire time: coalesced).
+        assert all(g >= 1 and g == int(g) for g in gaps) and gaps.count(1.0) >= 3, before
 
         await sigkill(d1)
         killed_at = max(before)
