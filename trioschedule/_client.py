@@ -20,9 +20,9 @@ from typing import Any
 import trio
 
 from . import _defaults as defaults
-from ._core.schedules import wire_definition
 from ._core.tasks import IdSequence
 from ._core.tasks import check_options as _check_options
+from ._core.triggers import wire_definition
 from ._errors import (
     AuthenticationError,
     ConnectionClosed,

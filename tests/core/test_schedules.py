@@ -13,13 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.core.helpers import WALL_OFFSET, FakeClock, hello, make_scheduler, ok, results, take_specs
-from trioschedule._core.schedules import (
+from trioschedule._core.schedules import PENDING, UNKNOWN_RUN, Schedules
+from trioschedule._core.tasks import DONE
+from trioschedule._core.triggers import (
     CRON,
     INTERVAL,
     ONCE,
-    PENDING,
-    UNKNOWN_RUN,
-    Schedules,
     define,
     fires_between,
     iso_utc,
@@ -29,7 +28,6 @@ from trioschedule._core.schedules import (
     run_id,
     wire_definition,
 )  # fmt: skip
-from trioschedule._core.tasks import DONE
 
 BERLIN = ZoneInfo("Europe/Berlin")
 UTC = timezone.utc

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._core.schedules import WIRE_FIELDS, Schedules, define
+from .._core.schedules import Schedules
+from .._core.triggers import WIRE_FIELDS, define
 from .._errors import StoreError, UnknownSchedule
 from .._protocol import messages as m
 
