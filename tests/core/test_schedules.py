@@ -3,6 +3,7 @@ jitter, run ids, restarts.  No trio: time is a float the test moves, as the shel
 
 from __future__ import annotations
 
+import collections
 import itertools
 from datetime import datetime, timezone
 from typing import Any
@@ -435,3 +436,70 @@ def test_a_very_long_gap_is_counted_and_only_its_recent_end_examined(monkeypatch
     assert h.fire_times() == ["2026-06-01T00:16:39Z", "2026-06-01T00:16:40Z"]  # within the 2 s grace
     assert s.last_fire == at("2026-06-01T00:16:40")
     assert s.misfired >= 50 and s.runs == 2
+
+
+# ------------------------------------------------------------------ a property over many steps
+STEPS = st.lists(st.tuples(
+    st.sampled_from(["wait", "down", "end", "pause", "resume", "trigger", "crash", "restart"]),
+    st.floats(min_value=0, max_value=400),
+), max_size=40)  # fmt: skip
+DEFINITIONS = st.fixed_dictionaries({
+    "every": st.sampled_from([7.0, 30.0, 61.5]),
+    "misfire_grace": st.sampled_from([None, 0.0, 20.0, 100.0]),
+    "coalesce": st.sampled_from(["latest", "earliest", "all"]),
+    "overlap": st.sampled_from(["skip", "buffer-one", "allow"]),
+    "jitter": st.sampled_from([0.0, 3.0, 100.0]),
+})  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(definition=DEFINITIONS, cron=st.booleans(), steps=STEPS)
+def test_no_fire_time_ever_runs_twice_whatever_happens(definition: dict[str, Any], cron: bool,
+                                                       steps: list[tuple[str, float]]) -> None:  # fmt: skip
+    """Time passes, the dispatcher is down or crashes between saving a record and submitting its runs,
+    restarts from what was journaled, runs end, the schedule is paused and triggered: every run id is
+    submitted once, and a schedule's fire times are submitted in increasing order."""
+    from trioschedule._core.recovery import row_of
+
+    if cron:
+        definition = {**definition, "every": None, "cron": "*/2 * * * *", "tz": "Europe/Berlin"}
+    h = Harness(at("2026-10-25T00:30:00"))  # Berlin's autumn DST change is 30 minutes away
+    h.add("p", "job", **definition)
+    submitted: list[str] = []
+    last_fire = h.schedules.get("p").last_fire
+    for op, amount in steps:
+        if op == "wait":
+            h.run_until(h.wall() + amount)
+        elif op == "down":
+            h.clock.now += amount  # no timer fires meanwhile
+        elif op == "end":
+            h.end_runs()
+        elif op == "pause":
+            h.schedules.pause("p")
+            h.settle()
+        elif op == "resume":
+            h.schedules.resume("p")
+            h.settle()
+        elif op == "trigger":
+            h.schedules.trigger("p")
+            h.settle()
+        if op in ("crash", "restart"):
+            if op == "crash":  # the record is journaled, the dispatcher dies before submitting its runs
+                h.schedules.fire(h.schedules.get("p"), h.wall())
+                records, _, _ = h.schedules.take_changes()
+                h.saved.update({r["name"]: r for r in records})
+            rows = [row_of(t, h.clock.monotonic(), h.wall()) for t in h.core.tasks.values()]
+            saved, wall = dict(h.saved), h.wall() + amount
+            submitted += h.submitted
+            h = Harness(wall)
+            h.core.recover(rows, "test")
+            h.saved = saved
+            h.schedules.restore(list(saved.values()))
+            h.settle()
+        s = h.schedules.get("p")
+        assert s.last_fire >= last_fire
+        last_fire = s.last_fire
+    submitted += h.submitted
+    assert len(submitted) == len(set(submitted)), collections.Counter(submitted).most_common(3)
+    scheduled = [i for i in submitted if ":manual:" not in i]
+    assert scheduled == sorted(scheduled)  # ISO 8601 UTC strings sort as times
