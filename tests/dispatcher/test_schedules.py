@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import trio
 
-from trioschedule import Dispatcher, UnknownSchedule, Worker, task
+from trioschedule import Dispatcher, Store, StoreError, UnknownSchedule, Worker, task
 from trioschedule._dispatcher import dispatcher as dispatcher_module
 from trioschedule.testing import open_cluster
 
@@ -234,3 +234,34 @@ async def test_with_memory_schedules_last_as_long_as_the_process(autojump_clock:
 async def test_adding_before_serving_says_where_to_add_instead() -> None:
     with pytest.raises(RuntimeError, match="on_start"):
         await Dispatcher().add_schedule("s", "job", every=60)
+
+
+class FailingSchedules(Store):
+    """A durable store whose schedule records stop saving when told (a full disk, say)."""
+
+    durable = True
+
+    def __init__(self) -> None:
+        self.failing = False
+        self.records: dict[str, dict[str, Any]] = {}
+
+    async def save_schedules(self, records: list[dict[str, Any]]) -> None:
+        if self.failing:
+            raise StoreError("the disk is full", code="io")
+        self.records.update({r["name"]: r for r in records})
+
+
+async def test_runs_whose_record_cannot_be_journaled_are_not_submitted(autojump_clock: Any) -> None:
+    store = FailingSchedules()
+    d = dispatcher(store=store)
+    async with open_cluster(d, worker()):
+        await d.add_schedule("s", "job", ["x"], every=60)
+        await trio.sleep(61)
+        assert len(Clockwork.runs) == 1
+        store.failing = True
+        await trio.sleep(60)
+        [entry] = d.schedules()
+    assert len(Clockwork.runs) == 1  # could run twice after a restart: not run at all
+    assert [run["status"] for run in entry["last_runs"]] == ["not-journaled", "ok"]
+    assert (entry["runs"], entry["misfired"]) == (1, 1)
+    assert store.records["s"]["runs"] == 1
