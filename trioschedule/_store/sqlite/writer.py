@@ -139,7 +139,7 @@ class JournalWriter:
             if schedule_ops:
                 self._taken_schedule_ops = []
                 try:
-                    self._write_schedules(batch, schedule_ops)
+                    counts = self._write_schedules(batch, schedule_ops)
                 except Exception as exc:  # noqa: BLE001 - any failure stops journaling, loudly
                     log.error("writing the journal %s failed; journaling stops: %r", self.path, exc)
                     with self._cond:
@@ -148,6 +148,9 @@ class JournalWriter:
                     with self._cond:
                         self._committed = number
                         self._commits += 1
+                        self._rows_written += counts[0]
+                        self._rows_deleted += counts[1]
+                        self._rows_skipped += counts[2]
                 committed()
                 continue
             if not batch:
@@ -267,13 +270,18 @@ class JournalWriter:
         self._unfolded = (batch, seq)  # folded once the waiters are woken (see _write_loop)
         return changes - forgets, forgets + purged, skipped
 
-    def _write_schedules(self, batch: list[Op], schedule_ops: list[tuple[str, str | None]]) -> None:
-        """Commit ``batch`` (as :meth:`_write` does) and the schedule changes after it, in one transaction."""
+    def _write_schedules(self, batch: list[Op], schedule_ops: list[tuple[str, str | None]]) -> tuple[int, int, int]:
+        """Commit ``batch`` (as :meth:`_write` does, counts alike) and the schedule changes after it, in one transaction.
+
+        Rare (a schedule's record changes when it fires), so no checkpoint slice rides along.
+        """
         conn = self._connection()
+        forgets = changes = 0
+        count = len(batch)
         with schema.transaction(conn):
             batch = self._encodable(batch)
             if batch:
-                text, _, _ = changelog.segments_text(batch, self._encode)
+                text, forgets, changes = changelog.segments_text(batch, self._encode)
                 seq = conn.execute(_LOG, (text,)).lastrowid or 0
                 self._unfolded = (batch, seq)
             for name, record in schedule_ops:
@@ -284,6 +292,7 @@ class JournalWriter:
         unfolded, self._unfolded = self._unfolded, None
         if unfolded is not None:
             self._checkpoints.fold(*unfolded)
+        return changes - forgets, forgets, count - len(batch)
 
     def _encodable(self, batch: list[Op]) -> list[Op]:
         """``batch`` without (and logging) the operations that cannot be encoded as JSON."""
