@@ -317,6 +317,9 @@ class Client:
         return list((await self._schedule(m.ScheduleRequest(op="list"))).schedules)
 
     async def _schedule(self, request: m.ScheduleRequest) -> m.ScheduleReply:
+        if self.role != ADMIN:
+            raise LocalProtocolError("schedules are admin operations: open the client with role='admin' "
+                                     "(and the admin token, if the dispatcher has one per role)")  # fmt: skip
         reply: m.ScheduleReply = await self._request(request, m.ScheduleReply)
         if reply.error is not None:
             if reply.code == "unknown-schedule":

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import trio
 
-from trioschedule import Dispatcher, Store, StoreError, UnknownSchedule, Worker, task
+from trioschedule import Dispatcher, LocalProtocolError, Store, StoreError, UnknownSchedule, Worker, task
 from trioschedule._dispatcher import dispatcher as dispatcher_module
 from trioschedule.testing import open_cluster
 
@@ -265,3 +265,11 @@ async def test_runs_whose_record_cannot_be_journaled_are_not_submitted(autojump_
     assert [run["status"] for run in entry["last_runs"]] == ["not-journaled", "ok"]
     assert (entry["runs"], entry["misfired"]) == (1, 1)
     assert store.records["s"]["runs"] == 1
+
+
+async def test_a_client_without_the_admin_role_is_told_what_it_needs(autojump_clock: Any) -> None:
+    async with open_cluster(dispatcher()) as cluster, cluster.client() as client:
+        with pytest.raises(LocalProtocolError, match="role='admin'"):
+            await client.add_schedule("s", "job", every=60)
+        assert client.connected  # nothing was sent: the connection is as it was
+        assert cluster.dispatcher.schedules() == []
