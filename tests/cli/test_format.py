@@ -46,3 +46,26 @@ def test_draining_and_tasks_no_worker_offers_are_called_out():
 def test_a_draining_worker_says_so():
     worker = dict(status_document()["workers"][0], draining=True)
     assert format_status(status_document(workers=[worker])).splitlines()[-1].split()[-2] == "draining"
+
+
+def test_the_schedules_table() -> None:
+    from trioschedule.cli._format import format_schedules
+
+    schedules = [
+        {"name": "nightly", "task": "build_report", "spec": "0 2 * * 1-5 Europe/Berlin", "paused": False,
+         "next_run": "2026-12-08T01:00:00Z", "runs": 3, "misfired": 1, "skipped": 0,
+         "last_runs": [{"fire_time": "2026-12-07T01:00:00Z", "task_id": "sched:nightly:2026-12-07T01:00:00Z",
+                        "status": "ok"}]},
+        {"name": "beat", "task": "ping", "spec": "every 30s", "paused": True, "next_run": None, "runs": 0,
+         "misfired": 0, "skipped": 2, "last_runs": []},
+    ]  # fmt: skip
+    lines = format_schedules(schedules).splitlines()
+    assert lines[0].split() == ["name", "task", "spec", "next", "run", "(UTC)", "last", "run", "runs", "misfired",
+                                "skipped"]  # fmt: skip
+    assert lines[1].split() == ["nightly", "build_report", "0", "2", "*", "*", "1-5", "Europe/Berlin", "2026-12-08",
+                                "01:00:00", "2026-12-07", "01:00:00", "ok", "3", "1", "0"]  # fmt: skip
+    assert lines[2].split() == ["beat", "ping", "every", "30s", "paused", "-", "0", "0", "2"]
+    assert format_schedules([]) == "no schedules"
+    document = status_document(schedules=schedules)
+    assert "schedules: 2" in format_status(document) and "nightly" in format_status(document)
+    assert "schedules" not in format_status(status_document())
