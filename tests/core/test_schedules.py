@@ -503,3 +503,19 @@ def test_no_fire_time_ever_runs_twice_whatever_happens(definition: dict[str, Any
     assert len(submitted) == len(set(submitted)), collections.Counter(submitted).most_common(3)
     scheduled = [i for i in submitted if ":manual:" not in i]
     assert scheduled == sorted(scheduled)  # ISO 8601 UTC strings sort as times
+
+
+def test_a_very_long_gap_with_nothing_in_its_recent_window_moves_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trioschedule._core import schedules as core_schedules
+
+    monkeypatch.setattr(core_schedules, "CATCH_UP_SCAN", 50)
+    h = Harness(at("2026-06-01T00:00:00"))
+    # Every second for the first minute of each hour: the last 60 minutes before now hold no fire time.
+    h.add("s", "job", cron="* 0 * * * *", misfire_grace=0, overlap="allow")
+    h.clock.now += 1800
+    s = h.schedules.get("s")
+    h.schedules.fire(s, h.wall())
+    h.settle()
+    assert h.submitted == [] and s.misfired == 50
+    assert s.last_fire == at("2026-06-01T00:29:59")  # not rescanned from the start at the next timer
+    assert h.saved["s"]["last_fire"] == s.last_fire

@@ -288,16 +288,20 @@ class Schedules:
             scanned += 1
             if scanned >= CATCH_UP_SCAN:  # a very long gap: count the oldest, look at the most recent
                 s.misfired += len(due)
+                s.last_fire = fire  # dealt with, whatever the window below holds
                 log.warning("schedule %r: more than %d fire times missed; counted as misfired", s.name, CATCH_UP_SCAN)
                 due = []
                 scanned = 0
                 start = max(fire, now - 3600.0 if d.misfire_grace is None else now - d.misfire_grace - 1.0)
+                s.last_fire = start  # what lies between is skipped over, uncounted (docs/SCHEDULES.md)
                 for later in fires_between(d, s.anchor, start, now):
                     if later > now - d.jitter - TOLERANCE and later + jitter_of(d, s.anchor, later) > now + TOLERANCE:
                         break
                     due.append(later)
                 break
         if not due:
+            if s.last_fire != start:
+                self._changed(s)
             self._arm(s)
             return
         s.last_fire = due[-1]
