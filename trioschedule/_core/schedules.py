@@ -279,7 +279,7 @@ class Schedules:
         d = s.d
         due: list[float] = []
         scanned = 0
-        start = s.last_fire
+        start = previous = s.last_fire
         for fire in fires_between(d, s.anchor, start, now):
             # Only a fire time within ``jitter`` of now may still be waiting for its jittered time.
             if fire > now - d.jitter - TOLERANCE and fire + jitter_of(d, s.anchor, fire) > now + TOLERANCE:
@@ -300,7 +300,7 @@ class Schedules:
                     due.append(later)
                 break
         if not due:
-            if s.last_fire != start:
+            if s.last_fire != previous:
                 self._changed(s)
             self._arm(s)
             return
