@@ -10,6 +10,7 @@ back to whoever submitted the job.  The hooks below print what happens.
     python examples/dispatcher.py status           # or: python -m trioschedule status 127.0.0.1:7311
     python examples/dispatcher.py stop             # SIGTERM to the pid in ./dispatcher.pid, waits for the drain
     python examples/dispatcher.py restart          # stop, then start (workers reconnect and resume)
+    python -m trioschedule schedule list 127.0.0.1:7311   # the schedule declared in on_start
 
 ``start`` is the same as ``python -m trioschedule dispatcher
 examples/dispatcher.py:JobDispatcher``.  ``start -d`` does not fork: run it
@@ -28,18 +29,23 @@ class JobDispatcher(Dispatcher):
     """The library already logs every connection; the hooks add what only the application knows."""
 
     async def on_start(self):
-        self.workers = {}  # peer id -> the task names it offers
+        self.offered = {}  # peer id -> the task names it offers (not self.workers: that is the connected workers)
+        # A schedule in code, as Workerman's Timer::add in onWorkerStart: add(1, 1) every minute.  Its
+        # name is its identity: declaring it again at the next start changes nothing, and with a
+        # journal (the command line's default) it resumes where it was, catching up what it missed.
+        # A cron schedule: self.add_schedule("nightly", "add", [2, 2], cron="0 2 * * 1-5", tz="Europe/Berlin")
+        await self.add_schedule("every-minute", "add", [1, 1], every=60)
         print(f"[dispatcher] ready on {self.host}:{self.port}", flush=True)
 
     async def on_connect(self, peer):
         if peer.role == "worker":
-            self.workers[peer.id] = peer.tasks
-            print(f"[dispatcher] {len(self.workers)} worker(s); {peer.name} offers {', '.join(sorted(peer.tasks))}",
+            self.offered[peer.id] = peer.tasks
+            print(f"[dispatcher] {len(self.offered)} worker(s); {peer.name} offers {', '.join(sorted(peer.tasks))}",
                   flush=True)  # fmt: skip
 
     async def on_close(self, peer):
-        if self.workers.pop(peer.id, None) is not None:
-            print(f"[dispatcher] {len(self.workers)} worker(s) left", flush=True)
+        if self.offered.pop(peer.id, None) is not None:
+            print(f"[dispatcher] {len(self.offered)} worker(s) left", flush=True)
 
     async def on_message(self, peer, message):
         """Custom messages: workers answer broadcasts here."""

@@ -45,6 +45,11 @@ class AppWorker(Worker):
         return "done"
 
     @task
+    async def tick(self, label):
+        _record("tick", label=label, at=time.time())
+        return label
+
+    @task
     async def pid(self):
         return os.getpid()
 
@@ -58,6 +63,10 @@ class AppWorker(Worker):
 
 
 class AppDispatcher(Dispatcher):
+    async def on_task_done(self, task_id, name, outcome):
+        if task_id.startswith("sched:"):  # every schedule run that ended, for the schedule tests
+            _record("sched-done", id=task_id, status=outcome.status)
+
     async def on_message(self, peer, message):
         _record("dispatcher-message", peer=peer.name, message=message)
         if isinstance(message, dict) and "map_slow_add" in message:  # a map() from inside the dispatcher

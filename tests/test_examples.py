@@ -68,6 +68,7 @@ async def test_workerman_style_scripts(tmp_path):
         assert '"stdout": "safe"' in result.stdout
         code, output = await _run(os.path.join("examples", "dispatcher.py"), "status", f"127.0.0.1:{port}")
         assert code == 0 and "workers: 1" in output, output
+        assert "schedules: 1" in output and "every-minute" in output, output  # declared in on_start
         code, output = await _run(os.path.join("examples", "dispatcher.py"), "stop", f"127.0.0.1:{port}")
         assert code == 0, output
 

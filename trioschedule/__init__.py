@@ -23,6 +23,7 @@ from ._errors import TaskFailed as TaskFailed
 from ._errors import TaskLost as TaskLost
 from ._errors import TaskTimeout as TaskTimeout
 from ._errors import TriosError as TriosError
+from ._errors import UnknownSchedule as UnknownSchedule
 from ._errors import UnknownTaskId as UnknownTaskId
 from ._handles import TaskHandle as TaskHandle
 from ._net.security import client_ssl_context as client_ssl_context
@@ -71,6 +72,7 @@ __all__ = [
     "TaskOptions",
     "TaskTimeout",
     "TriosError",
+    "UnknownSchedule",
     "UnknownTaskId",
     "Worker",
     "client_ssl_context",

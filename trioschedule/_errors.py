@@ -35,6 +35,7 @@ __all__ = [
     "TaskLost",
     "TaskTimeout",
     "TriosError",
+    "UnknownSchedule",
     "UnknownTaskId",
 ]
 
@@ -138,6 +139,13 @@ class UnknownTaskId(TriosError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else "unknown task id"
+
+
+class UnknownSchedule(TriosError, KeyError):
+    """No schedule of that name (the dispatcher's answer to pause, resume or trigger)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown schedule"
 
 
 class TaskError(TriosError):

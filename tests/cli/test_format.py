@@ -79,3 +79,26 @@ def test_a_leader_with_no_standby_says_nothing_takes_over():
 def test_without_a_shared_store_there_is_no_ha_block():
     assert "ha:" not in format_status(status_document())
     assert "ha:" not in format_status(status_document(ha=None))
+
+
+def test_the_schedules_table() -> None:
+    from trioschedule.cli._format import format_schedules
+
+    schedules = [
+        {"name": "nightly", "task": "build_report", "spec": "0 2 * * 1-5 Europe/Berlin", "paused": False,
+         "next_run": "2026-12-08T01:00:00Z", "runs": 3, "misfired": 1, "skipped": 0,
+         "last_runs": [{"fire_time": "2026-12-07T01:00:00Z", "task_id": "sched:nightly:2026-12-07T01:00:00Z",
+                        "status": "ok"}]},
+        {"name": "beat", "task": "ping", "spec": "every 30s", "paused": True, "next_run": None, "runs": 0,
+         "misfired": 0, "skipped": 2, "last_runs": []},
+    ]  # fmt: skip
+    lines = format_schedules(schedules).splitlines()
+    assert lines[0].split() == ["name", "task", "spec", "next", "run", "(UTC)", "last", "run", "runs", "misfired",
+                                "skipped"]  # fmt: skip
+    assert lines[1].split() == ["nightly", "build_report", "0", "2", "*", "*", "1-5", "Europe/Berlin", "2026-12-08",
+                                "01:00:00", "2026-12-07", "01:00:00", "ok", "3", "1", "0"]  # fmt: skip
+    assert lines[2].split() == ["beat", "ping", "every", "30s", "paused", "-", "0", "0", "2"]
+    assert format_schedules([]) == "no schedules"
+    document = status_document(schedules=schedules)
+    assert "schedules: 2" in format_status(document) and "nightly" in format_status(document)
+    assert "schedules" not in format_status(status_document())

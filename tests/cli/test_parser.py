@@ -124,7 +124,10 @@ def test_every_command_that_reaches_a_dispatcher_takes_an_address_list():
     expected = [("127.0.0.1", 7311), ("::1", 7312)]
     parser = build_parser()
     for argv in (["submit", both, "add"], ["result", both, "id"], ["cancel", both, "id"], ["broadcast", both, "{}"],
-                 ["status", both], ["tasks", both], ["stop", both], ["worker", "m:C", "--connect", both]):  # fmt: skip
+                 ["status", both], ["tasks", both], ["stop", both], ["worker", "m:C", "--connect", both],
+                 ["schedule", "add", both, "beat", "ping", "--every", "30"], ["schedule", "list", both],
+                 ["schedule", "remove", both, "beat"], ["schedule", "pause", both, "beat"],
+                 ["schedule", "resume", both, "beat"], ["schedule", "trigger", both, "beat"]):  # fmt: skip
         args = parser.parse_args(argv)
         assert (args.connect if argv[0] == "worker" else args.address) == expected, argv
         if argv[0] != "worker":

@@ -41,6 +41,8 @@ SAMPLES: dict[type, Any] = {
     m.TasksReply: m.TasksReply(tasks=({"id": "t1", "status": "error"},), history=1000),
     m.Stop: m.Stop(),
     m.Stopping: m.Stopping(grace=30.0),
+    m.ScheduleRequest: m.ScheduleRequest(op="pause", name="nightly"),
+    m.ScheduleReply: m.ScheduleReply(code="unknown-schedule", error="no schedule named 'x'"),
 }
 
 

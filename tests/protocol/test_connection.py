@@ -26,10 +26,10 @@ from .helpers import SAMPLES, Pair, deliver, raw
 # After the handshake: what each side may say (an Error frame is always allowed).
 WORKER_TO_DISPATCHER = {m.Results, m.Release, m.Heartbeat, m.Message, m.Goodbye}
 CLIENT_TO_DISPATCHER = {m.Submit, m.Cancel, m.Watch, m.Broadcast, m.Heartbeat, m.Message, m.Goodbye}
-ADMIN_TO_DISPATCHER = CLIENT_TO_DISPATCHER | {m.StatusRequest, m.TasksRequest, m.Stop}
+ADMIN_TO_DISPATCHER = CLIENT_TO_DISPATCHER | {m.StatusRequest, m.TasksRequest, m.Stop, m.ScheduleRequest}
 DISPATCHER_TO_WORKER = {m.Run, m.Reclaim, m.Cancel, m.Heartbeat, m.Message, m.Goodbye}
 DISPATCHER_TO_CLIENT = {m.Accepted, m.Outcomes, m.Heartbeat, m.Message, m.Goodbye, m.StatusReply, m.TasksReply,
-                        m.Stopping}  # fmt: skip
+                        m.Stopping, m.ScheduleReply}  # fmt: skip
 PEER_TO_DISPATCHER = {WORKER: WORKER_TO_DISPATCHER, CLIENT: CLIENT_TO_DISPATCHER, ADMIN: ADMIN_TO_DISPATCHER}
 DISPATCHER_TO_PEER = {WORKER: DISPATCHER_TO_WORKER, CLIENT: DISPATCHER_TO_CLIENT, ADMIN: DISPATCHER_TO_CLIENT}
 ROLES = [WORKER, CLIENT, ADMIN]

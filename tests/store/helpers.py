@@ -45,6 +45,8 @@ async def journal_with_changes(path, changes: list[str], version: int | None = N
     conn = sqlite3.connect(path)
     if version is not None:
         conn.execute(f"PRAGMA user_version = {version}")
+        if version < 5:  # format 5 added the schedules table
+            conn.execute("DROP TABLE schedules")
     conn.executemany("INSERT INTO changes (ops) VALUES (?)", [(text,) for text in changes])
     conn.commit()
     conn.close()

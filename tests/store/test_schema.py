@@ -81,7 +81,7 @@ async def test_another_programs_database_is_refused_untouched(tmp_path):
 async def test_a_new_file_gets_the_current_version(tmp_path):
     path = tmp_path / "j.sqlite"
     await reopen(path)
-    assert pragma(path, "user_version") == len(_schema.MIGRATIONS) == 4
+    assert pragma(path, "user_version") == len(_schema.MIGRATIONS) == 5
     assert pragma(path, "application_id") == _schema.APPLICATION_ID
     assert pragma(path, "journal_mode") == "wal"
 

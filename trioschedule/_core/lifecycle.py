@@ -300,6 +300,8 @@ class Lifecycle:
                 self.journal.changed(task)
         if self.report_ended:
             self.ended.append((task.id, task.name, outcome))
+        if task.schedule is not None:
+            task.schedule.run_ended(task, outcome)
 
     def _forget(self, task: Task) -> None:
         if self.tasks.get(task.id) is task:

@@ -75,6 +75,7 @@ class Task:
         "priority",
         "reclaiming",
         "retries",
+        "schedule",
         "seq",
         "session",
         "slot",
@@ -117,6 +118,7 @@ class Task:
         self.finished_at = 0.0
         self.seq = seq
         self.not_before: float | None = None
+        self.schedule: Any = None  # the Schedule this task is a run of (told when it ends), else None
         self.worker: str | None = None  # the peer name of the worker given its last attempt (for the history)
         self.stats = stats  # its name's counters (``metrics.py``): no lookup on the hot path
         self.started_at = -1.0  # scheduler clock of the current attempt's start; negative until it first started

@@ -284,6 +284,8 @@ class ConnectionHandler:
                     conn.send(m.StatusReply(status=document))
                 elif kind is m.TasksRequest and is_admin:
                     conn.send(tasks_listing(d, message))
+                elif kind is m.ScheduleRequest and is_admin:
+                    conn.send(await d._schedules.answer(message))
                 elif kind is m.Stop and is_admin:
                     grace = d.drain_grace if message.grace is None else message.grace
                     conn.send(m.Stopping(grace=grace))

@@ -44,6 +44,7 @@ from .batch import Batch
 from .connections import ConnectionHandler
 from .effects import Effects
 from .journal import StoreJournal
+from .schedules import ScheduleShell
 from .status import status_document
 
 __all__ = ["Dispatcher"]
@@ -108,6 +109,10 @@ class Dispatcher:
     * ``http``: ``"HOST:PORT"`` to serve ``/metrics``, ``/api/status`` and a
       live status page there (off by default; behind the admin token; see
       docs/OPERATIONS.md).  The bound port is :attr:`http_port` once started.
+    * ``wall_clock``: the time of day as epoch seconds (default ``time.time``),
+      for cron and one-shot schedules and what is journaled; a test passes one
+      that follows trio's virtual clock, so a week of schedules passes in
+      milliseconds (docs/SCHEDULES.md).
     """
 
     def __init__(
@@ -137,6 +142,7 @@ class Dispatcher:
         history: int = defaults.HISTORY,
         drain_grace: float = defaults.DRAIN_GRACE,
         http: str | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.host = host
         self.port = port
@@ -164,12 +170,13 @@ class Dispatcher:
             session_grace=session_grace, result_ttl=result_ttl, max_results=max_results,
             history=history,
         )  # fmt: skip
-        self._journal = StoreJournal(self.store, clock=trio.current_time, wall_clock=time.time)
-        self._core = Scheduler(limits, self._journal, clock=trio.current_time, wall_clock=time.time,
+        self._journal = StoreJournal(self.store, clock=trio.current_time, wall_clock=wall_clock)
+        self._core = Scheduler(limits, self._journal, clock=trio.current_time, wall_clock=wall_clock,
                                rng=random.Random())  # fmt: skip
         self._hooks = HookRunner(self, log)
         self._core.report_ended = self._hooks.overridden(self.on_task_done)
         self._effects = Effects(self._core, self._hooks, self.on_task_done)
+        self._schedules = ScheduleShell(self._core, self._journal, self._effects)
         self._links: dict[str, Connection] = {}  # peer id -> its connection, for send()
         self._connections = ConnectionHandler(self)
         self._stop_requested = trio.Event()
@@ -177,6 +184,7 @@ class Dispatcher:
         self._stop_workers = False
         self._started_at = 0.0
         self._serving = False
+        self._schedules_open = False  # the journal is open and its schedules restored
         self._outcomes = _DispatcherOutcomes(self)
 
     # Settings that live in the scheduling core, readable here as before.
@@ -251,6 +259,8 @@ class Dispatcher:
             stored = await self._journal.open()
             self._core.journal_opened(True)
             self._core.recover(stored, self.store.url)
+            await self._schedules.restore()
+            self._schedules_open = True
             try:
                 listeners = await open_listeners()
                 self.port = _bound_port(listeners, self.port)
@@ -260,6 +270,7 @@ class Dispatcher:
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     await self._hooks.call_now(self.on_stop)
+                    self._schedules_open = False
                     self._core.journal_opened(False)
                     try:
                         await self._journal.close()
@@ -274,6 +285,7 @@ class Dispatcher:
         self._started_at = time.time()
         async with one_error() as nursery:
             nursery.start_soon(self._run_timers)
+            nursery.start_soon(self._schedules.run)
             nursery.start_soon(self._hooks.run)
             nursery.start_soon(self._warn_unoffered)
             if self.http is not None:
@@ -554,6 +566,79 @@ class Dispatcher:
     def status(self) -> dict[str, Any]:
         """A JSON-ready snapshot: counts, workers, clients (what ``trioschedule status`` shows)."""
         return status_document(self)
+
+    # ============================================================ schedules
+    async def add_schedule(
+        self,
+        name: str,
+        task: str,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        every: float | None = None,
+        start: Any = None,
+        cron: str | None = None,
+        tz: str | None = None,
+        at: Any = None,
+        misfire_grace: float | None = None,
+        coalesce: str = "latest",
+        overlap: str = "skip",
+        jitter: float = 0.0,
+        timeout: float | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+    ) -> dict[str, Any]:
+        """Run ``task(*args, **kwargs)`` in time: ``every`` N seconds, on a ``cron`` expression, or once ``at`` a time.
+
+        ``name`` is the schedule's stable identity: adding the same name
+        again updates it (the same definition again changes nothing), so
+        ``on_start`` may declare its schedules at every start.  ``start``
+        anchors an interval; ``tz`` is the cron expression's IANA zone
+        (default UTC) and the zone of a naive ``at``/``start``.
+        ``misfire_grace`` (seconds late a run may still start; None: no
+        limit), ``coalesce`` (``latest``, ``earliest``, ``all``: what several
+        missed fire times become), ``overlap`` (``skip``, ``buffer-one``,
+        ``allow``: a run due while the previous one runs) and ``jitter``
+        (seconds, deterministic per fire time) are in docs/SCHEDULES.md;
+        ``timeout``, ``retries`` and ``priority`` apply to each run as in
+        :meth:`submit`.  Returns the schedule's status entry once it is
+        journaled.  Raises ValueError for a definition that cannot work.
+        """
+        self._schedules_ready()
+        return await self._schedules.add({
+            "name": name, "task": task, "args": args, "kwargs": kwargs, "every": every, "start": start,
+            "cron": cron, "tz": tz, "at": at, "misfire_grace": misfire_grace, "coalesce": coalesce,
+            "overlap": overlap, "jitter": jitter, "timeout": timeout, "retries": retries, "priority": priority,
+        })  # fmt: skip
+
+    async def remove_schedule(self, name: str) -> bool:
+        """Remove the schedule ``name`` (its running run goes on); False if there is none."""
+        self._schedules_ready()
+        return await self._schedules.remove(name)
+
+    async def pause_schedule(self, name: str) -> dict[str, Any]:
+        """Stop running ``name`` until :meth:`resume_schedule` (raises :class:`UnknownSchedule`)."""
+        self._schedules_ready()
+        return await self._schedules.pause(name)
+
+    async def resume_schedule(self, name: str) -> dict[str, Any]:
+        """Run ``name`` again from now on (fire times while it was paused are not caught up)."""
+        self._schedules_ready()
+        return await self._schedules.resume(name)
+
+    async def trigger_schedule(self, name: str) -> str:
+        """Run ``name``'s task now, once, besides its fire times; returns the run's task id."""
+        self._schedules_ready()
+        return await self._schedules.trigger(name)
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule's status entry, by name (the ``schedules`` of :meth:`status`)."""
+        return self._schedules.list()
+
+    def _schedules_ready(self) -> None:
+        if not self._schedules_open:
+            raise RuntimeError("schedules are journaled: add and change them once the dispatcher serves "
+                               "(in on_start, say)")  # fmt: skip
 
 
 class _DispatcherOutcomes:

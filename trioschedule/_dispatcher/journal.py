@@ -113,6 +113,26 @@ class StoreJournal:
         await self.store.flush()
         self.commit_time.observe(time.perf_counter() - started)
 
+    # ------------------------------------------------- schedules (async)
+    async def load_schedules(self) -> list[dict[str, Any]]:
+        """The schedule records the store holds (none without a durable store); after :meth:`open`."""
+        if not self.active:
+            return []
+        return await self.store.load_schedules()
+
+    async def save_schedules(self, records: list[dict[str, Any]], deleted: list[str]) -> None:
+        """Make these schedule records durable and drop ``deleted``; returns once that is durable.
+
+        The dispatcher saves a run's record before it submits the run's task
+        (docs/SCHEDULES.md, "At most once"), so nothing here waits for tasks.
+        """
+        if not self.active or not (records or deleted):
+            return
+        if records:
+            await self.store.save_schedules(records)
+        for name in deleted:
+            await self.store.delete_schedule(name)
+
     def barrier(self, *, refuse_after_failure: bool) -> tuple[Callable[[], Any] | None, Callable[[Any], Awaitable[None]]]:
         """A connection's write barrier: ``(mark, wait)``.
 

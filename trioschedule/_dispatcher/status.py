@@ -60,6 +60,7 @@ def status_document(dispatcher: Dispatcher) -> dict[str, Any]:
         "clients": [c.peer.describe() for c in d._connections.clients.values()],
         "hook_errors": d._hooks.errors,
         "recent_failures": [e.describe() for e in core.history.latest(RECENT_FAILURES_SHOWN, failed=True)],
+        "schedules": d.schedules(),
     }
 
 

@@ -11,6 +11,7 @@ one more such method (see docs/ARCHITECTURE.md, "A new metric").
 
 from __future__ import annotations
 
+import datetime
 import socket
 import struct
 from collections.abc import Iterator
@@ -168,6 +169,33 @@ class DispatcherCollector(Collector):
                                         "write barrier (none without a durable store).")  # fmt: skip
         _add_histogram(journal, [], d._journal.commit_time)
         yield journal
+
+
+    # ------------------------------------------------------------- schedules
+    def family_schedules(self) -> Iterator[Metric]:
+        """Per schedule: runs submitted, fire times misfired and skipped, paused, the next fire time."""
+        entries = self.d.schedules()
+        runs = CounterMetricFamily("trioschedule_schedule_runs", "Runs a schedule submitted.", labels=["schedule"])
+        misfires = CounterMetricFamily("trioschedule_schedule_misfires",
+                                       "Fire times a schedule missed beyond its misfire_grace, or coalesced away.",
+                                       labels=["schedule"])  # fmt: skip
+        skipped = CounterMetricFamily("trioschedule_schedule_skipped",
+                                      "Fire times skipped because the previous run was still going (overlap).",
+                                      labels=["schedule"])  # fmt: skip
+        paused = GaugeMetricFamily("trioschedule_schedule_paused", "1 while a schedule is paused.", labels=["schedule"])
+        next_run = GaugeMetricFamily("trioschedule_schedule_next_run_timestamp_seconds",
+                                     "A schedule's next fire time, Unix time (absent while paused or finished).",
+                                     labels=["schedule"])  # fmt: skip
+        for entry in entries:
+            label = [entry["name"]]
+            runs.add_metric(label, entry["runs"])
+            misfires.add_metric(label, entry["misfired"])
+            skipped.add_metric(label, entry["skipped"])
+            paused.add_metric(label, 1 if entry["paused"] else 0)
+            if entry["next_run"] and not entry["paused"]:
+                when = datetime.datetime.fromisoformat(entry["next_run"].replace("Z", "+00:00"))
+                next_run.add_metric(label, when.timestamp())
+        yield from (runs, misfires, skipped, paused, next_run)
 
 
 def _add_histogram(family: HistogramMetricFamily, labels: list[str], histogram: Histogram) -> None:

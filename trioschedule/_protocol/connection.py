@@ -64,9 +64,9 @@ HANDSHAKE_FRAME_SIZE = 1024 * 1024
 _WORKER_TO_DISPATCHER = (m.Results, m.Release, m.Heartbeat, m.Message, m.Goodbye)
 _DISPATCHER_TO_WORKER = (m.Run, m.Reclaim, m.Cancel, m.Heartbeat, m.Message, m.Goodbye)
 _CLIENT_TO_DISPATCHER = (m.Submit, m.Cancel, m.Watch, m.Broadcast, m.Heartbeat, m.Message, m.Goodbye)
-_ADMIN_TO_DISPATCHER = (*_CLIENT_TO_DISPATCHER, m.StatusRequest, m.TasksRequest, m.Stop)
+_ADMIN_TO_DISPATCHER = (*_CLIENT_TO_DISPATCHER, m.StatusRequest, m.TasksRequest, m.Stop, m.ScheduleRequest)
 _DISPATCHER_TO_CLIENT = (m.Accepted, m.Outcomes, m.Heartbeat, m.Message, m.Goodbye, m.StatusReply, m.TasksReply,
-                         m.Stopping)  # fmt: skip
+                         m.Stopping, m.ScheduleReply)  # fmt: skip
 
 
 def _stay(state: str, types: tuple[type, ...]) -> dict[type, str]:

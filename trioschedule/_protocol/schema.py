@@ -23,6 +23,7 @@ __all__ = [
     "MESSAGE_TYPES",
     "OK",
     "PROTOCOL_VERSION",
+    "SCHEDULE_OPS",
     "STATUSES",
     "TAGS",
     "TIMEOUT",
@@ -46,6 +47,8 @@ __all__ = [
     "RemoteError",
     "Results",
     "Run",
+    "ScheduleReply",
+    "ScheduleRequest",
     "StatusReply",
     "StatusRequest",
     "Stop",
@@ -378,14 +381,50 @@ class Stopping:
     grace: float
 
 
+@attrs.frozen(kw_only=True)
+class ScheduleRequest:
+    """Add, list, remove, pause, resume or trigger schedules (admin role; docs/SCHEDULES.md).
+
+    ``op`` is one of :data:`SCHEDULE_OPS`; ``name`` names the schedule (all
+    but ``list``); ``schedule`` is the definition for ``add`` (its fields
+    are ``add_schedule``'s keywords, times as ISO 8601 strings).
+    """
+
+    TYPE: ClassVar[str] = "schedule"
+    op: str
+    name: str | None = None
+    schedule: dict[str, Any] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ScheduleReply:
+    """The answer to a :class:`ScheduleRequest`: the schedules it concerns, or why it was refused.
+
+    ``schedules`` are status entries (docs/SCHEDULES.md); ``task_id`` is the
+    run a ``trigger`` submitted; ``error`` with its ``code``
+    (``bad-schedule``, ``unknown-schedule``, ``bad-request``) says what was
+    wrong, and the connection stays open.
+    """
+
+    TYPE: ClassVar[str] = "schedule-reply"
+    schedules: tuple[dict[str, Any], ...] = ()
+    task_id: str | None = None
+    code: str | None = None
+    error: str | None = None
+
+
+#: The operations of a :class:`ScheduleRequest`.
+SCHEDULE_OPS = ("add", "list", "remove", "pause", "resume", "trigger")
+
+
 MESSAGE_TYPES: tuple[Any, ...] = (
     Hello, Challenge, Auth, Welcome, Error, Heartbeat, Message, Goodbye, Cancel,
     Run, Results, Release, Reclaim, Submit, Accepted, Watch, Outcomes, Broadcast,
-    StatusRequest, StatusReply, TasksRequest, TasksReply, Stop, Stopping,
+    StatusRequest, StatusReply, TasksRequest, TasksReply, Stop, Stopping, ScheduleRequest, ScheduleReply,
 )  # fmt: skip
 AnyMessage = Union[  # noqa: UP007 - a runtime union object for cattrs
     Hello, Challenge, Auth, Welcome, Error, Heartbeat, Message, Goodbye, Cancel,
     Run, Results, Release, Reclaim, Submit, Accepted, Watch, Outcomes, Broadcast,
-    StatusRequest, StatusReply, TasksRequest, TasksReply, Stop, Stopping,
+    StatusRequest, StatusReply, TasksRequest, TasksReply, Stop, Stopping, ScheduleRequest, ScheduleReply,
 ]  # fmt: skip
 TAGS: dict[str, type] = {cls.TYPE: cls for cls in MESSAGE_TYPES}

@@ -23,13 +23,13 @@ import trio
 from .._client import Client, open_client
 from .._conformance import run_conformance
 from .._dispatcher.dispatcher import Dispatcher
-from .._errors import TaskError, TriosError, UnknownTaskId
+from .._errors import TaskError, TriosError, UnknownSchedule, UnknownTaskId
 from .._handles import unwrap
 from .._net.addresses import format_address
 from .._net.security import client_ssl_context, server_ssl_context, token_from_env
 from .._protocol import messages as m
 from .._worker import Worker
-from ._format import format_status, format_tasks
+from ._format import format_schedules, format_status, format_tasks
 from ._loading import load_object
 from ._parser import parse_arg
 from ._supervisor import EXIT_RETIRED, notify_ready, supervise
@@ -282,6 +282,55 @@ async def stop(args: argparse.Namespace) -> int:
     return 0
 
 
+async def schedule(args: argparse.Namespace) -> int:
+    async with _open_client(args, role="admin", reconnect_attempts=0) as client:
+        try:
+            return await _schedule_op(client, args)
+        except UnknownSchedule as exc:
+            print(f"trioschedule: {exc}", file=sys.stderr)
+            return 1
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+
+async def _schedule_op(client: Client, args: argparse.Namespace) -> int:
+    op = args.op
+    if op == "add":
+        kwargs = {}
+        for item in args.kwarg:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise UsageError(f"--kwarg expects NAME=VALUE, got {item!r}")
+            kwargs[key] = _json_arg(value, f"--kwarg {key}")
+        values = [_json_arg(text, f"argument {i + 1}") for i, text in enumerate(args.args)]
+        # Options not given are left to Client.add_schedule's own defaults.
+        given = {k: getattr(args, k) for k in ("jitter", "priority") if getattr(args, k) is not None}
+        entry = await client.add_schedule(
+            args.name, args.task, values, kwargs, every=args.every, start=args.start, cron=args.cron, tz=args.tz,
+            at=args.at, misfire_grace=args.misfire_grace, coalesce=args.coalesce, overlap=args.overlap,
+            timeout=args.timeout, retries=args.retries, **given,
+        )  # fmt: skip
+        print(f"schedule {entry['name']}: {entry['task']} {entry['spec']}, next run {entry['next_run'] or 'none'}",
+              flush=True)  # fmt: skip
+    elif op == "list":
+        entries = await client.schedules()
+        print(json.dumps(entries, indent=2, sort_keys=True) if args.json else format_schedules(entries), flush=True)
+    elif op == "remove":
+        if not await client.remove_schedule(args.name):
+            print(f"trioschedule: no schedule named {args.name!r}", file=sys.stderr)
+            return 1
+        print(f"schedule {args.name} removed", flush=True)
+    elif op == "pause":
+        await client.pause_schedule(args.name)
+        print(f"schedule {args.name} paused", flush=True)
+    elif op == "resume":
+        entry = await client.resume_schedule(args.name)
+        print(f"schedule {args.name} resumed, next run {entry['next_run'] or 'none'}", flush=True)
+    else:
+        print(await client.trigger_schedule(args.name), flush=True)
+    return 0
+
+
 #: Command name -> what runs it (given the parsed arguments; returns the exit code).
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "dispatcher": run_dispatcher,
@@ -293,6 +342,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": lambda args: trio.run(status, args),
     "tasks": lambda args: trio.run(tasks, args),
     "stop": lambda args: trio.run(stop, args),
+    "schedule": lambda args: trio.run(schedule, args),
     "conformance": lambda args: trio.run(
         functools.partial(run_conformance, args.worker_command, skip=tuple(args.skip), fail_fast=args.fail_fast)
     ),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-__all__ = ["format_status", "format_tasks"]
+__all__ = ["format_schedules", "format_status", "format_tasks"]
 
 _TASK_COUNTS = ("queued", "delayed", "running", "done", "failed", "cancelled", "timeout", "lost")
 _WORKER_COLUMNS = ("name", "host", "pid", "concurrency", "running", "done", "failed", "restarts", "address", "state",
@@ -39,6 +39,10 @@ def format_status(status: dict[str, Any]) -> str:
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_WORKER_COLUMNS)]
         lines.append("  ".join(h.ljust(w) for h, w in zip(_WORKER_COLUMNS, widths)))
         lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
+    schedules = status.get("schedules") or []
+    if schedules:
+        lines.append(f"schedules: {len(schedules)}")
+        lines.append(format_schedules(schedules))
     failures = status.get("recent_failures") or []
     if failures:
         lines.append("recent failures, newest first (`trioschedule tasks --failed` lists more):")
@@ -65,6 +69,28 @@ def _ha_lines(ha: dict[str, Any]) -> list[str]:
 def _short(holder: Any) -> str:
     """A holder id, cut to what a person compares (the JSON keeps it whole)."""
     return str(holder or "?")[:12]
+
+
+_SCHEDULE_COLUMNS = ("name", "task", "spec", "next run (UTC)", "last run", "runs", "misfired", "skipped")
+
+
+def format_schedules(schedules: list[dict[str, Any]]) -> str:
+    """Render schedule status entries (``schedule list``, the schedules of ``status``) as a table."""
+    if not schedules:
+        return "no schedules"
+    rows = [_schedule_row(s) for s in schedules]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_SCHEDULE_COLUMNS)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(_SCHEDULE_COLUMNS, widths)).rstrip()]
+    lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+    return "\n".join(lines)
+
+
+def _schedule_row(s: dict[str, Any]) -> tuple[str, ...]:
+    last = s["last_runs"][0] if s["last_runs"] else None
+    next_run = "paused" if s["paused"] else (s["next_run"] or "-").replace("T", " ").replace("Z", "")
+    last_text = f"{last['fire_time'].replace('T', ' ').replace('Z', '')} {last['status']}" if last else "-"
+    return (s["name"], s["task"], s["spec"], next_run, last_text, str(s["runs"]), str(s["misfired"]),
+            str(s["skipped"]))  # fmt: skip
 
 
 #: Failures the status table shows (the JSON carries all the document has).

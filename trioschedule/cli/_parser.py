@@ -204,6 +204,8 @@ def build_parser(*, script: str | None = None) -> argparse.ArgumentParser:
                    help="stop the connected workers too (they drain and exit 0) instead of letting them wait")  # fmt: skip
     _security_args(p, server=False)
 
+    _schedule_command(command("schedule", "add, list, remove, pause, resume or trigger schedules in time"), script)
+
     p = sub.add_parser("conformance", help="check a worker program in any language against the protocol",
                        description="Start a dispatcher on a free loopback port, run COMMAND with "
                        "TRIOSCHEDULE_CONNECT=HOST:PORT in its environment, and check the worker it starts "
@@ -214,6 +216,51 @@ def build_parser(*, script: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed check")
     p.add_argument("worker_command", nargs="+", metavar="COMMAND", help="the worker program and its arguments, after --")
     return parser
+
+
+def _schedule_command(p: argparse.ArgumentParser, script: str | None) -> None:
+    ops = p.add_subparsers(dest="op", required=True, metavar="OP")
+
+    def op(name: str, help: str) -> argparse.ArgumentParser:
+        q = ops.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".", prog=script)
+        _common_args(q, top=False)
+        address_arg(q)
+        return q
+
+    q = op("add", "add a schedule, or update the one of that name (docs/SCHEDULES.md)")
+    q.add_argument("name", metavar="NAME", help="the schedule's stable name")
+    q.add_argument("task", metavar="TASK")
+    q.add_argument("args", nargs="*", metavar="ARG", help="arguments: JSON when they parse, else strings")
+    q.add_argument("--kwarg", action="append", default=[], metavar="NAME=VALUE",
+                   help="a keyword argument (JSON or string)")  # fmt: skip
+    trigger = q.add_mutually_exclusive_group(required=True)
+    trigger.add_argument("--every", type=float, metavar="SECONDS", help="run every SECONDS")
+    trigger.add_argument("--cron", metavar="EXPR", help="a cron expression: 5 fields, or 6 with seconds first")
+    trigger.add_argument("--at", metavar="ISO-8601", help="run once at this time (naive: in --tz, else UTC)")
+    q.add_argument("--tz", metavar="ZONE", help="IANA time zone of --cron (default UTC) and of a naive --at/--start")
+    q.add_argument("--start", metavar="ISO-8601", help="anchor --every: fire times are START + k * SECONDS")
+    q.add_argument("--misfire-grace", type=float, metavar="S",
+                   help="seconds late a run may still start (default: no limit)")  # fmt: skip
+    q.add_argument("--coalesce", choices=("latest", "earliest", "all"), default="latest",
+                   help="what several missed fire times become (default %(default)s)")  # fmt: skip
+    q.add_argument("--overlap", choices=("skip", "buffer-one", "allow"), default="skip",
+                   help="a run due while the previous one runs (default %(default)s)")  # fmt: skip
+    q.add_argument("--jitter", type=float, metavar="S",
+                   help="delay each run by up to S seconds (deterministic per fire time)")  # fmt: skip
+    q.add_argument("--timeout", type=float, help="each run's deadline in seconds, queueing included")
+    q.add_argument("--retries", type=int, help="retries after a run raises (default: the task's own)")
+    q.add_argument("--priority", type=int, help="higher runs first")
+    _security_args(q, server=False)
+
+    q = op("list", "list the schedules with their next and last runs")
+    q.add_argument("--json", action="store_true", help="print JSON (one array) instead of a table")
+    _security_args(q, server=False)
+    for name, help in (("remove", "remove a schedule"), ("pause", "pause a schedule"),
+                       ("resume", "resume a paused schedule from now on"),
+                       ("trigger", "run a schedule's task now, once")):  # fmt: skip
+        q = op(name, help)
+        q.add_argument("name", metavar="NAME")
+        _security_args(q, server=False)
 
 
 def _dispatcher_command(p: argparse.ArgumentParser) -> None:

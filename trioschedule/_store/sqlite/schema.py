@@ -124,6 +124,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         description="the change log holds tasks accepted together as one group (a sixth group in a segment)",
         steps=(),
     ),
+    Migration(
+        version=5,
+        description="the schedules table (one JSON record per schedule, docs/SCHEDULES.md)",
+        steps=(
+            """
+            CREATE TABLE schedules (
+                name TEXT PRIMARY KEY,
+                record TEXT NOT NULL            -- the dispatcher's record: a JSON object (docs/STORE.md)
+            )
+            """,
+        ),
+    ),
 )
 
 

@@ -241,6 +241,40 @@ class SQLiteStore(JournalWriter, Store):
         if was_empty and ops:
             self._wake_writer()
 
+    # ------------------------------------------------------------ schedules
+    async def load_schedules(self) -> list[dict[str, Any]]:
+        """The schedule records the journal held when it was opened."""
+        self._check_open("load_schedules")
+        await trio.lowlevel.checkpoint()
+        return [dict(record) for record in self._schedules]
+
+    async def save_schedules(self, records: list[dict[str, Any]]) -> None:
+        """Upsert the records by name; return once committed (with every task change buffered before).
+
+        Raises TypeError/ValueError (nothing buffered) if a record cannot be
+        encoded as JSON, :class:`StoreError` if the journal is broken.
+        """
+        self._check_open("save_schedules")
+        dumps = self._trio_encode
+        ops: list[tuple[str, str | None]] = [(str(record["name"]), dumps(record)) for record in records]
+        await self._schedule_change(ops)
+
+    async def delete_schedule(self, name: str) -> None:
+        """Drop the record ``name`` (if any); return once committed."""
+        self._check_open("delete_schedule")
+        await self._schedule_change([(name, None)])
+
+    async def _schedule_change(self, ops: list[tuple[str, str | None]]) -> None:
+        if not ops:
+            await trio.lowlevel.checkpoint()
+            return
+        with self._mutex:
+            self._raise_if_failed()
+            self._schedule_ops.extend(ops)
+            ticket = self._batch
+            self._cond.notify()
+        await self._wait_committed(ticket)
+
     def _wake_writer(self) -> None:
         """The first operation of a batch was buffered: the writer commits within ``commit_interval``."""
         with self._mutex:

@@ -18,6 +18,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ..._errors import StoreError
 from ..._json import json_encoder
@@ -37,6 +38,9 @@ _LOAD = "SELECT task FROM tasks ORDER BY state = 'done', finished_at, seq"
 _PURGE = "DELETE FROM tasks WHERE state = 'done' AND finished_at < ?"
 _LOG = "INSERT INTO changes (ops) VALUES (?)"
 _PURGE_EVERY = 60.0  # seconds between the writer's retention sweeps
+_LOAD_SCHEDULES = "SELECT record FROM schedules ORDER BY name"
+_SAVE_SCHEDULE = "INSERT INTO schedules (name, record) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET record = excluded.record"
+_DELETE_SCHEDULE = "DELETE FROM schedules WHERE name = ?"
 
 
 class JournalWriter:
@@ -55,6 +59,11 @@ class JournalWriter:
         self._mutex = threading.Lock()  # the hot paths take the plain lock; waiting goes through _cond
         self._cond = threading.Condition(self._mutex)
         self._ops: list[Op] = []
+        # Schedule records to write, ``(name, text)`` (text None: delete), in order.  Appended
+        # under ``_mutex`` after the task operations they follow, and taken with them, so a
+        # commit never holds a schedule change without the task changes made before it.
+        self._schedule_ops: list[tuple[str, str | None]] = []
+        self._schedules: list[dict[str, Any]] = []  # the records read at open (the writer's, then the Trio side's)
         self._pending_since = 0.0  # time.monotonic() of the first operation buffered
         self._urgent = False  # someone awaits the next commit: do not wait for company
         self._closing = False
@@ -66,6 +75,7 @@ class JournalWriter:
         self._conn: sqlite3.Connection | None = None
         self._lock = LockFile(self.path + ".lock", self.path)
         self._next_purge = 0.0
+        self._taken_schedule_ops: list[tuple[str, str | None]] = []  # taken with the batch being written
         self._encode = json_encoder(check_circular=True)  # values from users: refuse circular ones
         self._unfolded: tuple[list[Op], int] | None = None  # a committed batch not folded yet
         self._checkpoints = Checkpoints(self._encode)  # its ``count`` is read by statistics()
@@ -90,6 +100,10 @@ class JournalWriter:
                     conn.execute(_PURGE, (time.time() - self.retention,))
         if self.retention is not None:
             self._next_purge = time.monotonic() + _PURGE_EVERY
+        try:
+            self._schedules = [json.loads(row[0]) for row in conn.execute(_LOAD_SCHEDULES)]
+        except ValueError as exc:
+            raise schema.corrupt(self.path, f"a schedule record does not decode ({exc})") from exc
         try:
             return [changelog.decode(row[0]) for row in conn.execute(_LOAD)]
         except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
@@ -121,6 +135,24 @@ class JournalWriter:
         """Commit batches until closed; after each commit (or failure) call ``committed``."""
         while True:
             batch, number, closing = self._next_batch()
+            schedule_ops = self._taken_schedule_ops
+            if schedule_ops:
+                self._taken_schedule_ops = []
+                try:
+                    counts = self._write_schedules(batch, schedule_ops)
+                except Exception as exc:  # noqa: BLE001 - any failure stops journaling, loudly
+                    log.error("writing the journal %s failed; journaling stops: %r", self.path, exc)
+                    with self._cond:
+                        self._failure = exc
+                else:
+                    with self._cond:
+                        self._committed = number
+                        self._commits += 1
+                        self._rows_written += counts[0]
+                        self._rows_deleted += counts[1]
+                        self._rows_skipped += counts[2]
+                committed()
+                continue
             if not batch:
                 if self._idle_checkpoint(closing) or closing:
                     return
@@ -151,9 +183,12 @@ class JournalWriter:
             while True:
                 if self._failure is not None:
                     del ops[:]  # stopped: nothing more is written
+                    del self._schedule_ops[:]
                     if self._closing:
                         return [], 0, True
                     cond.wait()
+                elif self._schedule_ops:
+                    break  # always urgent: someone waits for it
                 elif ops:
                     if self._urgent or self._closing:
                         break
@@ -172,8 +207,9 @@ class JournalWriter:
             count = len(ops)
             batch = ops[:count]
             del ops[:count]
+            self._taken_schedule_ops, self._schedule_ops = self._schedule_ops, []
             number = 0
-            if batch:
+            if batch or self._taken_schedule_ops:
                 number = self._batch
                 self._batch += 1
                 self._urgent = False
@@ -233,6 +269,30 @@ class JournalWriter:
             seq = conn.execute(_LOG, (text,)).lastrowid or 0
         self._unfolded = (batch, seq)  # folded once the waiters are woken (see _write_loop)
         return changes - forgets, forgets + purged, skipped
+
+    def _write_schedules(self, batch: list[Op], schedule_ops: list[tuple[str, str | None]]) -> tuple[int, int, int]:
+        """Commit ``batch`` (as :meth:`_write` does, counts alike) and the schedule changes after it, in one transaction.
+
+        Rare (a schedule's record changes when it fires), so no checkpoint slice rides along.
+        """
+        conn = self._connection()
+        forgets = changes = 0
+        count = len(batch)
+        with schema.transaction(conn):
+            batch = self._encodable(batch)
+            if batch:
+                text, forgets, changes = changelog.segments_text(batch, self._encode)
+                seq = conn.execute(_LOG, (text,)).lastrowid or 0
+                self._unfolded = (batch, seq)
+            for name, record in schedule_ops:
+                if record is None:
+                    conn.execute(_DELETE_SCHEDULE, (name,))
+                else:
+                    conn.execute(_SAVE_SCHEDULE, (name, record))
+        unfolded, self._unfolded = self._unfolded, None
+        if unfolded is not None:
+            self._checkpoints.fold(*unfolded)
+        return changes - forgets, forgets, count - len(batch)
 
     def _encodable(self, batch: list[Op]) -> list[Op]:
         """``batch`` without (and logging) the operations that cannot be encoded as JSON."""
