@@ -18,6 +18,7 @@ from .._errors import (
     LocalProtocolError,
     RemoteProtocolError,
     StoreError,
+    StoreFenced,
 )
 from .._net.connection import Connection, describe_address
 from .._peer import Peer
@@ -82,6 +83,8 @@ class ConnectionHandler:
             log.warning("%s: closed: authentication failed: %s", address, exc)
         except ConnectionClosed as exc:
             log.info("%s: connection closed: %s", address, exc.reason)
+        except StoreFenced as exc:  # this dispatcher lost its lease: it steps down, its peers go elsewhere
+            log.info("%s: closed: %s", address, exc)
         except Exception:  # a bug while serving one peer must not take the others down
             log.exception("%s: closed after an internal error", address)
         finally:
@@ -283,6 +286,8 @@ class ConnectionHandler:
         if new:
             try:
                 await self.journal.add_new([task for task, _ in new])
+            except StoreFenced:  # not refused: the client resubmits them to the new leader
+                raise
             except StoreError as exc:  # the journal failed: refuse, never pretend
                 log.error("journal %s failed; refusing %d submission(s): %s", self.d.store.url, len(new), exc)
                 for task, _ in new:
