@@ -3,7 +3,10 @@
 Task ids are chosen here, so a submission that was in flight when the
 connection broke is simply sent again after reconnecting: the dispatcher
 accepts each id once.  Every task still awaited is watched again on the new
-connection, so outcomes that arrived while we were away are not lost.
+connection, so outcomes that arrived while we were away are not lost, and a
+cancel not yet answered by an outcome is sent again.  The new connection may
+be to another dispatcher of the same store (a standby that took over: the
+client is given every address), which knows the same ids.
 """
 
 from __future__ import annotations
@@ -22,9 +25,18 @@ import trio
 from . import _defaults as defaults
 from ._core.tasks import IdSequence
 from ._core.tasks import check_options as _check_options
-from ._errors import AuthenticationError, ConnectionClosed, LocalProtocolError, ProtocolError, QueueFull, Rejected
+from ._errors import (
+    AuthenticationError,
+    ConnectionClosed,
+    LocalProtocolError,
+    NotLeader,
+    ProtocolError,
+    QueueFull,
+    Rejected,
+)
 from ._handles import OutcomeSlot, TaskHandle, values_of
 from ._json import json_encoder
+from ._net.addresses import Address, Rotation, format_address, format_addresses, peer_addresses
 from ._net.connection import Connection
 from ._net.peerconn import Backoff, open_connection, stay_connected
 from ._net.splitting import send_split
@@ -81,7 +93,12 @@ class _Outcomes:
         return slot.outcome if slot is not None else None
 
     async def cancel_task(self, task_id: str, reason: str | None) -> None:
-        (await self._client._connection()).send(m.Cancel(id=task_id, reason=reason))
+        client = self._client
+        conn = await client._connection()
+        slot = client._slots.get(task_id)
+        if slot is not None and slot.outcome is None:  # sent again after a reconnect until the outcome comes
+            client._cancels[task_id] = reason
+        conn.send(m.Cancel(id=task_id, reason=reason))
 
 
 class Client:
@@ -90,13 +107,21 @@ class Client:
     :func:`open_client` gives one, connected for the length of a block; to run
     one in a nursery of your own, ``await nursery.start(client.run)`` and
     ``await client.aclose()`` when done.
+
+    ``addresses=["HOST:PORT", ...]`` names every dispatcher sharing one store
+    (docs/HA.md), in place of ``host`` and ``port``: the client connects to
+    the one that leads, following a standby's ``not-leader`` answer, and
+    after losing it goes through the list again.  While the dispatchers it
+    reaches say that none leads (a failover under way) it keeps trying for
+    ``leader_wait`` seconds, even for the first connection.
     """
 
     def __init__(
         self,
-        host: str,
-        port: int,
+        host: str = defaults.HOST,
+        port: int = defaults.PORT,
         *,
+        addresses: Iterable[str | Address] | None = None,
         token: str | None = None,
         ssl_context: Any = None,
         role: str = CLIENT,
@@ -109,11 +134,16 @@ class Client:
         reconnect_max: float = defaults.RECONNECT_MAX,
         reconnect_attempts: int | None = defaults.RECONNECT_ATTEMPTS,
         max_frame_size: int = defaults.MAX_FRAME_SIZE,
+        leader_wait: float = defaults.LEADER_WAIT,
     ) -> None:
         if role not in (CLIENT, ADMIN):
             raise ValueError("role must be 'client' or 'admin'")
-        self.host = host
-        self.port = port
+        #: Every dispatcher address, as ``(host, port)``; ``host``/``port`` are the first.
+        self.addresses = peer_addresses(host, port, addresses)
+        self.host, self.port = self.addresses[0]
+        #: The address of the dispatcher connected to now (or last).
+        self.address: Address = self.addresses[0]
+        self.leader_wait = leader_wait
         self.token = token
         self.ssl_context = ssl_context
         self.role = role
@@ -125,6 +155,8 @@ class Client:
         self.reconnect_attempts = reconnect_attempts
         self.max_frame_size = max_frame_size
         self._backoff = Backoff(reconnect_initial, reconnect_max)
+        self._rotation = Rotation(self.addresses)
+        self._waiting_since = 0.0  # trio time the client started, or last lost its dispatcher
         #: How to open a stream to the dispatcher; None means TCP (and TLS).
         #: trioschedule.testing sets it to an in-memory network.
         self.connector: Callable[[], Awaitable[trio.abc.Stream]] | None = None
@@ -135,6 +167,7 @@ class Client:
         self._wait_flags: dict[str, bool] = {}
         self._slots: dict[str, OutcomeSlot] = {}
         self._accepted: set[str] = set()  # accepted by the dispatcher, outcome not yet known
+        self._cancels: dict[str, str | None] = {}  # cancels asked for, outcome not yet known -> reason
         self._replies: deque[tuple[type, OutcomeSlot | Any]] = deque()
         self._closing = False
         self._fatal: BaseException | None = None
@@ -347,34 +380,52 @@ class Client:
         :func:`open_client` would.  :func:`open_client` is this, in a nursery
         of its own, with :meth:`aclose` on the way out.
         """
+        self._waiting_since = trio.current_time()
         await stay_connected(
-            self._connect, self._serve, retry=self._retry, backoff=self._backoff,
+            self._connect, self._serve, retry=self._retry, backoff=self._backoff, rotation=self._rotation,
             done=lambda: self._closing, log=log, task_status=task_status,
         )  # fmt: skip
 
-    async def _connect(self) -> tuple[Connection, m.Welcome]:
-        return await open_connection(
-            self.host, self.port, role=self.role, token=self.token, ssl_context=self.ssl_context,
+    async def _connect(self, address: Address) -> tuple[Connection, m.Welcome]:
+        conn, welcome = await open_connection(
+            *address, role=self.role, token=self.token, ssl_context=self.ssl_context,
             max_frame_size=self.max_frame_size, connect_timeout=self.connect_timeout, connector=self.connector,
             name=self.name, host=socket.gethostname(), pid=os.getpid(),
         )  # fmt: skip
+        self.address = address
+        return conn, welcome
+
+    def _where(self) -> str:
+        """``the dispatcher at HOST:PORT``, or every address when there are several."""
+        if len(self.addresses) == 1:
+            return f"the dispatcher at {format_address(self.addresses[0])}"
+        return f"the dispatchers at {format_addresses(self.addresses)}"
 
     def _retry(self, exc: Exception, attempts: int, connected_once: bool) -> str | None:
         """The first connection must succeed (open_client raises); later, keep trying up to ``reconnect_attempts``.
 
-        Giving up fails every pending submission and outcome (None: stop).
+        Either way, while the dispatchers answer that none of them leads, the
+        client waits up to ``leader_wait`` for a failover to finish.  Giving
+        up fails every pending submission and outcome (None: stop).
         """
         if isinstance(exc, (AuthenticationError, ProtocolError)):
             if not connected_once:
                 raise exc
             self._fail(exc)
             return None
-        if not connected_once:
-            raise ConnectionClosed(f"cannot reach the dispatcher at {self.host}:{self.port}: {exc}") from None
+        if isinstance(exc, NotLeader):  # "no dispatcher at A, B leads (...)": a failover may be under way
+            if trio.current_time() - self._waiting_since < self.leader_wait:
+                return f"{exc}; waiting up to {self.leader_wait:g} s for a leader"
+            if not connected_once:
+                raise exc
+        elif not connected_once:
+            if len(self.addresses) > 1:  # the round's error names every address already
+                raise exc
+            raise ConnectionClosed(f"cannot reach {self._where()}: {exc}") from None
         if self.reconnect_attempts is not None and attempts > self.reconnect_attempts:
-            self._fail(ConnectionClosed(f"gave up reconnecting to {self.host}:{self.port} after {attempts} attempts"))
+            self._fail(ConnectionClosed(f"gave up reconnecting to {self._where()} after {attempts} attempts: {exc}"))
             return None
-        return f"cannot reach the dispatcher at {self.host}:{self.port} ({exc})"
+        return f"cannot reach {self._where()} ({exc})"
 
     async def _serve(self, conn: Connection, welcome: m.Welcome, ready: Callable[[], None]) -> None:
         self.dispatcher_name = welcome.name
@@ -391,13 +442,14 @@ class Client:
         finally:
             self._conn = None
             self._connected = trio.Event()
+            self._waiting_since = trio.current_time()
             with trio.CancelScope(shield=True):
                 await conn.aclose()
         for _, slot in self._replies:
             slot.set(ConnectionClosed("the connection closed before the dispatcher replied"))  # type: ignore[arg-type]
         self._replies.clear()
         if not self._closing:
-            log.info("lost the dispatcher (%s); reconnecting", conn.closed_reason)
+            log.info("lost the dispatcher at %s (%s); reconnecting", format_address(self.address), conn.closed_reason)
 
     def _resend(self, conn: Connection) -> None:
         """After (re)connecting: submit what was never accepted, watch what is still awaited."""
@@ -413,6 +465,12 @@ class Client:
         watched = [task_id for task_id, slot in self._slots.items() if slot.outcome is None and task_id not in self._unaccepted]
         for start in range(0, len(watched), SUBMIT_CHUNK):
             conn.send(m.Watch(ids=tuple(watched[start : start + SUBMIT_CHUNK])))
+        for task_id, reason in list(self._cancels.items()):
+            slot = self._slots.get(task_id)
+            if slot is None or slot.outcome is not None:
+                del self._cancels[task_id]
+            else:
+                conn.send(m.Cancel(id=task_id, reason=reason))
 
     def _fail(self, exc: BaseException) -> None:
         self._fatal = exc
@@ -427,9 +485,11 @@ class Client:
             for message in await conn.receive_batch():
                 kind = type(message)
                 if kind is m.Outcomes:
-                    slots = self._slots
+                    slots, cancels = self._slots, self._cancels
                     for outcome in message.results:
                         slot = slots.pop(outcome.id, None)
+                        if cancels:
+                            cancels.pop(outcome.id, None)
                         if outcome.id in self._accepted:
                             self._accepted.discard(outcome.id)
                             if outcome.status == m.UNKNOWN:  # it accepted the task, then forgot it
@@ -503,19 +563,24 @@ async def open_client(
     host: str = defaults.HOST,
     port: int = defaults.PORT,
     *,
+    addresses: Iterable[str | Address] | None = None,
     token: str | None = None,
     ssl_context: Any = None,
     **options: Any,
 ) -> AsyncIterator[Client]:
     """Connect to a dispatcher; the client reconnects on its own until the block ends.
 
+    ``addresses=["HOST:PORT", ...]`` instead of ``host``/``port`` names every
+    dispatcher sharing one store; the client finds the one that leads, and
+    keeps waiting on its tasks across a failover (see :class:`Client`).
     Raises :class:`ConnectionClosed` if the first connection cannot be made
-    and :class:`AuthenticationError` if the token is refused.  On exit the
-    connection is closed cleanly; tasks still running are kept (pass
-    ``cancel_on_exit=True`` to cancel them).  Exceptions from the body come
-    out unchanged, never wrapped in an exception group.
+    (:class:`NotLeader` if dispatchers answered but none led within
+    ``leader_wait``) and :class:`AuthenticationError` if the token is
+    refused.  On exit the connection is closed cleanly; tasks still running
+    are kept (pass ``cancel_on_exit=True`` to cancel them).  Exceptions from
+    the body come out unchanged, never wrapped in an exception group.
     """
-    client = Client(host, port, token=token, ssl_context=ssl_context, **options)
+    client = Client(host, port, addresses=addresses, token=token, ssl_context=ssl_context, **options)
     async with background(client.run):
         try:
             yield client

@@ -21,12 +21,14 @@ __all__ = [
     "HEARTBEAT_TIMEOUT",
     "HISTORY",
     "HOST",
+    "LEADER_WAIT",
     "LEASE_TTL",
     "MAX_CLIENT_QUEUED",
     "MAX_CONNECTIONS",
     "MAX_FRAME_SIZE",
     "MAX_LOSSES",
     "MAX_QUEUED",
+    "MAX_REDIRECTS",
     "MAX_RESULTS",
     "PORT",
     "PREFETCH_MIN",
@@ -58,6 +60,11 @@ MAX_FRAME_SIZE = DEFAULT_MAX_FRAME_SIZE
 # Reconnecting (workers and clients): exponential backoff between these bounds.
 RECONNECT_INITIAL = 0.1
 RECONNECT_MAX = 5.0
+#: Redirects from standbys (``not-leader``) a peer follows in one round through its addresses.
+MAX_REDIRECTS = 4
+#: Seconds a client keeps trying while the dispatchers it reaches say none of them leads (a failover
+#: in progress: docs/HA.md bounds it at 10 s) before it gives up like on an unreachable dispatcher.
+LEADER_WAIT = 15.0
 
 # The dispatcher.
 SESSION_GRACE = 5.0

@@ -24,6 +24,7 @@ __all__ = [
     "AuthenticationError",
     "ConnectionClosed",
     "LocalProtocolError",
+    "NotLeader",
     "ProtocolError",
     "QueueFull",
     "Rejected",
@@ -75,13 +76,28 @@ class AuthenticationError(TriosError):
 class ConnectionClosed(TriosError):
     """The connection to the peer is closed or broken; ``reason`` says why.
 
-    ``code`` is set when the peer closed with an error frame (its code).
+    ``code`` is set when the peer closed with an error frame (its code), and
+    ``leader`` when that frame named a leader (code ``not-leader``).
     """
 
-    def __init__(self, reason: str = "connection closed", *, code: str | None = None) -> None:
+    def __init__(self, reason: str = "connection closed", *, code: str | None = None, leader: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.code = code
+        self.leader = leader
+
+
+class NotLeader(ConnectionClosed):
+    """The dispatcher reached is a standby: another one leads, or none does yet (docs/HA.md).
+
+    ``leader`` is the ``HOST:PORT`` the standby named, or None while no
+    dispatcher leads.  Workers and clients move on to the leader by
+    themselves; this is raised to a caller only when no address given led
+    within the wait (a client's ``leader_wait``).
+    """
+
+    def __init__(self, reason: str, *, leader: str | None = None) -> None:
+        super().__init__(reason, code="not-leader", leader=leader)
 
 
 class Rejected(TriosError):

@@ -9,9 +9,15 @@ import pytest
 import trio
 
 from trioschedule._errors import AuthenticationError, ConnectionClosed
+from trioschedule._net.addresses import Rotation
 from trioschedule._net.peerconn import Backoff, stay_connected
 
 log = logging.getLogger("trioschedule.test")
+
+
+def one() -> Rotation:
+    """A single address: each failed attempt is a whole round."""
+    return Rotation([("127.0.0.1", 7311)])
 
 
 class FixedBackoff(Backoff):
@@ -31,7 +37,7 @@ class Peer:
         self.served: list[Any] = []
         self.retries: list[tuple[str, int, bool]] = []
 
-    async def connect(self) -> tuple[Any, Any]:
+    async def connect(self, address: Any = None) -> tuple[Any, Any]:
         self.attempts.append(trio.current_time())
         step = self.script.pop(0)
         if isinstance(step, BaseException):
@@ -57,7 +63,7 @@ async def test_failed_attempts_are_logged_and_retried_after_the_backoff_delay(au
     caplog.set_level(logging.INFO, logger="trioschedule.test")
     peer = Peer(OSError("refused"), ConnectionClosed("reset"), "conn")
     start = trio.current_time()
-    await stay_connected(peer.connect, peer.serve, retry=peer.retry, backoff=FixedBackoff(), done=peer.done, log=log)
+    await stay_connected(peer.connect, peer.serve, retry=peer.retry, backoff=FixedBackoff(), done=peer.done, log=log, rotation=one())
     assert [t - start for t in peer.attempts] == [0, 1, 3]
     assert peer.served == ["conn"]
     assert peer.retries == [("OSError", 1, False), ("ConnectionClosed", 2, False)]
@@ -72,7 +78,7 @@ async def test_started_fires_on_the_first_connection_only_and_the_count_restarts
     async with trio.open_nursery() as nursery:
         start = trio.current_time()
         await nursery.start(lambda task_status: stay_connected(
-            peer.connect, peer.serve, retry=peer.retry, backoff=FixedBackoff(), done=peer.done, log=log,
+            peer.connect, peer.serve, retry=peer.retry, backoff=FixedBackoff(), done=peer.done, log=log, rotation=one(),
             task_status=task_status))  # fmt: skip
         assert peer.served == ["first"] and trio.current_time() == start
     assert peer.served == ["first", "second", "third"]
@@ -85,11 +91,11 @@ async def test_started_fires_on_the_first_connection_only_and_the_count_restarts
 async def test_the_retry_policy_stops_the_loop_with_its_error_or_quietly(autojump_clock):
     peer = Peer(OSError("refused"), AuthenticationError("wrong token"), "never")
     with pytest.raises(AuthenticationError, match="wrong token"):
-        await stay_connected(peer.connect, peer.serve, retry=peer.retry, backoff=FixedBackoff(), done=peer.done, log=log)
+        await stay_connected(peer.connect, peer.serve, retry=peer.retry, backoff=FixedBackoff(), done=peer.done, log=log, rotation=one())
     assert peer.retries == [("OSError", 1, False), ("AuthenticationError", 2, False)]
 
     quiet = Peer(OSError("refused"), "never")
-    await stay_connected(quiet.connect, quiet.serve, retry=lambda *_: None, backoff=FixedBackoff(), done=quiet.done, log=log)
+    await stay_connected(quiet.connect, quiet.serve, retry=lambda *_: None, backoff=FixedBackoff(), done=quiet.done, log=log, rotation=one())
     assert quiet.served == [] and quiet.script == ["never"]
 
 
@@ -101,7 +107,7 @@ async def test_pause_is_the_callers_wait(autojump_clock):
 
     peer = Peer(OSError("a"), OSError("b"), "conn")
     await stay_connected(
-        peer.connect, peer.serve, retry=peer.retry, backoff=FixedBackoff(), done=peer.done, log=log, pause=pause
+        peer.connect, peer.serve, retry=peer.retry, backoff=FixedBackoff(), done=peer.done, log=log, rotation=one(), pause=pause
     )
     assert paused == [1.0, 2.0]
     assert peer.attempts[0] == peer.attempts[2]  # nothing waited but the pause

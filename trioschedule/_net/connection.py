@@ -434,7 +434,7 @@ class Connection:
                 if type(messages[-1]) is m.Error:
                     error = messages[-1]
                     closed = self._mark_closed(f"peer reported error {error.code}: {error.message}")
-                    closed.code = error.code
+                    closed.code, closed.leader = error.code, error.leader
                     raise closed
                 return messages
             if self._closed_reason is not None:

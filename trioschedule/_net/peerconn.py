@@ -2,7 +2,8 @@
 
 Workers and clients differ only in what they do with a connection and in
 which failures are worth another attempt; :func:`stay_connected` is the one
-loop around :class:`Backoff` and :func:`open_connection` they share.
+loop around :class:`Backoff`, the :class:`~trioschedule._net.addresses.Rotation`
+through the dispatchers' addresses, and :func:`open_connection` they share.
 """
 
 from __future__ import annotations
@@ -16,16 +17,21 @@ from typing import Any, Protocol
 import trio
 
 from .. import _defaults as defaults
-from .._errors import AuthenticationError, ConnectionClosed, ProtocolError, RemoteProtocolError
+from .._errors import AuthenticationError, ConnectionClosed, NotLeader, ProtocolError, RemoteProtocolError
 from .._protocol import messages as m
 from .._protocol.connection import ProtocolConnection, dispatcher_proof, new_nonce, peer_proof, proofs_match
+from .addresses import Address, Rotation, format_address, format_addresses, parse_address
 from .connection import Connection, describe_error
 
-__all__ = ["CONNECT_ERRORS", "FATAL_CODES", "Backoff", "Retry", "open_connection", "stay_connected"]
+__all__ = [
+    "CONNECT_ERRORS", "FATAL_CODES", "Backoff", "Retry", "is_fatal", "leader_of", "open_connection", "round_error",
+    "stay_connected",
+]  # fmt: skip
 
 log = logging.getLogger("trioschedule")
 
-# Error codes after which retrying the same connection cannot help.
+# Error codes after which retrying cannot help.  ``not-leader`` is not one: the
+# standby names where to go, or a leader will be elected soon.
 FATAL_CODES = frozenset({"auth-failed", "version-mismatch", "bad-role"})
 
 
@@ -104,6 +110,8 @@ async def _handshake(conn: Connection, role: str, token: str | None, hello: dict
             await conn.send_now(m.Auth(proof=peer_proof(token, role, nonce, challenge)))
             reply = await conn.receive_one(m.Welcome)
     except ConnectionClosed as exc:
+        if exc.code == "not-leader":
+            raise NotLeader(exc.reason, leader=exc.leader) from None
         if exc.code == "auth-failed":
             raise AuthenticationError(f"the dispatcher refused our credentials: {exc.reason}") from None
         if exc.code in FATAL_CODES:
@@ -127,25 +135,75 @@ class Retry(Protocol):
     def __call__(self, exc: Exception, attempts: int, connected_once: bool) -> str | None: ...
 
 
+def is_fatal(exc: Exception) -> bool:
+    """An error that no other address and no later attempt can mend (wrong token, wrong protocol version)."""
+    return isinstance(exc, AuthenticationError) or (isinstance(exc, ProtocolError) and exc.code in FATAL_CODES)
+
+
+def leader_of(exc: Exception) -> Address | None:
+    """Where a standby's ``not-leader`` answer says to go (None: it named nobody, or nothing parseable)."""
+    if not isinstance(exc, NotLeader) or not exc.leader:
+        return None
+    try:
+        return parse_address(exc.leader)
+    except ValueError:
+        return None
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, NotLeader):
+        return f"not-leader: leader {exc.leader}" if exc.leader else "not-leader: no leader yet"
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+def round_error(failures: list[tuple[Address, Exception]]) -> Exception:
+    """One error for a round in which every address failed: the error itself when there was one attempt.
+
+    A :class:`NotLeader` if any dispatcher answered that it is a standby
+    ("no dispatcher at A, B leads (...)": someone is there, a failover may be
+    under way), else, after several attempts, a :class:`ConnectionClosed`.  The reasons
+    are given once when they agree, else per address.
+    """
+    if len(failures) == 1 and not isinstance(failures[0][1], NotLeader):
+        return failures[0][1]
+    addresses = format_addresses(dict.fromkeys(address for address, _ in failures))
+    reasons = [(address, _describe(exc)) for address, exc in failures]
+    if len({reason for _, reason in reasons}) == 1:
+        detail = reasons[0][1]
+    else:
+        detail = "; ".join(f"{format_address(address)}: {reason}" for address, reason in reasons)
+    if any(isinstance(exc, NotLeader) for _, exc in failures):
+        return NotLeader(f"no dispatcher at {addresses} leads ({detail})")
+    return ConnectionClosed(f"cannot reach any dispatcher at {addresses} ({detail})")
+
+
 async def stay_connected(
-    connect: Callable[[], Awaitable[tuple[Connection, m.Welcome]]],
+    connect: Callable[[Address], Awaitable[tuple[Connection, m.Welcome]]],
     serve: Callable[[Connection, m.Welcome, Callable[[], None]], Awaitable[None]],
     *,
     retry: Retry,
     backoff: Backoff,
     done: Callable[[], bool],
     log: logging.Logger,
+    rotation: Rotation,
     pause: Callable[[float], Awaitable[Any]] = trio.sleep,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Connect, serve the connection, and connect again after a pause, until ``done()``.
 
-    ``connect()`` makes one attempt.  When it fails, ``retry(exc, attempts,
-    connected_once)`` decides: it raises to stop with an error, returns None
-    to stop quietly, or returns why we retry, which is logged with the delay
-    (an empty reason retries without a log line above DEBUG);
-    ``attempts`` counts the failures since the last connection.  ``pause``
-    waits out the delay (the worker's also ends when it is told to stop).
+    ``connect(address)`` makes one attempt at the address ``rotation``
+    chooses.  A failed attempt moves on at once to the next address of the
+    round, or to the leader a standby named (one log line per redirect).
+    When the whole round has failed, ``retry(exc, attempts,
+    connected_once)`` decides, given the round's error (:func:`round_error`):
+    it raises to stop with an error, returns None to stop quietly, or
+    returns why we retry, which is logged with the delay (an empty reason
+    retries without a log line above DEBUG); ``attempts`` counts the failed
+    rounds since the last connection.  An error no address can mend
+    (:func:`is_fatal`) goes to ``retry`` at once.  ``pause`` waits out the
+    delay (the worker's also ends when it is told to stop).
 
     ``serve(conn, welcome, ready)`` owns a connection until it ends, and calls
     ``ready()`` once it is set up: the first time, that is when
@@ -156,20 +214,36 @@ async def stay_connected(
     attempts = 0
     connected_once = False
     while not done():
+        address = rotation.current
         try:
-            conn, welcome = await connect()
+            conn, welcome = await connect(address)
         except CONNECT_ERRORS as exc:
+            leader = leader_of(exc)
+            if isinstance(exc, NotLeader):
+                if rotation.following(leader):
+                    log.info("%s is a standby; following it to the leader at %s", format_address(address), exc.leader)
+                else:
+                    log.debug("%s is a standby (%s); trying the next address", format_address(address), _describe(exc))
+            error: Exception = exc
+            if is_fatal(exc):
+                rotation.failed(exc)
+                rotation.take_failures()
+            elif not rotation.failed(exc, leader):
+                continue  # the next address of this round, at once
+            else:
+                error = round_error(rotation.take_failures())
             attempts += 1
-            why = retry(exc, attempts, connected_once)
+            why = retry(error, attempts, connected_once)
             if why is None:
                 return
             delay = backoff.next_delay()
             if why:
                 log.info("%s; retrying in %.2f s", why, delay)
             else:
-                log.debug("connecting failed (%s); retrying in %.2f s", exc, delay)
+                log.debug("connecting failed (%s); retrying in %.2f s", error, delay)
             await pause(delay)
             continue
+        rotation.succeeded()
         attempts = 0
         backoff.reset()
         await serve(conn, welcome, task_status.started if not connected_once else _already_started)

@@ -11,14 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import trio
 
 from .. import _defaults as defaults
-from .._errors import AuthenticationError, ConnectionClosed, ProtocolError
+from .._errors import AuthenticationError, ConnectionClosed, NotLeader, ProtocolError
 from .._hooks import HookRunner
+from .._net.addresses import Address, Rotation, format_address, format_addresses, peer_addresses
 from .._net.connection import Connection
 from .._net.peerconn import Backoff, open_connection, stay_connected
 from .._protocol import messages as m
@@ -53,6 +54,12 @@ class Worker(TaskRunner):
     watchdog also keeps the heartbeats flowing meanwhile, so a busy worker
     is not mistaken for a dead one (None turns it off).
 
+    ``addresses=["HOST:PORT", ...]`` names every dispatcher sharing one store
+    (docs/HA.md), in place of ``host`` and ``port``: the worker serves the
+    one that leads, following a standby's ``not-leader`` answer, and after
+    losing it goes through the list again and resumes its session with
+    whichever dispatcher leads then (the session lives in the shared store).
+
     This class is the worker's life: the public API, its hooks, connecting
     and resuming a session, heartbeats, and draining.  Running tasks and
     reporting them is its base class's, :class:`TaskRunner`.
@@ -63,6 +70,7 @@ class Worker(TaskRunner):
         host: str = defaults.HOST,
         port: int = defaults.PORT,
         *,
+        addresses: Iterable[str | Address] | None = None,
         token: str | None = None,
         ssl_context: Any = None,
         concurrency: int = defaults.CONCURRENCY,
@@ -80,8 +88,11 @@ class Worker(TaskRunner):
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self.host = host
-        self.port = port
+        #: Every dispatcher address, as ``(host, port)``; ``host``/``port`` are the first.
+        self.addresses = peer_addresses(host, port, addresses)
+        self.host, self.port = self.addresses[0]
+        #: The address of the dispatcher connected to now (or last).
+        self.address: Address = self.addresses[0]
         self.token = token
         self.ssl_context = ssl_context
         self.concurrency = concurrency
@@ -97,6 +108,7 @@ class Worker(TaskRunner):
         self.drain_grace = drain_grace
         self.blocked_warning = blocked_warning
         self._backoff = Backoff(reconnect_initial, reconnect_max)
+        self._rotation = Rotation(self.addresses)
         #: How to open a stream to the dispatcher; None means TCP (and TLS).
         #: trioschedule.testing sets it to an in-memory network.
         self.connector: Callable[[], Awaitable[trio.abc.Stream]] | None = None
@@ -156,7 +168,7 @@ class Worker(TaskRunner):
                     nursery.start_soon(self._runner)
                 nursery.start_soon(self._drain_on_stop, nursery.cancel_scope)
                 await stay_connected(
-                    self._connect, self._serve, retry=self._retry, backoff=self._backoff,
+                    self._connect, self._serve, retry=self._retry, backoff=self._backoff, rotation=self._rotation,
                     done=self._stop.is_set, log=log, pause=self._pause, task_status=task_status,
                 )  # fmt: skip
                 nursery.cancel_scope.cancel()
@@ -165,10 +177,14 @@ class Worker(TaskRunner):
                 await self._hooks.call_now(self.on_stop)
 
     # ============================================================ connection
-    async def _connect(self) -> tuple[Connection, m.Welcome]:
-        """One attempt: the Hello says which tasks we offer and which we still hold (to resume a session)."""
-        return await open_connection(
-            self.host, self.port, role=WORKER, token=self.token, ssl_context=self.ssl_context,
+    async def _connect(self, address: Address) -> tuple[Connection, m.Welcome]:
+        """One attempt: the Hello says which tasks we offer and which we still hold (to resume a session).
+
+        The session id goes to whichever dispatcher ``address`` is: after a
+        failover the new leader knows it from the shared store.
+        """
+        conn, welcome = await open_connection(
+            *address, role=WORKER, token=self.token, ssl_context=self.ssl_context,
             max_frame_size=self.max_frame_size, connect_timeout=self.connect_timeout, connector=self.connector,
             name=self.name, host=socket.gethostname(), pid=os.getpid(),
             tasks=tuple(self.tasks), concurrency=self.concurrency, prefetch=self.prefetch,
@@ -178,9 +194,21 @@ class Worker(TaskRunner):
             retry_delay={n: o.retry_delay for n, (_, o) in self.tasks.items() if o.retry_delay is not None},
             retry_timeout=tuple(n for n, (_, o) in self.tasks.items() if o.retry_on_timeout),
         )  # fmt: skip
+        self.address = address
+        return conn, welcome
+
+    def _where(self) -> str:
+        """``the dispatcher at HOST:PORT``, or every address when there are several."""
+        if len(self.addresses) == 1:
+            return f"the dispatcher at {format_address(self.addresses[0])}"
+        return f"the dispatchers at {format_addresses(self.addresses)}"
 
     def _retry(self, exc: Exception, attempts: int, connected_once: bool) -> str:
-        """A worker keeps trying (up to ``reconnect_attempts``) unless retrying cannot help."""
+        """A worker keeps trying (up to ``reconnect_attempts`` rounds through its addresses) unless retrying cannot help.
+
+        Standbys that know no leader yet (:class:`NotLeader`) are waited for
+        like an unreachable dispatcher: a failover is under way.
+        """
         if isinstance(exc, AuthenticationError):
             raise exc
         if isinstance(exc, ProtocolError):
@@ -188,13 +216,16 @@ class Worker(TaskRunner):
                 raise exc
             return f"protocol error while connecting: {exc}"
         if self.reconnect_attempts is not None and attempts > self.reconnect_attempts:
-            raise ConnectionClosed(f"gave up after {attempts} attempts to reach {self.host}:{self.port}: {exc}") from None
+            raise ConnectionClosed(f"gave up after {attempts} attempts to reach {self._where()}: {exc}") from None
         if self._dispatcher_left:  # it said it was stopping: say so once, then wait quietly
             if attempts == 1:
-                return (f"the dispatcher at {self.host}:{self.port} has stopped; waiting for it to come back "
+                then = "for it to come back" if len(self.addresses) == 1 else f"for one of {format_addresses(self.addresses)}"
+                return (f"the dispatcher at {format_address(self.address)} has stopped; waiting {then} "
                         "(further attempts are logged at DEBUG)")  # fmt: skip
             return ""
-        return f"cannot reach the dispatcher at {self.host}:{self.port}: {exc}"
+        if isinstance(exc, NotLeader) or len(self.addresses) > 1:  # the error names the addresses
+            return str(exc)
+        return f"cannot reach {self._where()}: {exc}"
 
     async def _pause(self, delay: float) -> None:
         """Wait ``delay`` before the next attempt, or until told to stop."""
@@ -226,7 +257,7 @@ class Worker(TaskRunner):
         # For the watchdog's thread, should a task block the event loop.
         self._beat_from_thread = conn.thread_heartbeat() if self.blocked_warning is not None else None
         self._turn = ReadTurn(conn)
-        log.info("connected to %s at %s:%s", welcome.name, self.host, self.port)
+        log.info("connected to %s at %s", welcome.name, format_address(self.address))
         await self._hooks.call_now(self.on_connect)
         try:
             async with trio.open_nursery() as nursery:
