@@ -49,6 +49,7 @@ class StoreStatistics:
     pending: int
     failed: bool
     checkpoints: int = 0
+    reconnects: int = 0  # the PostgreSQL store's: times the writer reconnected to a database it lost
 
 
 class SQLiteStore(JournalWriter, Store):
