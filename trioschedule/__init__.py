@@ -11,6 +11,7 @@ from ._dispatcher.dispatcher import Dispatcher as Dispatcher
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import ConnectionClosed as ConnectionClosed
 from ._errors import LocalProtocolError as LocalProtocolError
+from ._errors import NotLeader as NotLeader
 from ._errors import ProtocolError as ProtocolError
 from ._errors import QueueFull as QueueFull
 from ._errors import Rejected as Rejected
@@ -50,6 +51,7 @@ __all__ = [
     "Dispatcher",
     "LocalProtocolError",
     "MemoryStore",
+    "NotLeader",
     "Outcome",
     "Peer",
     "ProtocolError",

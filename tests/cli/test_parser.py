@@ -78,7 +78,7 @@ def test_constructor_defaults_are_the_declared_defaults(command):
 
 def test_addresses_and_store_come_from_the_declared_defaults():
     assert (DEFAULT_ADDRESS, DEFAULT_STORE) == (_defaults.ADDRESS, _defaults.CLI_STORE)
-    assert defaults_of("dispatcher").listen == defaults_of("worker", "m:C").connect == parse_address(DEFAULT_ADDRESS)
+    assert [defaults_of("dispatcher").listen] == defaults_of("worker", "m:C").connect == [parse_address(DEFAULT_ADDRESS)]
     assert defaults_of("dispatcher").store == DEFAULT_STORE
     # Workers and clients built in Python connect where the command line's dispatcher listens by default.
     for connect in (Worker, open_client):

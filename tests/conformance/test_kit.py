@@ -66,7 +66,7 @@ async def test_an_unknown_check_is_a_usage_error():
 def test_worker_connects_to_trioschedule_connect_when_given(monkeypatch):
     """The kit (and any launcher) passes the address in the environment; --connect still wins."""
     monkeypatch.setenv("TRIOSCHEDULE_CONNECT", "127.0.0.1:4321")
-    assert build_parser().parse_args(["worker", "m:C"]).connect == ("127.0.0.1", 4321)
-    assert build_parser().parse_args(["worker", "m:C", "--connect", "10.0.0.1:5"]).connect == ("10.0.0.1", 5)
+    assert build_parser().parse_args(["worker", "m:C"]).connect == [("127.0.0.1", 4321)]
+    assert build_parser().parse_args(["worker", "m:C", "--connect", "10.0.0.1:5"]).connect == [("10.0.0.1", 5)]
     monkeypatch.delenv("TRIOSCHEDULE_CONNECT")
-    assert build_parser().parse_args(["worker", "m:C"]).connect == parse_address(DEFAULT_ADDRESS)
+    assert build_parser().parse_args(["worker", "m:C"]).connect == [parse_address(DEFAULT_ADDRESS)]

@@ -28,6 +28,7 @@ from .._conformance import run_conformance
 from .._dispatcher.dispatcher import Dispatcher
 from .._errors import StoreFenced, TaskError, TriosError, UnknownTaskId
 from .._handles import unwrap
+from .._net.addresses import format_address
 from .._net.security import client_ssl_context, server_ssl_context, token_from_env
 from .._protocol import messages as m
 from .._util import single_error
@@ -37,7 +38,7 @@ from ._loading import load_object
 from ._parser import parse_arg
 from ._supervisor import supervise
 
-__all__ = ["COMMANDS", "UsageError", "build_dispatcher", "build_worker"]
+__all__ = ["COMMANDS", "UsageError", "address_text", "build_dispatcher", "build_worker"]
 
 log = logging.getLogger("trioschedule")
 T = TypeVar("T")
@@ -106,9 +107,15 @@ def _stepped_down(exc: BaseException) -> bool:
 
 # -------------------------------------------------------------- worker
 def build_worker(cls: type[Worker], args: argparse.Namespace) -> Worker:
-    """``cls(...)`` configured by the ``worker`` command's options (one process's worth)."""
-    host, port = args.connect
-    options = {"prefetch": args.prefetch} if args.prefetch is not None else {}
+    """``cls(...)`` configured by the ``worker`` command's options (one process's worth).
+
+    One address is passed as ``host, port`` alone, as before, so a subclass
+    whose ``__init__`` predates ``addresses=`` keeps working.
+    """
+    (host, port), *more = args.connect
+    options: dict[str, Any] = {"prefetch": args.prefetch} if args.prefetch is not None else {}
+    if more:
+        options["addresses"] = args.connect
     return cls(
         host, port, token=token_from_env(args.token), ssl_context=_client_ssl(args), concurrency=args.concurrency,
         name=args.name, heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
@@ -160,9 +167,9 @@ async def submit(args: argparse.Namespace) -> int:
                 print(f"task {handle.id} failed: {exc}", file=sys.stderr)
                 return 1
             except KeyboardInterrupt:
-                host, port = args.address
-                print(f"interrupted: task {handle.id} stays submitted; `trioschedule result {host}:{port} {handle.id}` "
-                      f"reads its result, `trioschedule cancel {host}:{port} {handle.id}` cancels it",
+                where = address_text(args.address)
+                print(f"interrupted: task {handle.id} stays submitted; `trioschedule result {where} {handle.id}` "
+                      f"reads its result, `trioschedule cancel {where} {handle.id}` cancels it",
                       file=sys.stderr)  # fmt: skip
                 raise
             finally:
@@ -189,9 +196,8 @@ async def _warn_if_unoffered(client: Client, args: argparse.Namespace, task_id: 
     except TriosError:  # the result's wait will say what went wrong with the connection
         return
     if args.task not in offered:
-        host, port = args.address
         print(f"trioschedule: warning: no connected worker offers task {args.task!r} ({_offer_list(offered)}); "
-              f"task {task_id} waits until one does (`trioschedule cancel {host}:{port} {task_id}` cancels it, "
+              f"task {task_id} waits until one does (`trioschedule cancel {address_text(args.address)} {task_id}` cancels it, "
               "--require-worker fails at once instead)", file=sys.stderr, flush=True)  # fmt: skip
 
 
@@ -231,8 +237,8 @@ async def broadcast(args: argparse.Namespace) -> int:
     message = parse_arg(args.message)
     async with _open_client(args, reconnect_attempts=5) as client:
         await client.broadcast(message)
-    host, port = args.address
-    print(f"broadcast sent to the workers of {host}:{port}", flush=True)
+        where = format_address(client.address)
+    print(f"broadcast sent to the workers of {where}", flush=True)
     return 0
 
 
@@ -277,9 +283,8 @@ async def tasks(args: argparse.Namespace) -> int:
 async def stop(args: argparse.Namespace) -> int:
     async with _open_client(args, role="admin", reconnect_attempts=0) as client:
         grace = await client.stop_dispatcher(args.grace, workers=args.workers)
-        host, port = args.address
         also = ", its workers too" if args.workers else ""
-        print(f"dispatcher at {host}:{port} is stopping (grace {grace:g} s{also})", flush=True)
+        print(f"dispatcher at {format_address(client.address)} is stopping (grace {grace:g} s{also})", flush=True)
     return 0
 
 
@@ -315,8 +320,16 @@ def _client_ssl(args: argparse.Namespace) -> Any:
 
 
 def _open_client(args: argparse.Namespace, **options: Any) -> AbstractAsyncContextManager[Client]:
-    host, port = args.address
-    return open_client(host, port, token=token_from_env(args.token), ssl_context=_client_ssl(args), **options)
+    """A client for ``args.address`` (one dispatcher, or every one sharing a store: it finds the leader)."""
+    return open_client(
+        addresses=args.address, leader_wait=args.leader_wait, token=token_from_env(args.token),
+        ssl_context=_client_ssl(args), **options,
+    )  # fmt: skip
+
+
+def address_text(addresses: list[tuple[str, int]]) -> str:
+    """An address list as the command line spells it: ``HOST:PORT,HOST:PORT``."""
+    return ",".join(format_address(address) for address in addresses)
 
 
 async def _run_with_signals(run: Callable[[], Awaitable[Any]], stop: Callable[[], Any]) -> None:

@@ -29,6 +29,8 @@ def format_status(status: dict[str, Any]) -> str:
         for name, ids in sorted(status.get("waiting_ids", {}).items()):
             more = status["waiting_for_worker"].get(name, 0) - len(ids)
             lines.append(f"  {name}: {' '.join(ids)}" + (f" and {more} more" if more > 0 else ""))
+    if status.get("ha"):
+        lines.extend(_ha_lines(status["ha"]))
     workers = status["workers"]
     lines.append(f"workers: {len(workers)}   clients: {len(status['clients'])}")
     if workers:
@@ -41,6 +43,27 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append("recent failures, newest first (`trioschedule tasks --failed` lists more):")
         lines.extend(f"  {_failure_line(e)}" for e in failures[:FAILURES_SHOWN])
     return "\n".join(lines)
+
+
+def _ha_lines(ha: dict[str, Any]) -> list[str]:
+    """The ``ha`` block of a dispatcher on a shared store (docs/HA.md): who leads, in which term, who stands by."""
+    head = f"ha: {ha.get('role', 'leader')} {ha.get('address') or '?'}  holder {_short(ha.get('holder'))}"
+    lines = [f"{head}  term {ha.get('term', '?')}"]
+    standbys = ha.get("standbys") or []
+    if not standbys:
+        lines.append("standbys: none alive (nothing takes over if this dispatcher dies)")
+    else:
+        lines.append(f"standbys: {len(standbys)}")
+        lines.extend(
+            f"  {s.get('address') or '?'}  holder {_short(s.get('holder'))}  seen {float(s.get('seen_ago', 0)):.1f} s ago"
+            for s in standbys
+        )
+    return lines
+
+
+def _short(holder: Any) -> str:
+    """A holder id, cut to what a person compares (the JSON keeps it whole)."""
+    return str(holder or "?")[:12]
 
 
 #: Failures the status table shows (the JSON carries all the document has).

@@ -15,7 +15,10 @@ from typing import Any, NoReturn
 
 from .. import _defaults as defaults
 
-__all__ = ["DEFAULT_ADDRESS", "DEFAULT_STORE", "LOG_FORMATS", "LOG_LEVELS", "build_parser", "default_address", "parse_address", "parse_arg"]
+__all__ = [
+    "DEFAULT_ADDRESS", "DEFAULT_STORE", "LOG_FORMATS", "LOG_LEVELS", "address_arg", "build_parser", "default_address",
+    "parse_address", "parse_addresses", "parse_arg",
+]  # fmt: skip
 
 #: Where ``dispatcher`` listens and ``worker`` connects unless told otherwise.
 DEFAULT_ADDRESS = defaults.ADDRESS
@@ -44,6 +47,45 @@ def _advertise(text: str) -> str:
     if host == "0.0.0.0" or port == 0:
         raise argparse.ArgumentTypeError(f"--advertise needs the host and port peers connect to, not {text!r}")
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_addresses(text: str) -> list[tuple[str, int]]:
+    """``HOST:PORT[,HOST:PORT...]`` -> [(host, port), ...]: every dispatcher sharing one store (docs/HA.md).
+
+    Each item is read by :func:`parse_address` (``[::1]:7311`` for IPv6); a
+    repeated address counts once.
+    """
+    addresses: list[tuple[str, int]] = []
+    for item in text.split(","):
+        if not item.strip():
+            raise argparse.ArgumentTypeError(f"expected HOST:PORT[,HOST:PORT...], got {text!r}")
+        address = parse_address(item.strip())
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+#: The metavar of an address list, in usage lines.
+ADDRESSES = "HOST:PORT[,HOST:PORT...]"
+
+
+def address_arg(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
+    """The positional dispatcher address list of a command that talks to a dispatcher, and ``--leader-wait``.
+
+    Every such command takes the same list (``args.address``, a list of
+    ``(host, port)``) and waits the same way for a failover to finish.
+    ``optional`` commands default to $TRIOSCHEDULE_ADDRESS, else 127.0.0.1:7311.
+    """
+    if optional:
+        p.add_argument("address", type=parse_addresses, metavar=ADDRESSES, nargs="?", default=default_address(),
+                       help=f"the dispatcher, or every dispatcher sharing one store, comma-separated "
+                            f"(default $TRIOSCHEDULE_ADDRESS, else {DEFAULT_ADDRESS})")  # fmt: skip
+    else:
+        p.add_argument("address", type=parse_addresses, metavar=ADDRESSES,
+                       help="the dispatcher, or every dispatcher sharing one store, comma-separated")  # fmt: skip
+    p.add_argument("--leader-wait", type=float, default=defaults.LEADER_WAIT, metavar="S",
+                   help="how long to keep trying while the dispatchers reached say none of them leads "
+                        "(a failover under way; default %(default)g)")  # fmt: skip
 
 
 def parse_arg(text: str) -> Any:
@@ -117,7 +159,7 @@ def build_parser(*, script: str | None = None) -> argparse.ArgumentParser:
     _worker_command(command("worker", "run worker processes"))
 
     p = command("submit", "submit a task (and optionally wait for its result)")
-    p.add_argument("address", type=parse_address, metavar="HOST:PORT")
+    address_arg(p)
     p.add_argument("task", metavar="TASK")
     p.add_argument("args", nargs="*", metavar="ARG", help="arguments: JSON when they parse, else strings")
     p.add_argument("--kwarg", action="append", default=[], metavar="NAME=VALUE",
@@ -133,31 +175,29 @@ def build_parser(*, script: str | None = None) -> argparse.ArgumentParser:
     _security_args(p, server=False)
 
     p = command("result", "print a task's result (by the id submit printed)")
-    p.add_argument("address", type=parse_address, metavar="HOST:PORT")
+    address_arg(p)
     p.add_argument("id", metavar="ID")
     p.add_argument("--wait", action="store_true", help="wait for the task to end (else exit 4 if it has not)")
     _security_args(p, server=False)
 
     p = command("cancel", "cancel a queued or running task")
-    p.add_argument("address", type=parse_address, metavar="HOST:PORT")
+    address_arg(p)
     p.add_argument("id", metavar="ID")
     p.add_argument("--reason", help="why (it ends up in the task's outcome)")
     _security_args(p, server=False)
 
     p = command("broadcast", "send a message to every connected worker's on_message")
-    p.add_argument("address", type=parse_address, metavar="HOST:PORT")
+    address_arg(p)
     p.add_argument("message", metavar="JSON", help="the message: JSON when it parses, else a string")
     _security_args(p, server=False)
 
     p = command("status", "show a dispatcher's status (task counts start from zero when the dispatcher starts)")
-    p.add_argument("address", type=parse_address, metavar="HOST:PORT", nargs="?", default=default_address(),
-                   help=f"default $TRIOSCHEDULE_ADDRESS, else {DEFAULT_ADDRESS}")  # fmt: skip
+    address_arg(p, optional=True)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _security_args(p, server=False)
 
     p = command("tasks", "list a dispatcher's recent task outcomes (or with --queued, its unfinished tasks)")
-    p.add_argument("address", type=parse_address, metavar="HOST:PORT", nargs="?", default=default_address(),
-                   help=f"default $TRIOSCHEDULE_ADDRESS, else {DEFAULT_ADDRESS}")  # fmt: skip
+    address_arg(p, optional=True)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--failed", action="store_true", help="only outcomes other than ok")
     which.add_argument("--queued", action="store_true", help="the tasks not ended yet: queued, delayed, running")
@@ -166,8 +206,7 @@ def build_parser(*, script: str | None = None) -> argparse.ArgumentParser:
     _security_args(p, server=False)
 
     p = command("stop", "stop a dispatcher gracefully (and with --workers, its workers)")
-    p.add_argument("address", type=parse_address, metavar="HOST:PORT", nargs="?", default=default_address(),
-                   help=f"default $TRIOSCHEDULE_ADDRESS, else {DEFAULT_ADDRESS}")  # fmt: skip
+    address_arg(p, optional=True)
     p.add_argument("--grace", type=float, help="seconds to let running tasks finish (default: the dispatcher's)")
     p.add_argument("--workers", action="store_true",
                    help="stop the connected workers too (they drain and exit 0) instead of letting them wait")  # fmt: skip
@@ -227,9 +266,10 @@ def _dispatcher_command(p: argparse.ArgumentParser) -> None:
 
 def _worker_command(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="MODULE:CLASS", help="a Worker subclass (module or path/to/file.py)")
-    p.add_argument("--connect", type=parse_address, metavar="HOST:PORT",
+    p.add_argument("--connect", type=parse_addresses, metavar=ADDRESSES,
                    default=os.environ.get("TRIOSCHEDULE_CONNECT") or DEFAULT_ADDRESS,  # a string: parsed by type=
-                   help=f"the dispatcher's address (default $TRIOSCHEDULE_CONNECT, else {DEFAULT_ADDRESS})")  # fmt: skip
+                   help="the dispatcher's address, or every dispatcher sharing one store, comma-separated "
+                        f"(default $TRIOSCHEDULE_CONNECT, else {DEFAULT_ADDRESS})")  # fmt: skip
     p.add_argument("--concurrency", type=int, default=defaults.CONCURRENCY,
                    help="tasks run at once in each worker process (default %(default)d: raise it for tasks "
                         "that wait on I/O)")  # fmt: skip

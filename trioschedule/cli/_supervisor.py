@@ -17,6 +17,7 @@ import sys
 import time
 from typing import Any
 
+from .._net.addresses import format_address
 from .._net.security import token_from_env
 
 __all__ = ["child_argv", "supervise"]
@@ -35,7 +36,8 @@ def child_argv(args: argparse.Namespace) -> list[str]:
     """
     argv = [sys.executable, "-m", "trioschedule", "--log-level", args.log_level, "--log-format", args.log_format,
             "worker", args.target]
-    argv += ["--connect", f"{args.connect[0]}:{args.connect[1]}", "--concurrency", str(args.concurrency)]
+    argv += ["--connect", ",".join(format_address(address) for address in args.connect)]
+    argv += ["--concurrency", str(args.concurrency)]
     argv += ["--heartbeat-interval", str(args.heartbeat_interval), "--heartbeat-timeout", str(args.heartbeat_timeout)]
     argv += ["--drain-grace", str(args.drain_grace), "--blocked-warning", str(args.blocked_warning)]
     for flag in _FORWARDED:
