@@ -45,7 +45,7 @@ from .batch import Batch
 from .connections import ConnectionHandler
 from .effects import Effects
 from .journal import StoreJournal
-from .leadership import Election, refuse
+from .leadership import LEADER, Election, KeptOpen, refuse
 from .status import status_document
 
 __all__ = ["Dispatcher"]
@@ -292,11 +292,12 @@ class Dispatcher:
         dropped (docs/HA.md).
         """
         self._election = election
-        listeners: list[Any] = []
+        opened: list[Any] = []
         leading = False
         try:
-            listeners = await open_listeners()
-            self.port = _bound_port(listeners, self.port)
+            opened = await open_listeners()
+            self.port = _bound_port(opened, self.port)
+            listeners: list[trio.abc.Listener[Any]] = [KeptOpen(listener) for listener in opened]
             election.address = self.advertise or _advertised(self.host, self.port)
             warn_if_exposed(log, self.host, self.secrets, self.ssl_context)
             log.info("%s listening on %s:%s as a standby (store %s, node %s, lease %g s, advertising %s)",
@@ -322,7 +323,7 @@ class Dispatcher:
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await election.leadership.aclose()
-                for listener in listeners:  # closed now: a new Dispatcher in this process may listen here
+                for listener in opened:  # closed now: a new Dispatcher in this process may listen here
                     await listener.aclose()
             if leading:
                 log.info("%s stopped", self.name)
@@ -351,7 +352,7 @@ class Dispatcher:
                 await self._stop_requested.wait()
                 nursery.cancel_scope.cancel()
 
-            # serve_listeners never closes the listeners: the leader's accept loop takes them over.
+            # KeptOpen: serve_listeners cannot close them, the leader's accept loop takes them over.
             nursery.start_soon(functools.partial(trio.serve_listeners, redirect, listeners, handler_nursery=nursery))
             nursery.start_soon(campaign)
             nursery.start_soon(stopped)
@@ -445,6 +446,22 @@ class Dispatcher:
         self._stop_requested.set()
 
     @property
+    def leading(self) -> bool:
+        """True while this dispatcher serves: always with its own store, only as the leader with a shared one."""
+        if self._election is None:
+            return self._serving
+        return self._election.role == LEADER and not self._election.lost.is_set() and self._journal.active
+
+    async def wait_leading(self) -> None:
+        """Wait until this dispatcher leads (at once with a store it does not share; docs/HA.md)."""
+        while not self.leading:
+            await trio.sleep(0.05)
+
+    def _check_leading(self) -> None:
+        if not self.leading:
+            raise Rejected("this dispatcher is a standby: the leader accepts tasks (docs/HA.md)", code="not-leader")
+
+    @property
     def draining(self) -> bool:
         return self._core.draining
 
@@ -491,6 +508,8 @@ class Dispatcher:
         task_id: str | None = None,
     ) -> TaskHandle:
         """Queue a task now or raise :class:`QueueFull`/:class:`Rejected`; see :meth:`submit`."""
+        if self._election is not None:
+            self._check_leading()
         task = self._core.new_local_task(name, args, kwargs, timeout, retries, delay, priority, task_id)
         self._effects.flush()
         return TaskHandle(self._outcomes, task.id, name)
@@ -514,6 +533,8 @@ class Dispatcher:
         ``delay`` seconds before it may start; higher ``priority`` runs first.
         Returns once the task is journaled.
         """
+        if self._election is not None:
+            self._check_leading()
         await self._effects.wait_room(1)
         journaling = self._core.journaling
         task = self._core.new_local_task(name, args, kwargs, timeout, retries, delay, priority, task_id)
@@ -526,6 +547,8 @@ class Dispatcher:
     async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Submit ``name(*args, **kwargs)`` and wait for its value (raises if the task failed)."""
         # submit() and handle.result() without the handle: this is a round trip's latency.
+        if self._election is not None:
+            self._check_leading()
         core = self._core
         if core.unfinished >= core.limits.max_queued:
             await self._effects.wait_room(1)
@@ -559,6 +582,8 @@ class Dispatcher:
         first failure in order is raised.
         """
         check_options(timeout, retries, None)
+        if self._election is not None:
+            self._check_leading()
         core, effects = self._core, self._effects
         problem = core.refusal(name)
         if problem is not None:

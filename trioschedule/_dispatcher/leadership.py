@@ -35,7 +35,7 @@ from .._protocol import messages as m
 from .._protocol.connection import DISPATCHER, ProtocolConnection
 from .._store.base import Leadership, Lease, Member
 
-__all__ = ["LEADER", "STANDBY", "Election", "refuse"]
+__all__ = ["LEADER", "STANDBY", "Election", "KeptOpen", "refuse"]
 
 log = logging.getLogger("trioschedule.dispatcher")
 
@@ -44,6 +44,8 @@ STANDBY = "standby"
 
 #: Part of the lease a leader keeps back: it stops trusting its lease this long before it could expire.
 MARGIN_SHARE = 1 / 6
+#: At least this long for one call to the database (the first one connects and prepares the schema).
+ATTEMPT_TIMEOUT = 3.0
 #: A standby is listed while it announced itself within this many of its polls.
 SEEN_POLLS = 4
 
@@ -204,7 +206,7 @@ class Election:
     async def _attempt(self, call: Callable[[], Awaitable[T]], what: str) -> T | None:
         """``call()``, or None (logged once per outage) if the database cannot be reached."""
         try:
-            with trio.fail_after(max(self.renew_every, 0.5)):
+            with trio.fail_after(max(self.renew_every, ATTEMPT_TIMEOUT)):
                 result = await call()
         except (StoreError, OSError, trio.TooSlowError) as exc:
             if not self._complained:
@@ -233,3 +235,19 @@ async def refuse(stream: trio.abc.Stream, election: Election, *, max_frame_size:
         log.debug("%s: closed on a standby: %s", address, exc)
     finally:
         await conn.aclose()
+
+
+class KeptOpen(trio.abc.Listener[Any]):
+    """A listener that ``trio.serve_listeners`` cannot close: the standby's accept loop hands it to the leader's.
+
+    The dispatcher closes the real listener itself when it stops serving.
+    """
+
+    def __init__(self, listener: trio.abc.Listener[Any]) -> None:
+        self.listener = listener
+
+    async def accept(self) -> Any:
+        return await self.listener.accept()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
