@@ -182,8 +182,11 @@ class ConnectionHandler:
     async def _serve_worker(self, session: WorkerSession) -> bool:
         conn: Connection = session.conn
         core, effects, d = self.core, self.effects, self.d
+        election = d._election
         while True:
             messages = await conn.receive_batch()
+            if election is not None:  # not after a pause past the lease (docs/HA.md)
+                election.ensure_trusted()
             for message in messages:
                 kind = type(message)
                 if kind is m.Results:
@@ -217,8 +220,11 @@ class ConnectionHandler:
         conn: Connection = client.conn
         core, effects, d = self.core, self.effects, self.d
         is_admin = client.peer.role == ADMIN
+        election = d._election
         while True:
             messages = await conn.receive_batch()
+            if election is not None:
+                election.ensure_trusted()
             for message in messages:
                 kind = type(message)
                 if kind is m.Submit:

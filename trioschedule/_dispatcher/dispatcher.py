@@ -373,29 +373,32 @@ class Dispatcher:
     async def _run(self, listeners: list[trio.abc.Listener[Any]], task_status: trio.TaskStatus[int],
                    election: Election | None = None) -> None:  # fmt: skip
         self._started_at = time.time()
-        async with one_error() as nursery:
-            nursery.start_soon(self._run_timers)
-            nursery.start_soon(self._hooks.run)
-            nursery.start_soon(self._warn_unoffered)
-            if election is not None:
-                nursery.start_soon(self._keep_leading, election, nursery.cancel_scope)
-            async with one_error() as connections:
-                accepting = trio.CancelScope()
+        # Stepping down cancels everything below at once: its own scope, outside the nurseries, absorbs
+        # the cancellation however the nested nurseries group it.
+        with trio.CancelScope() as leading:
+            async with one_error() as nursery:
+                nursery.start_soon(self._run_timers)
+                nursery.start_soon(self._hooks.run)
+                nursery.start_soon(self._warn_unoffered)
+                if election is not None:
+                    nursery.start_soon(self._keep_leading, election, leading)
+                async with one_error() as connections:
+                    accepting = trio.CancelScope()
 
-                async def accept() -> None:
-                    with accepting:
-                        await trio.serve_listeners(self.handle_stream, listeners, handler_nursery=connections)
+                    async def accept() -> None:
+                        with accepting:
+                            await trio.serve_listeners(self.handle_stream, listeners, handler_nursery=connections)
 
-                connections.start_soon(accept)
-                log.info("%s listening on %s:%s (store %s)", self.name, self.host, self.port, self.store.url)
-                task_status.started(self.port)
-                # on_start may wait for workers: it runs beside everything else.
-                nursery.start_soon(self._hooks.call_now, self.on_start)
-                await self._stop_requested.wait()
-                await self._drain(self._stop_grace, stop_accepting=accepting.cancel)
-                accepting.cancel()
-                connections.cancel_scope.cancel()
-            nursery.cancel_scope.cancel()
+                    connections.start_soon(accept)
+                    log.info("%s listening on %s:%s (store %s)", self.name, self.host, self.port, self.store.url)
+                    task_status.started(self.port)
+                    # on_start may wait for workers: it runs beside everything else.
+                    nursery.start_soon(self._hooks.call_now, self.on_start)
+                    await self._stop_requested.wait()
+                    await self._drain(self._stop_grace, stop_accepting=accepting.cancel)
+                    accepting.cancel()
+                    connections.cancel_scope.cancel()
+                nursery.cancel_scope.cancel()
 
     async def _keep_leading(self, election: Election, scope: trio.CancelScope) -> None:
         """Lead until the lease is lost, then step down at once: refuse work, close every connection."""
@@ -407,7 +410,13 @@ class Dispatcher:
     async def _run_timers(self) -> None:
         core, effects = self._core, self._effects
         core.start_purging()
+        election = self._election
         while True:
+            if election is not None:
+                try:
+                    election.ensure_trusted()  # a timer that fires after a pause past the lease does nothing
+                except StoreFenced:
+                    return
             if core.timers.fire_due(trio.current_time()):
                 effects.flush()
             core.timers.changed = False

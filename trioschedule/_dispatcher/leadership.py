@@ -21,6 +21,7 @@ lease has expired, so a dead leader is replaced within about
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import uuid
@@ -29,7 +30,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from .._errors import AuthenticationError, ConnectionClosed, RemoteProtocolError, StoreError
+from .._errors import AuthenticationError, ConnectionClosed, RemoteProtocolError, StoreError, StoreFenced
 from .._net.connection import Connection, describe_address
 from .._protocol import messages as m
 from .._protocol.connection import DISPATCHER, ProtocolConnection
@@ -137,6 +138,18 @@ class Election:
             self.role = STANDBY
             self.lost.set()
 
+    def ensure_trusted(self) -> None:
+        """Step down and raise :class:`StoreFenced` unless the lease is still ours by our own clock.
+
+        Checked before acting on what a peer said or a timer fired: a leader
+        that wakes from a pause past its trust window drops everything before
+        it runs a hook or finishes a task, not only once a write is fenced.
+        """
+        if self.lost.is_set() or trio.current_time() >= self.trusted_until:
+            self.step_down(f"the lease of term {self.term} could not be renewed within {self.ttl - self.margin:g} s "
+                           "(the database was unreachable or this process was paused)")  # fmt: skip
+            raise StoreFenced(f"this dispatcher no longer leads: {self.lost_reason}", term=self.term)
+
     async def _renew_loop(self) -> None:
         assert self.term is not None
         term = self.term
@@ -154,8 +167,8 @@ class Election:
     async def _watch_trust(self) -> None:
         while trio.current_time() < self.trusted_until:
             await trio.sleep_until(self.trusted_until)
-        self.step_down(f"the lease of term {self.term} could not be renewed within {self.ttl - self.margin:g} s "
-                       "(the database was unreachable or this process was paused)")  # fmt: skip
+        with contextlib.suppress(StoreFenced):
+            self.ensure_trusted()
 
     async def _announce_loop(self) -> None:
         while True:
@@ -210,7 +223,7 @@ class Election:
                 result = await call()
         except (StoreError, OSError, trio.TooSlowError) as exc:
             if not self._complained:
-                log.warning("%s failed (retrying every %g s): %s", what, self.poll_every, exc or type(exc).__name__)
+                log.warning("%s failed (retrying every %g s): %s", what, self.poll_every, str(exc) or type(exc).__name__)
                 self._complained = True
             return None
         if self._complained:

@@ -153,12 +153,14 @@ def prepare(conn: Any, url: str, *, upto: int | None = None) -> int:
     ``newer-version``) a database a newer trioschedule wrote, changing nothing.
     """
     target = latest_version() if upto is None else upto
-    if conn.autocommit:
-        # Already there: no lock.  The migration lock is the key a running dispatcher holds for its
-        # session (shared while it leads), so a standby's lease connection would wait for it forever.
-        found = version_of(conn)
-        if found == target:
-            return found
+    # Already there: no lock.  The migration lock is the key a running dispatcher holds for its
+    # session (shared while it leads), so a dispatcher taking over from a leader that is paused, not
+    # dead, would wait for it for as long as the old one's session lives.
+    found = version_of(conn)
+    if not conn.autocommit:
+        conn.commit()  # the read's own transaction; the migration below takes a fresh one
+    if found == target:
+        return found
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
         conn.execute(
