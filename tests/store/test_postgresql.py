@@ -268,7 +268,7 @@ async def test_two_campaigners_racing_from_two_threads_exactly_one_wins(postgres
         for _ in range(15):
             results: list[int | None] = [None, None]
 
-            async def race(i: int) -> None:
+            async def race(i: int, results: list[int | None] = results) -> None:
                 results[i] = await racers[i].campaign(f"node-{i}", f"h:{i}", 30)
 
             async with trio.open_nursery() as nursery:
