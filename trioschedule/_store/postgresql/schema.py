@@ -21,13 +21,16 @@ import attrs
 
 from ..._errors import StoreError
 
-__all__ = ["FENCED_SQLSTATE", "LOCK_KEY", "MIGRATIONS", "Migration", "latest_version", "prepare", "version_of"]
+__all__ = ["FENCED_SQLSTATE", "LOCK_KEY", "MIGRATE_KEY", "MIGRATIONS", "Migration", "latest_version", "prepare", "version_of"]
 
 _log = logging.getLogger("trioschedule.store")
 
-#: The advisory lock key of trioschedule ("trio"): migrations take it per transaction, and a
-#: dispatcher holds it for its session (exclusively without a lease, shared with one; see the store).
+#: The advisory lock a dispatcher holds for its journal's session ("trio"): exclusively without a
+#: lease, shared with one (see the writer).
 LOCK_KEY = 0x7472696F
+#: The advisory lock a migration holds for its transaction (another key: a standby prepares the
+#: schema while the leader holds the first one).
+MIGRATE_KEY = LOCK_KEY + 1
 #: The SQLSTATE ``trioschedule_fence()`` raises when the lease moved on to another term.
 FENCED_SQLSTATE = "TSF01"
 
@@ -162,7 +165,7 @@ def prepare(conn: Any, url: str, *, upto: int | None = None) -> int:
     if found == target:
         return found
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_KEY,))
         conn.execute(
             "CREATE TABLE IF NOT EXISTS trioschedule_schema_version ("
             " version integer PRIMARY KEY, description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"

@@ -156,6 +156,7 @@ class JournalWriter:
             self._next_purge = time.monotonic() + _PURGE_EVERY
         try:
             with conn.transaction():
+                self._fence_check(conn)  # a term that moved on already: recover nothing, step down
                 self._loaded_schedules = [
                     row[0] for row in conn.execute("SELECT record FROM trioschedule_schedules ORDER BY name")
                 ]
