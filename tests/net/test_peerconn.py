@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 
-from trioschedule._errors import AuthenticationError, ConnectionClosed
+from trioschedule._errors import AuthenticationError, ConnectionClosed, NotLeader
 from trioschedule._net.addresses import Rotation
 from trioschedule._net.peerconn import Backoff, stay_connected
 
@@ -119,3 +119,89 @@ def test_backoff_is_exponential_with_full_jitter_and_resets():
         assert 0 <= backoff.next_delay() <= ceiling
     backoff.reset()
     assert backoff.failures == 0 and backoff.next_delay() <= 0.1
+
+
+class Dispatchers:
+    """Scripted attempts per address: an exception fails it, anything else is a connection served for 10 s."""
+
+    def __init__(self, scripts: dict[tuple[str, int], list[Any]], rounds: int | None = None) -> None:
+        self.scripts = scripts
+        self.rounds = rounds  # give up after this many failed rounds (None: never)
+        self.attempts: list[tuple[float, tuple[str, int]]] = []
+        self.served: list[Any] = []
+        self.errors: list[Exception] = []
+
+    async def connect(self, address: tuple[str, int]) -> tuple[Any, Any]:
+        self.attempts.append((trio.current_time(), address))
+        step = self.scripts[address].pop(0) if len(self.scripts[address]) > 1 else self.scripts[address][0]
+        if isinstance(step, BaseException):
+            raise step
+        return step, "welcome"
+
+    async def serve(self, conn: Any, welcome: Any, ready: Any) -> None:
+        self.served.append(conn)
+        ready()
+
+    def retry(self, exc: Exception, attempts: int, connected_once: bool) -> str | None:
+        self.errors.append(exc)
+        if isinstance(exc, AuthenticationError) or (self.rounds is not None and attempts >= self.rounds):
+            raise exc
+        return f"round {attempts} failed: {exc}"
+
+    def done(self) -> bool:
+        return bool(self.served)
+
+
+A, B, C = ("10.0.0.1", 7311), ("10.0.0.2", 7311), ("10.0.0.3", 7311)
+
+
+async def test_a_round_tries_every_address_at_once_follows_redirects_and_backs_off_between_rounds(autojump_clock, caplog):
+    caplog.set_level(logging.INFO, logger="trioschedule.test")
+    peers = Dispatchers({
+        A: [OSError("refused")],
+        B: [NotLeader("standby", leader="10.0.0.3:7311"), "conn"],
+        C: [OSError("refused")],
+    })  # fmt: skip
+    start = trio.current_time()
+    await stay_connected(peers.connect, peers.serve, retry=peers.retry, backoff=FixedBackoff(), done=peers.done,
+                         log=log, rotation=Rotation([A, B]))  # fmt: skip
+    assert [(t - start, address) for t, address in peers.attempts] == [(0, A), (0, B), (0, C), (1, A), (1, B)]
+    assert peers.served == ["conn"]
+    [error] = peers.errors
+    assert isinstance(error, NotLeader)
+    assert str(error) == ("no dispatcher at 10.0.0.1:7311, 10.0.0.2:7311, 10.0.0.3:7311 leads (10.0.0.1:7311: refused; "
+                          "10.0.0.2:7311: not-leader: leader 10.0.0.3:7311; 10.0.0.3:7311: refused)")  # fmt: skip
+    assert [r.getMessage() for r in caplog.records] == [
+        "10.0.0.2:7311 is a standby; following it to the leader at 10.0.0.3:7311",
+        f"round 1 failed: {error}; retrying in 1.00 s",
+    ]
+
+
+async def test_two_standbys_naming_each_other_are_a_bounded_round_each_time(autojump_clock):
+    peers = Dispatchers({A: [NotLeader("standby", leader="10.0.0.2:7311")], B: [NotLeader("standby", leader="10.0.0.1:7311")]},
+                        rounds=4)  # fmt: skip
+    start = trio.current_time()
+    with pytest.raises(NotLeader, match="no dispatcher at 10.0.0.1:7311, 10.0.0.2:7311 leads"):
+        await stay_connected(peers.connect, peers.serve, retry=peers.retry, backoff=FixedBackoff(), done=peers.done,
+                             log=log, rotation=Rotation([A, B]))  # fmt: skip
+    # Two attempts a round, the backoff (1, 2, 3 s) between rounds: no loop, no hammering.
+    assert [(t - start, address) for t, address in peers.attempts] == [
+        (0, A), (0, B), (1, A), (1, B), (3, A), (3, B), (6, A), (6, B),
+    ]
+
+
+async def test_a_fatal_error_at_any_address_stops_at_once(autojump_clock):
+    peers = Dispatchers({A: [OSError("refused")], B: [AuthenticationError("wrong token")]})
+    with pytest.raises(AuthenticationError):
+        await stay_connected(peers.connect, peers.serve, retry=peers.retry, backoff=FixedBackoff(), done=peers.done,
+                             log=log, rotation=Rotation([A, B]))  # fmt: skip
+    assert [address for _, address in peers.attempts] == [A, B]
+    assert [type(e) for e in peers.errors] == [AuthenticationError]
+
+
+async def test_after_a_connection_the_next_round_starts_at_the_dispatcher_that_led(autojump_clock):
+    peers = Dispatchers({A: [OSError("refused")], B: ["first", OSError("gone"), "second"]})
+    peers.done = lambda: len(peers.served) == 2  # type: ignore[method-assign]
+    await stay_connected(peers.connect, peers.serve, retry=peers.retry, backoff=FixedBackoff(), done=peers.done,
+                         log=log, rotation=Rotation([A, B]))  # fmt: skip
+    assert [address for _, address in peers.attempts] == [A, B, B, A, B]
