@@ -178,6 +178,12 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
+    def version(self) -> str:
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True, connect_timeout=30) as conn:
+            return str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+
     def database(self, name: str | None = None) -> str:
         """Create a fresh database and return its URL."""
         import psycopg

@@ -83,8 +83,8 @@ INSERT_NEW = (f"INSERT INTO trioschedule_tasks ({_COLUMNS}) SELECT {_ROW}, 'queu
 INSERT_MANY = (
     f"INSERT INTO trioschedule_tasks ({_COLUMNS}) "
     "SELECT u.id, %s, u.args::text, %s, %s, %s, %s, %s, %s, 'queued', 0, 0, 0, NULL, NULL, NULL "
-    "FROM ROWS FROM (unnest(%s::text[]), json_array_elements(%s::json)) WITH ORDINALITY AS u(id, args, n) "
-    "ORDER BY n ON CONFLICT (id) DO NOTHING"
+    "FROM ROWS FROM (json_array_elements_text(%s::json), json_array_elements(%s::json)) WITH ORDINALITY "
+    "AS u(id, args, n) ORDER BY n ON CONFLICT (id) DO NOTHING"
 )
 UPSERT_ROWS = (
     f"INSERT INTO trioschedule_tasks ({_COLUMNS}) SELECT {_ROW}, {_ROW_REST} "
@@ -95,21 +95,30 @@ UPSERT_ROWS = (
     "attempt = excluded.attempt, failures = excluded.failures, losses = excluded.losses, "
     "session = excluded.session, outcome = excluded.outcome, finished_at = excluded.finished_at"
 )
+# The narrow updates and forgets travel as the operations themselves, encoded as one JSON
+# array per statement (one C call; psycopg adapts a Python list to an SQL array one element
+# at a time, in Python): r is [kind, id, session, attempt, failures, losses] (RUN), the same
+# with a list of ids (RUNS), [kind, id, attempt, outcome, finished_at, failures, losses] (FINISH).
+_SET_RUNNING = ("UPDATE trioschedule_tasks AS t SET state = 'running', session = u.session, attempt = u.attempt, "
+                "failures = u.failures, losses = u.losses, not_before = NULL FROM (")  # fmt: skip
 UPDATE_RUNNING = (
-    "UPDATE trioschedule_tasks AS t SET state = 'running', session = u.session, attempt = u.attempt, "
-    "failures = u.failures, losses = u.losses, not_before = NULL "
-    "FROM unnest(%s::text[], %s::text[], %s::int8[], %s::int8[], %s::int8[]) AS u(id, session, attempt, failures, losses) "
-    "WHERE t.id = u.id"
+    _SET_RUNNING + "SELECT r->>1 AS id, r->>2 AS session, (r->>3)::int8 AS attempt, (r->>4)::int8 AS failures, "
+    "(r->>5)::int8 AS losses FROM json_array_elements(%s::json) AS e(r)) AS u WHERE t.id = u.id"
+)
+UPDATE_RUNNING_MANY = (
+    # The group's fields once per group (MATERIALIZED: not re-read from its JSON text for each id).
+    "WITH g AS MATERIALIZED (SELECT r->1 AS ids, r->>2 AS session, (r->>3)::int8 AS attempt, "
+    "(r->>4)::int8 AS failures, (r->>5)::int8 AS losses FROM json_array_elements(%s::json) AS e(r)) "
+    + _SET_RUNNING + "SELECT i.id, g.session, g.attempt, g.failures, g.losses "
+    "FROM g, json_array_elements_text(g.ids) AS i(id)) AS u WHERE t.id = u.id"
 )
 UPDATE_DONE = (
     "UPDATE trioschedule_tasks AS t SET state = 'done', session = NULL, not_before = NULL, args = '[]', "
-    "kwargs = '{}', attempt = u.attempt, failures = u.failures, losses = u.losses, outcome = u.outcome::text, "
-    "finished_at = u.finished_at "
-    "FROM ROWS FROM (unnest(%s::text[]), unnest(%s::int8[]), unnest(%s::int8[]), unnest(%s::int8[]), "
-    "unnest(%s::float8[]), json_array_elements(%s::json)) AS u(id, attempt, failures, losses, finished_at, outcome) "
-    "WHERE t.id = u.id"
+    "kwargs = '{}', attempt = (r->>2)::int8, outcome = (r->3)::text, finished_at = (r->>4)::float8, "
+    "failures = (r->>5)::int8, losses = (r->>6)::int8 "
+    "FROM json_array_elements(%s::json) AS e(r) WHERE t.id = r->>1"
 )
-DELETE_TASKS = "DELETE FROM trioschedule_tasks WHERE id = ANY(%s::text[])"
+DELETE_TASKS = "DELETE FROM trioschedule_tasks AS t USING json_array_elements_text(%s::json) AS f(id) WHERE t.id = f.id"
 SAVE_SCHEDULE_ROWS = (
     "INSERT INTO trioschedule_schedules (name, record, saved_at) "
     "SELECT r->>'name', r::jsonb, now() FROM json_array_elements(%s::json) WITH ORDINALITY AS e(r, n) ORDER BY n "
@@ -135,15 +144,16 @@ def _row(task: StoredTask) -> list[Any]:
 class _Segment:
     """What one segment collects, per kind of statement."""
 
-    __slots__ = ("done", "forgets", "many", "new", "rows", "run", "upserts")
+    __slots__ = ("done", "forgets", "many", "new", "rows", "run", "runs", "upserts")
 
     def __init__(self) -> None:
         self.rows: list[str] = []  # ADD_ROWS texts
         self.new: list[str] = []  # ADD_NEW texts
         self.many: list[tuple[Any, ...]] = []  # ADD_MANY operations
         self.upserts: list[StoredTask] = []
-        self.run: tuple[list[str], list[str], list[int], list[int], list[int]] = ([], [], [], [], [])
-        self.done: tuple[list[str], list[int], list[int], list[int], list[float], list[Any]] = ([], [], [], [], [], [])
+        self.run: list[tuple[Any, ...]] = []  # RUN operations
+        self.runs: list[tuple[Any, ...]] = []  # RUNS operations
+        self.done: list[tuple[Any, ...]] = []  # FINISH operations
         self.forgets: list[str] = []
 
     def statements(self, encode: Encode, skipped: list[Any]) -> list[Statement]:
@@ -155,44 +165,43 @@ class _Segment:
         for op in self.many:
             name, kwargs_text, priority, retries, deadline, not_before, submitted_at = op[3]
             out.append((INSERT_MANY, (name, kwargs_text, priority, retries, deadline, not_before, submitted_at,
-                                      op[1], op[2])))  # fmt: skip
+                                      encode(op[1]), op[2])))  # fmt: skip
         if self.upserts:
-            try:
-                text = encode([_row(task) for task in self.upserts])
-            except (TypeError, ValueError):
-                good = []
-                for task in self.upserts:
-                    try:
-                        encode(_row(task))
-                    except (TypeError, ValueError):
-                        skipped.append(task)
-                    else:
-                        good.append(task)
-                text = encode([_row(task) for task in good]) if good else ""
-            if text:
-                out.append((UPSERT_ROWS, (text,)))
-        if self.run[0]:
-            out.append((UPDATE_RUNNING, self.run))
-        if self.done[0]:
-            columns: tuple[list[Any], ...] = self.done
-            try:
-                text = encode(columns[5])  # the outcomes, in one call
-            except (TypeError, ValueError):
-                keep = []
-                for i, outcome in enumerate(columns[5]):
-                    try:
-                        encode(outcome)
-                    except (TypeError, ValueError):
-                        skipped.append(("FINISH", columns[0][i], outcome))
-                    else:
-                        keep.append(i)
-                columns = tuple([column[i] for i in keep] for column in columns)
-                text = encode(columns[5])
-            if columns[0]:
-                out.append((UPDATE_DONE, (*columns[:5], text)))
+            rows = _encodable([_row(task) for task in self.upserts], encode, skipped, self.upserts)
+            if rows:
+                out.append((UPSERT_ROWS, (rows,)))
+        if self.run:
+            out.append((UPDATE_RUNNING, (encode(self.run),)))
+        if self.runs:
+            out.append((UPDATE_RUNNING_MANY, (encode(self.runs),)))
+        if self.done and self.forgets:
+            # A task that ends and is forgotten in one commit (a map() task) is only deleted.
+            forgotten = set(self.forgets)
+            self.done = [op for op in self.done if op[1] not in forgotten]
+        if self.done:
+            done = _encodable(self.done, encode, skipped, self.done)
+            if done:
+                out.append((UPDATE_DONE, (done,)))
         if self.forgets:
-            out.append((DELETE_TASKS, (self.forgets,)))
+            out.append((DELETE_TASKS, (encode(self.forgets),)))
         return out
+
+
+def _encodable(items: list[Any], encode: Encode, skipped: list[Any], originals: list[Any]) -> str:
+    """``items`` as one JSON array, in one call; those that cannot be encoded are left out (their
+    ``originals`` go to ``skipped``, for the caller to log).  "" if none is left."""
+    try:
+        return encode(items)
+    except (TypeError, ValueError):
+        good = []
+        for item, original in zip(items, originals):
+            try:
+                encode(item)
+            except (TypeError, ValueError):
+                skipped.append(original)
+            else:
+                good.append(item)
+        return encode(good) if good else ""
 
 
 def statements(batch: list[tuple[Any, ...]], encode: Encode) -> tuple[list[Statement], int, int, list[Any]]:
@@ -200,8 +209,8 @@ def statements(batch: list[tuple[Any, ...]], encode: Encode) -> tuple[list[State
 
     Returns them with how many task changes they write and delete, and what
     was skipped because it cannot be encoded as JSON (a whole task from
-    ``update()``, or ``("FINISH", id, outcome)`` for an outcome that is not
-    JSON): the caller logs each one.
+    ``update()``, or the FINISH operation of an outcome that is not JSON):
+    the caller logs each one.
     """
     out: list[Statement] = []
     skipped: list[Any] = []
@@ -220,63 +229,39 @@ def statements(batch: list[tuple[Any, ...]], encode: Encode) -> tuple[list[State
         rank = _RANK[kind]
         if kind in _MANY:
             ids = op[1]
-            split = False
-            for task_id in ids:
-                if last.get(task_id, -1) >= rank:
-                    split = True
-                    break
-            if split:
+            # Usually none of them is in the segment yet: checked and recorded at C speed.
+            if any(map(last.__contains__, ids)) and any(last.get(task_id, -1) >= rank for task_id in ids):
                 out.extend(segment.statements(encode, skipped))
                 segment, last = _Segment(), {}
-            for task_id in ids:
-                last[task_id] = rank
-        else:
-            task_id = op[1]
-            if last.get(task_id, -1) >= rank:
-                out.extend(segment.statements(encode, skipped))
-                segment, last = _Segment(), {}
-            last[task_id] = rank
-        if kind == ADD_ROWS:
-            segment.rows.append(op[2])
-            written += len(op[1])
-        elif kind == ADD_NEW:
-            segment.new.append(op[2])
-            written += len(op[1])
-        elif kind == ADD_MANY:
-            segment.many.append(op)
-            written += len(op[1])
-        elif kind == UPSERT:
-            segment.upserts.append(op[2])
-            written += 1
-        elif kind == RUN:
-            run = segment.run
-            run[0].append(task_id)
-            run[1].append(op[2])
-            run[2].append(op[3])
-            run[3].append(op[4])
-            run[4].append(op[5])
-            written += 1
-        elif kind == RUNS:
-            run = segment.run
-            count = len(op[1])
-            run[0].extend(op[1])
-            run[1].extend([op[2]] * count)
-            run[2].extend([op[3]] * count)
-            run[3].extend([op[4]] * count)
-            run[4].extend([op[5]] * count)
+            last.update(dict.fromkeys(ids, rank))
+            count = len(ids)
             written += count
-        elif kind == FINISH:
-            done = segment.done
-            done[0].append(task_id)
-            done[1].append(op[2])
-            done[2].append(op[5])
-            done[3].append(op[6])
-            done[4].append(op[4])
-            done[5].append(op[3])
+            if kind == RUNS:
+                segment.runs.append(op)
+            elif kind == ADD_MANY:
+                segment.many.append(op)
+            elif kind == ADD_NEW:
+                segment.new.append(op[2])
+            else:
+                segment.rows.append(op[2])
+            continue
+        task_id = op[1]
+        if last.get(task_id, -1) >= rank:
+            out.extend(segment.statements(encode, skipped))
+            segment, last = _Segment(), {}
+        last[task_id] = rank
+        if kind == FINISH:
+            segment.done.append(op)
             written += 1
-        else:  # FORGET
+        elif kind == FORGET:
             segment.forgets.append(task_id)
             deleted += 1
+        elif kind == RUN:
+            segment.run.append(op)
+            written += 1
+        else:  # UPSERT
+            segment.upserts.append(op[2])
+            written += 1
     out.extend(segment.statements(encode, skipped))
     out.extend(schedules)
     return out, written - len(skipped), deleted, skipped

@@ -198,19 +198,28 @@ class PostgreSQLStore(JournalWriter, Store):
             self._check_open("update")
         if task.state not in _STATES:
             raise ValueError(f"task {task.id}: unknown state {task.state!r}")
-        self._buffer((UPSERT, task.id, task))
+        ops = self._ops
+        ops.append((UPSERT, task.id, task))
+        if len(ops) == 1:
+            self._wake_writer()
 
     def update_running(self, task_id: str, attempt: int, failures: int, losses: int, session: str) -> None:
         """Buffer "``task_id`` runs on ``session``" (see :meth:`Store.update_running`)."""
         if self._state != "open":
             self._check_open("update")
-        self._buffer((RUN, task_id, session, attempt, failures, losses))
+        ops = self._ops
+        ops.append((RUN, task_id, session, attempt, failures, losses))
+        if len(ops) == 1:
+            self._wake_writer()
 
     def update_running_many(self, task_ids: list[str], attempt: int, failures: int, losses: int, session: str) -> None:
         """Buffer "these tasks run on ``session``" as one operation (the store keeps ``task_ids``)."""
         if self._state != "open":
             self._check_open("update")
-        self._buffer((RUNS, task_ids, session, attempt, failures, losses))
+        ops = self._ops
+        ops.append((RUNS, task_ids, session, attempt, failures, losses))
+        if len(ops) == 1:
+            self._wake_writer()
 
     def update_done(
         self, task_id: str, attempt: int, failures: int, losses: int, outcome: dict[str, Any], finished_at: float
@@ -218,22 +227,27 @@ class PostgreSQLStore(JournalWriter, Store):
         """Buffer "``task_id`` ended with ``outcome``" (the store keeps ``outcome`` until committed)."""
         if self._state != "open":
             self._check_open("update")
-        self._buffer((FINISH, task_id, attempt, outcome, finished_at, failures, losses))
+        ops = self._ops
+        ops.append((FINISH, task_id, attempt, outcome, finished_at, failures, losses))
+        if len(ops) == 1:
+            self._wake_writer()
 
     def forget(self, task_ids: list[str]) -> None:
         """Buffer the deletion of these tasks' rows (unknown ids are ignored)."""
         if self._state != "open":
             self._check_open("forget")
-        for task_id in task_ids:
-            self._buffer((FORGET, task_id))
-
-    def _buffer(self, op: tuple[Any, ...]) -> None:
         ops = self._ops
-        ops.append(op)
-        if len(ops) == 1:  # the first of a batch: the writer commits within commit_interval
-            with self._mutex:
-                self._pending_since = time.monotonic()
-                self._cond.notify()
+        was_empty = not ops
+        for task_id in task_ids:
+            ops.append((FORGET, task_id))
+        if was_empty and ops:
+            self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        """The first operation of a batch was buffered: the writer commits within ``commit_interval``."""
+        with self._mutex:
+            self._pending_since = time.monotonic()
+            self._cond.notify()
 
     def mark(self) -> int:
         """The batch that holds everything buffered so far (see :meth:`flush`)."""

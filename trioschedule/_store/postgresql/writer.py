@@ -49,6 +49,7 @@ _LOAD = (
     "failures, losses, session, outcome, finished_at FROM trioschedule_tasks ORDER BY state = 'done', finished_at, seq"
 )
 _PURGE = "DELETE FROM trioschedule_tasks WHERE state = 'done' AND finished_at < %s"
+_LOCK_WAIT = 5.0  # seconds a new session waits for the journal's lock before refusing
 _PURGE_EVERY = 60.0  # seconds between the writer's retention sweeps
 _BACKOFF = (0.05, 2.0)  # first and longest wait between reconnection attempts
 _TRANSIENT = ("08", "57P01", "57P02", "57P03", "53300")  # connection lost, server shut down or starting, too many
@@ -129,8 +130,15 @@ class JournalWriter:
     def _take_session_lock(self, conn: psycopg.Connection[Any]) -> None:
         """One dispatcher per database unless they share a lease: exclusive unfenced, shared when fenced."""
         function = "pg_try_advisory_lock" if self._term is None else "pg_try_advisory_lock_shared"
-        if conn.execute(f"SELECT {function}(%s)", (schema.LOCK_KEY,)).fetchone()[0]:  # type: ignore[index]
-            return
+        # A dispatcher that just stopped (or died: its socket closed) may still have a backend
+        # on its way out, holding the lock for a moment: wait a little before refusing.
+        deadline = time.monotonic() + _LOCK_WAIT
+        while True:
+            if conn.execute(f"SELECT {function}(%s)", (schema.LOCK_KEY,)).fetchone()[0]:  # type: ignore[index]
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
         holders = conn.execute(
             "SELECT a.pid, a.application_name, a.client_addr::text FROM pg_locks l "
             "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.objid = %s "
@@ -141,7 +149,8 @@ class JournalWriter:
         conn.rollback()
         raise StoreError(
             f"the database {self.url} is in use by another dispatcher ({who or 'unknown'}).  Several "
-            "dispatchers may share one database only with the lease (docs/HA.md): each then takes it in turn",
+            "dispatchers may share one database only with the lease (docs/HA.md): each then takes it in turn.  "
+            "If that dispatcher died with its machine, the server ends its session within about 30 s",
             code="locked",
         )
 
@@ -311,6 +320,10 @@ class JournalWriter:
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
+                if not conn.broken:  # release the lock now, not whenever the server notices the socket closed
+                    conn.rollback()
+                    conn.execute("SELECT pg_advisory_unlock_all()")
+                    conn.commit()
                 conn.close()
             except psycopg.Error:  # pragma: no cover
                 log.exception("closing the connection to %s failed", self.url)
