@@ -41,3 +41,20 @@ async def test_run_raises_when_the_first_connection_cannot_be_made():
     client = Client(HOST, port)
     with trio.fail_after(10), pytest.raises(ConnectionClosed, match="cannot reach the dispatcher"):
         await client.run()
+
+
+async def test_a_cancel_lost_with_its_connection_is_sent_again_after_reconnecting(autojump_clock):
+    from trioschedule import TaskCancelled
+    from trioschedule.testing import open_cluster
+
+    worker = MathWorker(name="w")
+    async with open_cluster(quick_dispatcher(), worker) as cluster, cluster.client(reconnect_max=0.5) as client:
+        handle = await client.submit("sleep", [60, "finished"])
+        await trio.sleep(1)  # running on the worker
+        cluster.link(client).stall()  # the cancel goes into a connection that delivers nothing...
+        await handle.cancel("changed my mind")
+        cluster.cut(client)  # ...and then breaks: the dispatcher never heard of it
+        with trio.fail_after(20):
+            with pytest.raises(TaskCancelled, match="changed my mind"):
+                await handle.result()
+        assert trio.current_time() < 30  # cancelled, not waited out

@@ -46,3 +46,36 @@ def test_draining_and_tasks_no_worker_offers_are_called_out():
 def test_a_draining_worker_says_so():
     worker = dict(status_document()["workers"][0], draining=True)
     assert format_status(status_document(workers=[worker])).splitlines()[-1].split()[-2] == "draining"
+
+
+HA = {
+    "role": "leader", "holder": "3f2a9c1be4d54a0f9d1c2b3a4e5f6071", "address": "10.0.0.1:7311", "term": 7,
+    "standbys": [
+        {"holder": "9e8d7c6b5a4f4e3d2c1b0a9f8e7d6c5b", "address": "10.0.0.2:7311", "seen_ago": 0.42},
+        {"holder": "0a1b2c3d4e5f", "address": "10.0.0.3:7311", "seen_ago": 1.0},
+    ],
+}  # fmt: skip
+
+
+def test_a_dispatcher_on_a_shared_store_shows_who_leads_its_term_and_its_standbys():
+    lines = format_status(status_document(ha=HA, workers=[])).splitlines()
+    assert lines[2:6] == [
+        "ha: leader 10.0.0.1:7311  holder 3f2a9c1be4d5  term 7",
+        "standbys: 2",
+        "  10.0.0.2:7311  holder 9e8d7c6b5a4f  seen 0.4 s ago",
+        "  10.0.0.3:7311  holder 0a1b2c3d4e5f  seen 1.0 s ago",
+    ]
+    assert lines[6] == "workers: 0   clients: 1"
+
+
+def test_a_leader_with_no_standby_says_nothing_takes_over():
+    lines = format_status(status_document(ha=dict(HA, standbys=[]), workers=[])).splitlines()
+    assert lines[2:4] == [
+        "ha: leader 10.0.0.1:7311  holder 3f2a9c1be4d5  term 7",
+        "standbys: none alive (nothing takes over if this dispatcher dies)",
+    ]
+
+
+def test_without_a_shared_store_there_is_no_ha_block():
+    assert "ha:" not in format_status(status_document())
+    assert "ha:" not in format_status(status_document(ha=None))

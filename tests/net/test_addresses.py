@@ -61,7 +61,7 @@ def test_two_standbys_naming_each_other_cost_one_attempt_each_per_round():
 
 
 def test_redirects_per_round_are_capped():
-    chain = [("10.1.0.%d" % i, 1) for i in range(10)]
+    chain = [(f"10.1.0.{i}", 1) for i in range(10)]
     rotation = Rotation([A], max_redirects=3)
     steps = walk(rotation, *[(standby(format_address(c)), c) for c in chain[:5]])
     # A, then three redirects followed; the third redirect's target names a fourth: not followed, the
