@@ -34,8 +34,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from trioschedule import open_client  # noqa: E402
-from trioschedule._store.registry import open_store  # noqa: E402
+from trioschedule import open_client
+from trioschedule._store.registry import open_store
 
 WORKER = f"{HERE / '_procs.py'}:AddWorker"
 

@@ -14,6 +14,9 @@ Workloads (docs/PERFORMANCE.md says more):
       dispatcher with the SQLite journal, store="sqlite:<fresh temp dir>/journal.sqlite3" (--no-sqlite),
       and with the PostgreSQL journal, store="postgresql://postgres@127.0.0.1:PORT/<fresh database>" on a
       server this script starts in a temporary directory as the tests do (tests/postgres.py; --no-postgresql).
+  Failover (with the PostgreSQL column; --no-failover skips it): two command-line dispatchers on one database,
+      the leader SIGKILLed; seconds until the standby holds the lease and until a client is served again
+      (benchmarks/failover.py, the default --lease-ttl of 6 s, --failover-runs runs, median reported).
   W3  broadcast: one message to --w3-workers connected workers until every one has acknowledged it
       (Worker.on_message -> Worker.send -> Dispatcher.on_message), --w3-rounds times.
   W4  scale: dispatcher RSS growth per connection (--w4-workers idle workers) and per queued task
@@ -179,6 +182,20 @@ def start_cli_workers(children: list[Child], logdir: str, port: int, count: int)
 
 
 # =============================================================== PostgreSQL
+def scenario_failover(opts: argparse.Namespace, logdir: str, url: str) -> dict:
+    """benchmarks/failover.py on the PostgreSQL column's server (docs/HA.md), in a process of its own."""
+    runs = opts.failover_runs if opts.failover_runs is not None else (1 if opts.quick else 3)
+    lease_ttl = opts.failover_lease_ttl or (2.0 if opts.quick else 6.0)
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, str(HERE / "failover.py"), "--url", url, "--lease-ttl", str(lease_ttl),
+                           "--runs", str(runs)], env=env, cwd=logdir, capture_output=True, text=True,
+                          timeout=120 + 60 * runs, check=False)  # fmt: skip
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])  # type: ignore[no-any-return]
+    raise RuntimeError(f"benchmarks/failover.py failed (exit {done.returncode}): {done.stdout[-2000:]}{done.stderr[-3000:]}")
+
+
 def postgres_module():  # imported only when the column runs
     """tests/postgres.py, which starts a PostgreSQL server in a temporary directory as the tests do."""
     if str(REPO) not in sys.path:
@@ -644,6 +661,14 @@ def table(r: dict) -> str:
             )  # fmt: skip
     if r.get("postgresql_unavailable"):
         lines.append(f"PostgreSQL column unavailable: {r['postgresql_unavailable']}")
+    if r.get("failover"):
+        f = r["failover"]
+        lines.append(
+            f"Failover (two dispatchers on PostgreSQL, lease {f['lease_ttl_s']:g} s, leader SIGKILLed, "
+            f"{len(f['runs'])} runs): the standby holds the lease after {f['lease_s_median']:.2f} s, a client is "
+            f"served again after {f['service_s_median']:.2f} s (median; max {f['service_s_max']:.2f} s; "
+            f"docs/HA.md bound {f['bound_s']:g} s plus recovery)"
+        )
     if r.get("w3"):
         w3 = r["w3"]
         lines.append(
@@ -702,6 +727,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "with every default (python -m trioschedule worker ...)")  # fmt: skip
     p.add_argument("--no-sqlite", action="store_true",
                    help="skip the extra W1/W2 run in the dispatcher with the SQLite journal")
+    p.add_argument("--no-failover", action="store_true",
+                   help="skip the failover measurement that follows the PostgreSQL column")
+    p.add_argument("--failover-runs", type=int, default=None, help="failover runs, median reported (3; quick 1)")
+    p.add_argument("--failover-lease-ttl", type=float, default=None, metavar="S",
+                   help="the dispatchers' --lease-ttl in the failover runs (default 6, the default; quick 2)")
     p.add_argument("--no-postgresql", action="store_true",
                    help="skip the extra W1/W2 run in the dispatcher with the PostgreSQL journal (a server started "
                         "in a temporary directory, as the tests do)")  # fmt: skip
@@ -790,6 +820,9 @@ def main(argv: list[str] | None = None) -> int:
                              logdir, via_client=False, prefetch=opts.prefetch, label="postgresql",
                              postgresql=server.database())  # fmt: skip
                         raw["postgresql_server"] = server.version()
+                        if not opts.no_failover:
+                            step("failover", "failover: two dispatchers on PostgreSQL, the leader SIGKILLed",
+                                 scenario_failover, opts, logdir, server.database())  # fmt: skip
                 except pg.PostgresUnavailable as exc:
                     print(f"  PostgreSQL column skipped: {exc}", file=sys.stderr, flush=True)
                     raw["postgresql_unavailable"] = str(exc).splitlines()[0]
@@ -813,6 +846,8 @@ def main(argv: list[str] | None = None) -> int:
         result["postgresql_unavailable"] = raw["postgresql_unavailable"]
     if raw.get("postgresql_server") and result.get("postgresql_journal") is not None:
         result["postgresql_journal"]["server"] = raw["postgresql_server"]
+    if raw.get("failover"):
+        result["failover"] = raw["failover"]
     result["other_load"] = load
     if waited:
         result["waited_for_quiet"] = waited

@@ -56,7 +56,7 @@ def harness():
 @pytest.mark.postgresql  # its PostgreSQL column starts a server as the tests do
 def test_quick_benchmark_runs_and_reports(tmp_path):
     out = tmp_path / "bench.json"
-    proc = _run("--quick", "--json", str(out), timeout=90)
+    proc = _run("--quick", "--json", str(out), timeout=120)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert "W1 throughput" in proc.stdout and "W4" in proc.stdout, proc.stdout
 
@@ -114,6 +114,11 @@ def test_quick_benchmark_runs_and_reports(tmp_path):
     assert _positive(pg_w1["ratio_vs_memory"]) and _positive(pg_w2["p50_ratio_vs_memory"])
     assert _positive(pg_w1["journal"]["commits"]) and _positive(pg_w1["journal"]["rows_written"])
     assert result["postgresql_journal"]["server"] and "PostgreSQL" in proc.stdout
+    # Failover on that server: two command-line dispatchers, the leader SIGKILLed, a client served again.
+    failover = result["failover"]
+    assert failover["lease_ttl_s"] == 2.0 and len(failover["runs"]) == 1
+    assert 0 < failover["lease_s_median"] < 60 and 0 < failover["service_s_median"] < 60
+    assert "Failover (two dispatchers on PostgreSQL" in proc.stdout
 
     w3 = result["w3"]
     assert w3["workers"] == result["params"]["w3_workers"]
