@@ -293,7 +293,6 @@ class Dispatcher:
         """
         self._election = election
         opened: list[Any] = []
-        leading = False
         try:
             opened = await open_listeners()
             self.port = _bound_port(opened, self.port)
@@ -306,7 +305,6 @@ class Dispatcher:
             term = await self._stand_by(election, listeners, task_status)
             if term is None:  # stopped while standing by
                 return
-            leading = True
             self._journal.on_fenced = lambda exc: election.step_down(f"a journal write was fenced: {exc}")
             try:
                 self.store.fence(term)
@@ -325,7 +323,7 @@ class Dispatcher:
                 await election.leadership.aclose()
                 for listener in opened:  # closed now: a new Dispatcher in this process may listen here
                     await listener.aclose()
-            if leading:
+            if opened:  # a start that failed says why, not "stopped"
                 log.info("%s stopped", self.name)
         if election.lost_reason != "stopped" and election.lost.is_set():
             self._spent = True
