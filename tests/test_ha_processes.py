@@ -176,6 +176,16 @@ async def test_leader_paused_then_woken_steps_down_and_writes_nothing(tmp_path, 
             # a went back to standing by, as a fresh dispatcher (the command line's choice, docs/HA.md).
             await wait_for(lambda: "standing by again" in procs.log("a"), timeout=10, interval=0.1)
             assert a.poll() is None
+
+            # status through both addresses: b leads with the new term, a is alive again as its standby.
+            async def a_listed_as_standby():
+                done = await procs.run("status", f"{a_addr},{b_addr}", "--json")
+                assert done.returncode == 0, done.stderr
+                ha = json.loads(done.stdout)["ha"]
+                assert (ha["role"], ha["address"], ha["term"]) == ("leader", b_addr, term_a + 1)
+                return [s for s in ha["standbys"] if s["address"] == a_addr]
+
+            await wait_for(a_listed_as_standby, timeout=15, interval=0.5)
         finally:
             if a.poll() is None:
                 a.send_signal(signal.SIGCONT)
