@@ -318,15 +318,17 @@ class JournalWriter:
 
     def _close_connection(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                if not conn.broken:  # release the lock now, not whenever the server notices the socket closed
-                    conn.rollback()
-                    conn.execute("SELECT pg_advisory_unlock_all()")
-                    conn.commit()
-                conn.close()
-            except psycopg.Error:  # pragma: no cover
-                log.exception("closing the connection to %s failed", self.url)
+        if conn is None:
+            return
+        try:
+            if not conn.broken:  # release the lock now, not whenever the server notices the socket closed
+                conn.rollback()
+                conn.execute("SELECT pg_advisory_unlock_all()")
+                conn.commit()
+        except psycopg.Error as exc:  # the server is gone: so is the session, and its lock with it
+            log.debug("releasing the lock on %s failed: %r", self.url, exc)
+        finally:
+            conn.close()
 
 
 def _decode(row: tuple[Any, ...]) -> StoredTask:
