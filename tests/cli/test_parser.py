@@ -106,3 +106,21 @@ def test_no_numeric_default_is_written_twice():
                 if keyword.arg == "default" and is_number and flag not in cli_only:
                     literal.append(flag)
     assert not literal, f"write these defaults in trioschedule/_defaults.py: {literal}"
+
+
+def test_every_command_that_reaches_a_dispatcher_takes_an_address_list():
+    from trioschedule.cli._parser import parse_addresses
+
+    both = "127.0.0.1:7311,[::1]:7312"
+    expected = [("127.0.0.1", 7311), ("::1", 7312)]
+    parser = build_parser()
+    for argv in (["submit", both, "add"], ["result", both, "id"], ["cancel", both, "id"], ["broadcast", both, "{}"],
+                 ["status", both], ["tasks", both], ["stop", both], ["worker", "m:C", "--connect", both]):  # fmt: skip
+        args = parser.parse_args(argv)
+        assert (args.connect if argv[0] == "worker" else args.address) == expected, argv
+        if argv[0] != "worker":
+            assert args.leader_wait == 15.0
+    assert parse_addresses("a:1,a:1,b:2") == [("a", 1), ("b", 2)]
+    for bad in ("a:1,", ",a:1", "a:1,,b:2", "a:1,b"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_addresses(bad)

@@ -32,3 +32,10 @@ def test_options_not_given_are_not_passed_on():
     args = parser.parse_args(["worker", "app.py:Jobs", "--processes", "2"])
     child = parser.parse_args(child_argv(args)[3:])
     assert vars(child) == {**vars(args), "processes": 1}
+
+
+def test_children_get_every_dispatcher_address():
+    parser = build_parser()
+    args = parser.parse_args(["worker", "app.py:Jobs", "--processes", "2", "--connect", "10.0.0.1:9000,[::1]:9001"])
+    child = parser.parse_args(child_argv(args)[3:])
+    assert child.connect == args.connect == [("10.0.0.1", 9000), ("::1", 9001)]

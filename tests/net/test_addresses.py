@@ -47,8 +47,9 @@ def test_a_redirect_outside_the_list_is_followed_and_remembered_once_it_worked()
     assert walk(rotation, (standby(), X)) == [(A, False)]
     assert rotation.current == X
     rotation.succeeded()
-    # Lost later: the leader that worked is tried first, then the list.
-    assert walk(rotation, REFUSED, REFUSED, REFUSED) == [(X, False), (A, False), (B, True)]
+    rotation.lost()
+    # Lost later: the list first (a standby there names the leader at once), the leader that worked last.
+    assert walk(rotation, REFUSED, REFUSED, REFUSED) == [(A, False), (B, False), (X, True)]
     # It failed a whole round: forgotten, the list alone from now on.
     assert walk(rotation, REFUSED, REFUSED) == [(A, False), (B, True)]
 
@@ -70,12 +71,17 @@ def test_redirects_per_round_are_capped():
     assert rotation.current == chain[4]
 
 
-def test_the_next_round_starts_at_the_address_that_worked():
+def test_after_losing_the_leader_the_next_round_starts_with_the_next_address_and_tries_it_last():
+    """A paused leader still accepts TCP connections: trying it first would cost the whole connect timeout."""
     rotation = Rotation([A, B, C])
     walk(rotation, REFUSED)
     assert rotation.current == B
     rotation.succeeded()
-    assert walk(rotation, REFUSED, REFUSED, REFUSED) == [(B, False), (C, False), (A, True)]
+    rotation.lost()
+    assert walk(rotation, REFUSED, REFUSED, REFUSED) == [(C, False), (A, False), (B, True)]
+    # A standby there still names the old leader: followed at once.
+    assert walk(rotation, (standby("10.0.0.2:7311"), B)) == [(C, False)]
+    assert rotation.current == B
 
 
 def test_the_round_keeps_its_failures_for_one_error():

@@ -199,9 +199,84 @@ async def test_a_fatal_error_at_any_address_stops_at_once(autojump_clock):
     assert [type(e) for e in peers.errors] == [AuthenticationError]
 
 
-async def test_after_a_connection_the_next_round_starts_at_the_dispatcher_that_led(autojump_clock):
-    peers = Dispatchers({A: [OSError("refused")], B: ["first", OSError("gone"), "second"]})
+async def test_after_a_connection_ends_the_next_round_starts_with_the_next_address(autojump_clock):
+    peers = Dispatchers({A: [OSError("refused"), NotLeader("standby", leader="10.0.0.2:7311")],
+                         B: ["first", "second"], C: [OSError("refused")]})  # fmt: skip
     peers.done = lambda: len(peers.served) == 2  # type: ignore[method-assign]
     await stay_connected(peers.connect, peers.serve, retry=peers.retry, backoff=FixedBackoff(), done=peers.done,
-                         log=log, rotation=Rotation([A, B]))  # fmt: skip
-    assert [address for _, address in peers.attempts] == [A, B, B, A, B]
+                         log=log, rotation=Rotation([A, B, C]))  # fmt: skip
+    # B led; once its connection ended, C and A were tried before it (A, now a standby, named B).
+    assert [address for _, address in peers.attempts] == [A, B, C, A, B]
+
+
+class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
+    """Streams handed over in memory, for a real Dispatcher's serve_listeners."""
+
+    def __init__(self) -> None:
+        self.send, self.receive = trio.open_memory_channel[trio.abc.Stream](100)
+
+    async def accept(self) -> trio.abc.Stream:
+        return await self.receive.receive()
+
+    async def aclose(self) -> None:
+        await self.receive.aclose()
+
+
+async def test_over_memory_streams_a_standby_answer_becomes_a_redirect_to_a_real_dispatcher(autojump_clock, nursery):
+    """open_connection + stay_connected, the real handshake: two standbys know no leader for three rounds, then name it."""
+    from trioschedule import Dispatcher
+    from trioschedule._net.peerconn import open_connection
+    from trioschedule._protocol.framing import FrameDecoder, encode_frame
+
+    listener = MemoryListener()
+    await nursery.start(Dispatcher(name="leader").serve_listeners, [listener])
+    leader = {"name": None}
+    hellos: list[tuple[float, str]] = []
+
+    async def standby(name: str, stream: trio.abc.Stream) -> None:
+        decoder = FrameDecoder()
+        while decoder.next_frame() is None:
+            decoder.receive_data(await stream.receive_some())
+        hellos.append((trio.current_time(), name))
+        named = f'"{leader["name"]}"' if leader["name"] else "null"
+        await stream.send_all(encode_frame(b'{"code":"not-leader","message":"standby","leader":%s,"type":"error"}' % named.encode()))
+        await stream.aclose()
+
+    def route(address: tuple[str, int]) -> Any:
+        async def connector() -> trio.abc.Stream:
+            ours, theirs = trio.testing.memory_stream_pair()
+            if address == C:
+                listener.send.send_nowait(theirs)
+            else:
+                nursery.start_soon(standby, address[0], theirs)
+            return ours
+        return connector
+
+    async def connect(address: tuple[str, int]) -> Any:
+        if len(hellos) >= 6:  # three rounds of two: the standbys learn who leads
+            leader["name"] = "10.0.0.3:7311"
+        return await open_connection(*address, role="client", token=None, ssl_context=None, connector=route(address))
+
+    served: list[str] = []
+
+    async def serve(conn: Any, welcome: Any, ready: Any) -> None:
+        served.append(welcome.name)
+        ready()
+        await conn.aclose()
+
+    errors: list[Exception] = []
+
+    def retry(exc: Exception, attempts: int, connected_once: bool) -> str:
+        errors.append(exc)
+        return str(exc)
+
+    start = trio.current_time()
+    with trio.fail_after(60):
+        await stay_connected(connect, serve, retry=retry, backoff=FixedBackoff(), done=lambda: bool(served), log=log,
+                             rotation=Rotation([A, B]))  # fmt: skip
+    assert served == ["leader"]
+    assert [(t - start, name) for t, name in hellos] == [
+        (0, "10.0.0.1"), (0, "10.0.0.2"), (1, "10.0.0.1"), (1, "10.0.0.2"), (3, "10.0.0.1"), (3, "10.0.0.2"),
+        (6, "10.0.0.1"),  # names the leader now: followed at once, not after the next backoff
+    ]
+    assert [str(e) for e in errors] == ["no dispatcher at 10.0.0.1:7311, 10.0.0.2:7311 leads (not-leader: no leader yet)"] * 3

@@ -83,9 +83,15 @@ class Rotation:
 
     A redirect is followed at once, but only to an address not yet tried
     this round and at most ``max_redirects`` times a round, so two standbys
-    that name each other cost one attempt each, not a loop.  The address
-    that worked last is tried first in the next round (even one learnt from
-    a redirect and not in the list), then the list from there on.
+    that name each other cost one attempt each, not a loop.
+
+    When a connection that worked ends (:meth:`lost`), the next round starts
+    with the *next* address and tries the one that led last: a leader that
+    is paused or cut off still accepts TCP connections and would hold each
+    attempt for the whole connect timeout, while a standby that took over
+    answers at once, and one that did not yet names the leader (one extra
+    round trip).  An address learnt from a redirect and not in the list
+    comes last in that round, and is forgotten once it fails a whole round.
     """
 
     def __init__(self, addresses: Sequence[Address], *, max_redirects: int = defaults.MAX_REDIRECTS) -> None:
@@ -95,6 +101,7 @@ class Rotation:
         self.max_redirects = max_redirects
         self._start = 0  # the list index the next round starts from
         self._learnt: Address | None = None  # a redirect's address, outside the list, that worked
+        self._leading: Address | None = None  # the address of the last connection that worked
         #: (address, error) of each failed attempt in this round, in order.
         self.failures: list[tuple[Address, Exception]] = []
         self._queue: deque[Address] = deque()
@@ -141,18 +148,24 @@ class Rotation:
         return leader is not None and leader not in self._tried and self._redirects < self.max_redirects
 
     def succeeded(self) -> None:
-        """The attempt at :attr:`current` connected: start the next round there."""
-        address = self._queue[0]
+        """The attempt at :attr:`current` connected (call :meth:`lost` when that connection ends)."""
+        address = self._leading = self._queue[0]
         if address in self.addresses:
             self._start, self._learnt = self.addresses.index(address), None
         else:
             self._learnt = address
         self._new_round()
 
+    def lost(self) -> None:
+        """The connection that worked has ended: the next round starts after its address, which comes last."""
+        if self._leading in self.addresses:
+            self._start = (self.addresses.index(self._leading) + 1) % len(self.addresses)
+        self._new_round()
+
     def _new_round(self, *, keep_failures: bool = False) -> None:
         order = self.addresses[self._start :] + self.addresses[: self._start]
         if self._learnt is not None:
-            order.insert(0, self._learnt)
+            order.append(self._learnt)
         self._queue = deque(order)
         self._tried = set()
         self._redirects = 0

@@ -155,6 +155,16 @@ def _describe(exc: Exception) -> str:
         return f"not-leader: leader {exc.leader}" if exc.leader else "not-leader: no leader yet"
     if isinstance(exc, trio.TooSlowError):
         return "timed out"
+    if isinstance(exc, OSError) and exc.strerror is None:  # trio's "all attempts to connect to H:P failed"
+        reasons = {  # each "Error connecting to ('h', p): Connection refused" -> "connection refused"
+            e.strerror.rsplit(": ", 1)[-1].lower()
+            for e in getattr(exc.__cause__, "exceptions", ())
+            if isinstance(e, OSError) and e.strerror
+        }
+        if reasons:
+            return ", ".join(sorted(reasons))
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
     return str(exc) or type(exc).__name__
 
 
@@ -195,7 +205,9 @@ async def stay_connected(
 
     ``connect(address)`` makes one attempt at the address ``rotation``
     chooses.  A failed attempt moves on at once to the next address of the
-    round, or to the leader a standby named (one log line per redirect).
+    round, or to the leader a standby named (one log line per redirect);
+    after a connection ends, the next round starts with the next address
+    (:meth:`Rotation.lost`).
     When the whole round has failed, ``retry(exc, attempts,
     connected_once)`` decides, given the round's error (:func:`round_error`):
     it raises to stop with an error, returns None to stop quietly, or
@@ -247,6 +259,7 @@ async def stay_connected(
         attempts = 0
         backoff.reset()
         await serve(conn, welcome, task_status.started if not connected_once else _already_started)
+        rotation.lost()
         connected_once = True
         if not done():
             await trio.sleep(backoff.next_delay())
