@@ -13,7 +13,7 @@ import trio
 
 from tests.processes import wait_for
 from trioschedule import Dispatcher, open_client
-from trioschedule._errors import ConnectionClosed, StoreFenced
+from trioschedule._errors import ConnectionClosed, Rejected, StoreFenced
 from trioschedule._net.peerconn import open_connection
 from trioschedule._store.registry import open_store
 
@@ -74,6 +74,12 @@ async def test_one_leads_the_other_redirects_and_status_shows_both(postgres_url)
             assert lease is not None and lease.address == f"127.0.0.1:{port_a}"
             assert lease.holder == a.status()["ha"]["holder"]
             term = lease.term
+
+            # A standby takes no work of its own either.
+            assert not b.leading
+            with pytest.raises(Rejected) as refused:
+                await b.submit("nobody_offers_this")
+            assert refused.value.code == "not-leader"
 
             # A standby answers a hello with not-leader, naming the leader.
             with pytest.raises(ConnectionClosed) as caught:
