@@ -294,6 +294,15 @@ class ConnectionHandler:
                 await self.journal.add_new([task for task, _ in new])
             except StoreFenced:  # not refused: the client resubmits them to the new leader
                 raise
+            except trio.Cancelled:
+                # The connection closed while the journal was slow (a heartbeat timeout during a
+                # database outage): the tasks are in the journal's hands and the client will resubmit
+                # them by id, which finds them here.  Queue them now, or nothing ever would; their Run
+                # frames still wait for the journal (the write barrier).
+                for task, delay in new:
+                    core.place(task, delay)
+                core.dispatch()
+                raise
             except StoreError as exc:  # the journal failed: refuse, never pretend
                 log.error("journal %s failed; refusing %d submission(s): %s", self.d.store.url, len(new), exc)
                 for task, _ in new:

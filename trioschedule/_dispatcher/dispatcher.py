@@ -302,22 +302,28 @@ class Dispatcher:
             log.info("%s listening on %s:%s as a standby (store %s, node %s, lease %g s, advertising %s)",
                      self.name, self.host, self.port, self.store.url, election.holder, election.ttl,
                      election.address)  # fmt: skip
-            term = await self._stand_by(election, listeners, task_status)
-            if term is None:  # stopped while standing by
-                return
-            self._journal.on_fenced = lambda exc: election.step_down(f"a journal write was fenced: {exc}")
-            try:
-                self.store.fence(term)
-                stored = await self._journal.open()
-                self._core.journal_opened(True)
-                self._core.recover(stored, self.store.url)
-                log.info("%s leads (term %d, node %s): recovered %d task(s) from %s", self.name, term,
-                         election.holder, len(stored), self.store.url)  # fmt: skip
-                await self._run(listeners, trio.TASK_STATUS_IGNORED, election)
-            finally:
-                await self._close_journal()
-                with trio.CancelScope(shield=True):
-                    await election.resign()  # after the journal's last write: nothing of ours is fenced
+            # The standby's refusals in flight when it wins finish beside the leader (naming it now):
+            # cut off, their peers would see a reset instead of a redirect.
+            async with one_error() as refusals:
+                try:
+                    term = await self._stand_by(election, listeners, task_status, refusals)
+                    if term is None:  # stopped while standing by
+                        return
+                    self._journal.on_fenced = lambda exc: election.step_down(f"a journal write was fenced: {exc}")
+                    try:
+                        self.store.fence(term)
+                        stored = await self._journal.open()
+                        self._core.journal_opened(True)
+                        self._core.recover(stored, self.store.url)
+                        log.info("%s leads (term %d, node %s): recovered %d task(s) from %s", self.name, term,
+                                 election.holder, len(stored), self.store.url)  # fmt: skip
+                        await self._run(listeners, trio.TASK_STATUS_IGNORED, election)
+                    finally:
+                        await self._close_journal()
+                        with trio.CancelScope(shield=True):
+                            await election.resign()  # after the journal's last write: nothing of ours is fenced
+                finally:
+                    refusals.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await election.leadership.aclose()
@@ -332,7 +338,7 @@ class Dispatcher:
             raise StoreFenced(f"this dispatcher stepped down: {election.lost_reason}", term=election.term)
 
     async def _stand_by(self, election: Election, listeners: list[trio.abc.Listener[Any]],
-                        task_status: trio.TaskStatus[int]) -> int | None:  # fmt: skip
+                        task_status: trio.TaskStatus[int], refusals: trio.Nursery) -> int | None:  # fmt: skip
         """Answer every hello with ``not-leader`` until this dispatcher wins the lease (its term) or stops (None)."""
         won: int | None = None
 
@@ -351,7 +357,7 @@ class Dispatcher:
                 nursery.cancel_scope.cancel()
 
             # KeptOpen: serve_listeners cannot close them, the leader's accept loop takes them over.
-            nursery.start_soon(functools.partial(trio.serve_listeners, redirect, listeners, handler_nursery=nursery))
+            nursery.start_soon(functools.partial(trio.serve_listeners, redirect, listeners, handler_nursery=refusals))
             nursery.start_soon(campaign)
             nursery.start_soon(stopped)
             task_status.started(self.port)
