@@ -283,6 +283,16 @@ class ConnectionHandler:
         if new:
             try:
                 await self.journal.add_new([task for task, _ in new])
+            except trio.Cancelled:
+                # The client's connection went away while the journal committed (a slow commit:
+                # a database restarting).  The store commits the tasks anyway, and the client
+                # resubmits them after reconnecting, which finds them known: place them now, or
+                # nobody would.  Their Run frames still wait for the commit (the write barrier).
+                for task, delay in new:
+                    core.place(task, delay)
+                core.dispatch()
+                self.effects.flush()
+                raise
             except StoreError as exc:  # the journal failed: refuse, never pretend
                 log.error("journal %s failed; refusing %d submission(s): %s", self.d.store.url, len(new), exc)
                 for task, _ in new:
