@@ -295,13 +295,14 @@ class ConnectionHandler:
             except StoreFenced:  # not refused: the client resubmits them to the new leader
                 raise
             except trio.Cancelled:
-                # The connection closed while the journal was slow (a heartbeat timeout during a
-                # database outage): the tasks are in the journal's hands and the client will resubmit
-                # them by id, which finds them here.  Queue them now, or nothing ever would; their Run
-                # frames still wait for the journal (the write barrier).
+                # The client's connection went away while the journal committed (a slow commit:
+                # a database restarting).  The store commits the tasks anyway, and the client
+                # resubmits them after reconnecting, which finds them known: place them now, or
+                # nobody would.  Their Run frames still wait for the commit (the write barrier).
                 for task, delay in new:
                     core.place(task, delay)
                 core.dispatch()
+                self.effects.flush()
                 raise
             except StoreError as exc:  # the journal failed: refuse, never pretend
                 log.error("journal %s failed; refusing %d submission(s): %s", self.d.store.url, len(new), exc)

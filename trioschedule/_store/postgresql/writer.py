@@ -117,11 +117,20 @@ class JournalWriter:
 
     # ------------------------------------------------------------ opening
     def _connect(self) -> psycopg.Connection[Any]:
-        conn = connect(self.conninfo, application=application_name())
+        # Autocommit: a batch sends its own BEGIN and COMMIT (see _transaction).
+        conn = connect(self.conninfo, application=application_name(), autocommit=True)
         try:
             conn.execute("SET synchronous_commit = on")  # a returned add() is on the server's disk
+            # A batch is sent whole (BEGIN to COMMIT), so the server never waits for this client
+            # inside a transaction, unless the client froze mid-send (SIGSTOP, a VM pause) while its
+            # transaction holds the lease row: then the server ends the session, and the lock with it.
+            conn.execute("SET idle_in_transaction_session_timeout = 5000")
+            # A batch names its tasks by id: always through the primary key.  The planner's
+            # statistics lag behind a table that a busy dispatcher fills and empties (tens of
+            # thousands of dead rows before autovacuum comes by, "few rows" in the statistics), and
+            # it then scans the whole table for each statement: 190 us of server CPU per task.
+            conn.execute("SET enable_seqscan = off")
             self._take_session_lock(conn)
-            conn.commit()
         except BaseException:
             conn.close()
             raise
@@ -165,6 +174,7 @@ class JournalWriter:
             self._next_purge = time.monotonic() + _PURGE_EVERY
         try:
             with conn.transaction():
+                conn.execute("SET LOCAL enable_seqscan = on")  # recovery reads the whole table
                 self._fence_check(conn)  # a term that moved on already: recover nothing, step down
                 self._loaded_schedules = [
                     row[0] for row in conn.execute("SELECT record FROM trioschedule_schedules ORDER BY name")
@@ -309,12 +319,29 @@ class JournalWriter:
                 return written, deleted, len(skipped)
 
     def _transaction(self, conn: psycopg.Connection[Any], statements: list[_batch.Statement]) -> None:
-        """Run ``statements`` in one transaction, pipelined: the round trips of one, whatever their number."""
-        with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
-            if self._term is not None:
-                cur.execute("SELECT trioschedule_fence(%s)", (self._term,))
-            for sql, params in statements:
-                cur.execute(sql, params)
+        """Run ``statements`` in one transaction, pipelined with its BEGIN and COMMIT: one round trip.
+
+        (``conn.transaction()`` in a pipeline syncs after BEGIN and again after
+        the statements and the COMMIT: four round trips, each a wake-up of
+        the server's backend and of this thread.)  A statement that fails
+        makes the server skip the rest, COMMIT included, so the transaction
+        is rolled back here.
+        """
+        try:
+            with conn.pipeline(), conn.cursor() as cur:
+                cur.execute("BEGIN")
+                if self._term is not None:
+                    cur.execute("SELECT trioschedule_fence(%s)", (self._term,))
+                for sql, params in statements:
+                    cur.execute(sql, params)
+                cur.execute("COMMIT")
+        except BaseException:
+            if not conn.closed and not conn.broken:
+                try:
+                    conn.execute("ROLLBACK")
+                except psycopg.Error:
+                    pass  # the connection broke meanwhile: the server rolls back on its own
+            raise
 
     def _close_connection(self) -> None:
         conn, self._conn = self._conn, None
