@@ -1,7 +1,8 @@
 """Benchmark trioschedule against the same-run baseline (../shared/bench/ceiling_trio.py).
 
     python benchmarks/run.py [--n 20000 --lat-n 2000 --runs 3 --quick --json PATH --only w1,w2,w3,w4]
-                             [--no-baseline --no-window64 --no-sqlite --wait-quiet SECONDS --profile DIR]
+                             [--no-baseline --no-window64 --no-sqlite --no-postgresql --wait-quiet SECONDS
+                              --profile DIR]
 
 Workloads (docs/PERFORMANCE.md says more):
   W1  throughput: N tasks add(i, 1) on two worker processes; tasks/s = N / (first submit .. last result),
@@ -10,7 +11,12 @@ Workloads (docs/PERFORMANCE.md says more):
       W1 and W2 are each measured with the producer inside the dispatcher process (Dispatcher.map/call,
       like the baseline) and through open_client() in a process of its own (Client.map/call, four hops);
       also in the dispatcher with 64 tasks in flight per worker (--no-window64 skips it) and in the
-      dispatcher with the SQLite journal, store="sqlite:<fresh temp dir>/journal.sqlite3" (--no-sqlite).
+      dispatcher with the SQLite journal, store="sqlite:<fresh temp dir>/journal.sqlite3" (--no-sqlite),
+      and with the PostgreSQL journal, store="postgresql://postgres@127.0.0.1:PORT/<fresh database>" on a
+      server this script starts in a temporary directory as the tests do (tests/postgres.py; --no-postgresql).
+  Failover (with the PostgreSQL column; --no-failover skips it): two command-line dispatchers on one database,
+      the leader SIGKILLed; seconds until the standby holds the lease and until a client is served again
+      (benchmarks/failover.py, the default --lease-ttl of 6 s, --failover-runs runs, median reported).
   W3  broadcast: one message to --w3-workers connected workers until every one has acknowledged it
       (Worker.on_message -> Worker.send -> Dispatcher.on_message), --w3-rounds times.
   W4  scale: dispatcher RSS growth per connection (--w4-workers idle workers) and per queued task
@@ -175,15 +181,41 @@ def start_cli_workers(children: list[Child], logdir: str, port: int, count: int)
     return started
 
 
+# =============================================================== PostgreSQL
+def scenario_failover(opts: argparse.Namespace, logdir: str, url: str) -> dict:
+    """benchmarks/failover.py on the PostgreSQL column's server (docs/HA.md), in a process of its own."""
+    runs = opts.failover_runs if opts.failover_runs is not None else (1 if opts.quick else 3)
+    lease_ttl = opts.failover_lease_ttl or (2.0 if opts.quick else 6.0)
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, str(HERE / "failover.py"), "--url", url, "--lease-ttl", str(lease_ttl),
+                           "--runs", str(runs)], env=env, cwd=logdir, capture_output=True, text=True,
+                          timeout=120 + 60 * runs, check=False)  # fmt: skip
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])  # type: ignore[no-any-return]
+    raise RuntimeError(f"benchmarks/failover.py failed (exit {done.returncode}): {done.stdout[-2000:]}{done.stderr[-3000:]}")
+
+
+def postgres_module():  # imported only when the column runs
+    """tests/postgres.py, which starts a PostgreSQL server in a temporary directory as the tests do."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from tests import postgres
+
+    return postgres
+
+
 # =============================================================== scenarios
 def scenario_w12(opts: argparse.Namespace, logdir: str, *, via_client: bool, prefetch: int | None = None,
-                 label: str = "", sqlite: bool = False, cli_workers: bool = False) -> dict:  # fmt: skip
+                 label: str = "", sqlite: bool = False, cli_workers: bool = False,
+                 postgresql: str | None = None) -> dict:  # fmt: skip
     """W1 and W2 with the producer in the dispatcher or in a client process.
 
     ``sqlite``: the dispatcher journals to a fresh SQLite file in a temporary directory of its own
     (under ``--sqlite-dir``), deleted once the processes have stopped.  ``cli_workers``: the two
     workers are what a user starts, ``python -m trioschedule worker benchmarks/_procs.py:AddWorker
-    --connect ...`` with every default, instead of this harness's worker processes.
+    --connect ...`` with every default, instead of this harness's worker processes.  ``postgresql``:
+    the URL of a fresh database the dispatcher journals to.
     """
     n = opts.n if "w1" in opts.only else 0
     lat_n = opts.lat_n if "w2" in opts.only else 0
@@ -196,6 +228,8 @@ def scenario_w12(opts: argparse.Namespace, logdir: str, *, via_client: bool, pre
         argv = procs_argv("dispatcher", "--mode", mode, "--workers", 2, "--n", n, "--lat-n", lat_n, "--runs", opts.runs)
         if journal_dir is not None:
             argv += ["--store", f"sqlite:{journal_dir}/journal.sqlite3"]
+        if postgresql is not None:
+            argv += ["--store", postgresql]
         profiling = bool(opts.profile) and not via_client and (label or "dispatcher") == opts.profile_run
         if profiling:
             argv.append("--pause-before-w1")
@@ -219,6 +253,8 @@ def scenario_w12(opts: argparse.Namespace, logdir: str, *, via_client: bool, pre
                 result = json.loads(disp.expect("RESULT", timeout, watch=workers))
         result["dispatcher_pid"] = disp.pid
         result["worker_pids"] = [w.pid for w in workers]
+        if postgresql is not None:
+            result["journal"] = {"url": postgresql}
         if journal_dir is not None:
             result["journal"] = {"dir": journal_dir, "filesystem": filesystem_of(journal_dir),
                                  "bytes_at_end": dir_bytes(journal_dir)}  # fmt: skip
@@ -477,6 +513,7 @@ def assemble(opts: argparse.Namespace, raw: dict, machine: dict, started: float,
     variants = [("dispatcher", raw.get("w12_dispatcher")), ("client", raw.get("w12_client")),
                 ("dispatcher_window64", raw.get("w12_window64")),
                 ("dispatcher_sqlite", raw.get("w12_sqlite")),
+                ("dispatcher_postgresql", raw.get("w12_postgresql")),
                 ("dispatcher_cli_workers", raw.get("w12_cli_workers"))]  # fmt: skip
     memory = raw.get("w12_dispatcher") or {}  # the SQLite column is also compared with this one
     if "w1" in opts.only:
@@ -487,7 +524,7 @@ def assemble(opts: argparse.Namespace, raw: dict, machine: dict, started: float,
                 w1["api"] = res.get("api")
                 w1["store"] = res.get("store")
                 w1["ratio_vs_baseline"] = ratio(w1["median"], baseline_of(key)[0])
-                if key == "dispatcher_sqlite":
+                if key in ("dispatcher_sqlite", "dispatcher_postgresql"):
                     w1["ratio_vs_memory"] = ratio(w1["median"], (memory.get("w1") or {}).get("median"))
                 out["w1"][key] = w1
     if "w2" in opts.only:
@@ -498,7 +535,7 @@ def assemble(opts: argparse.Namespace, raw: dict, machine: dict, started: float,
                 w2["api"] = res.get("api")
                 w2["store"] = res.get("store")
                 w2["p50_ratio_vs_baseline"] = ratio(w2["p50_us"], baseline_of(key)[1])
-                if key == "dispatcher_sqlite":
+                if key in ("dispatcher_sqlite", "dispatcher_postgresql"):
                     w2["p50_ratio_vs_memory"] = ratio(w2["p50_us"], (memory.get("w2") or {}).get("p50_us"))
                 out["w2"][key] = w2
     # Per W1/W2 column: tasks submitted, results checked by the producer, outcomes counted by the dispatcher.
@@ -507,6 +544,8 @@ def assemble(opts: argparse.Namespace, raw: dict, machine: dict, started: float,
         out["tasks"] = tasks
     if raw.get("w12_sqlite"):
         out["sqlite_journal"] = raw["w12_sqlite"].get("journal")
+    if raw.get("w12_postgresql"):
+        out["postgresql_journal"] = raw["w12_postgresql"].get("journal")
     if "w3" in opts.only:
         out["w3"] = raw.get("w3")
     if "w4" in opts.only:
@@ -542,7 +581,8 @@ def table(r: dict) -> str:
         else:
             lines.append(f"{title} unavailable: {b.get('reason')}")
     cols = [("dispatcher", "in dispatcher"), ("client", "via client"), ("dispatcher_window64", "in disp., window 64"),
-            ("dispatcher_sqlite", "in disp., SQLite"), ("dispatcher_cli_workers", "in disp., CLI workers")]  # fmt: skip
+            ("dispatcher_sqlite", "in disp., SQLite"), ("dispatcher_postgresql", "in disp., PostgreSQL"),
+            ("dispatcher_cli_workers", "in disp., CLI workers")]  # fmt: skip
     w1, w2 = r.get("w1") or {}, r.get("w2") or {}
     present = [(k, t) for k, t in cols if k in w1 or k in w2]
     if present:
@@ -604,6 +644,31 @@ def table(r: dict) -> str:
                 + (f"; W1 journal: {journal['commits']:,} commits, {journal['per_commit_rows']:,.0f} rows per commit"
                    if journal else "") + ")"
             )  # fmt: skip
+        if "dispatcher_postgresql" in w1 or "dispatcher_postgresql" in w2:
+            j = r.get("postgresql_journal") or {}
+            vs = []
+            if (w1.get("dispatcher_postgresql") or {}).get("ratio_vs_memory"):
+                vs.append(f"W1 {w1['dispatcher_postgresql']['ratio_vs_memory']:.2f}x")
+            if (w2.get("dispatcher_postgresql") or {}).get("p50_ratio_vs_memory"):
+                vs.append(f"W2 p50 {w2['dispatcher_postgresql']['p50_ratio_vs_memory']:.2f}x")
+            journal = (w1.get("dispatcher_postgresql") or {}).get("journal")
+            lines.append(
+                f"(PostgreSQL = Dispatcher(store='postgresql://...') on PostgreSQL {j.get('server', '?')} on this "
+                "machine, started by this script, synchronous_commit on; vs the in-memory 'in dispatcher' of this "
+                "run: " + (", ".join(vs) or "-")
+                + (f"; W1 journal: {journal['commits']:,} commits, {journal['per_commit_rows']:,.0f} rows per commit"
+                   if journal else "") + ")"
+            )  # fmt: skip
+    if r.get("postgresql_unavailable"):
+        lines.append(f"PostgreSQL column unavailable: {r['postgresql_unavailable']}")
+    if r.get("failover"):
+        f = r["failover"]
+        lines.append(
+            f"Failover (two dispatchers on PostgreSQL, lease {f['lease_ttl_s']:g} s, leader SIGKILLed, "
+            f"{len(f['runs'])} runs): the standby holds the lease after {f['lease_s_median']:.2f} s, a client is "
+            f"served again after {f['service_s_median']:.2f} s (median; max {f['service_s_max']:.2f} s; "
+            f"docs/HA.md bound {f['bound_s']:g} s plus recovery)"
+        )
     if r.get("w3"):
         w3 = r["w3"]
         lines.append(
@@ -662,6 +727,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "with every default (python -m trioschedule worker ...)")  # fmt: skip
     p.add_argument("--no-sqlite", action="store_true",
                    help="skip the extra W1/W2 run in the dispatcher with the SQLite journal")
+    p.add_argument("--no-failover", action="store_true",
+                   help="skip the failover measurement that follows the PostgreSQL column")
+    p.add_argument("--failover-runs", type=int, default=None, help="failover runs, median reported (3; quick 1)")
+    p.add_argument("--failover-lease-ttl", type=float, default=None, metavar="S",
+                   help="the dispatchers' --lease-ttl in the failover runs (default 6, the default; quick 2)")
+    p.add_argument("--no-postgresql", action="store_true",
+                   help="skip the extra W1/W2 run in the dispatcher with the PostgreSQL journal (a server started "
+                        "in a temporary directory, as the tests do)")  # fmt: skip
     p.add_argument("--sqlite-dir", default=None, metavar="DIR",
                    help="where the SQLite run's temporary journal directory goes (default: the system temp dir; "
                         "its filesystem decides what an fsync costs)")  # fmt: skip
@@ -675,7 +748,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", metavar="DIR",
                    help="sample the dispatcher and one worker with py-spy during the in-dispatcher W1 runs; "
                         "raw stacks and a summary go to DIR")  # fmt: skip
-    p.add_argument("--profile-run", choices=["dispatcher", "sqlite", "window64"], default="dispatcher",
+    p.add_argument("--profile-run", choices=["dispatcher", "sqlite", "postgresql", "window64"], default="dispatcher",
                    help="which in-dispatcher W1 run --profile samples: the plain one (default), the SQLite "
                         "journal's, or window 64's")  # fmt: skip
     opts = p.parse_args(argv)
@@ -691,6 +764,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if opts.profile and not shutil.which("py-spy"):
         p.error("--profile needs py-spy on PATH (pip install py-spy)")
     if opts.profile and ((opts.profile_run == "sqlite" and opts.no_sqlite)
+                         or (opts.profile_run == "postgresql" and opts.no_postgresql)
                          or (opts.profile_run == "window64" and opts.no_window64)):  # fmt: skip
         p.error(f"--profile-run {opts.profile_run} needs that run: drop --no-{opts.profile_run}")
     unknown = opts.only - set(WORKLOADS)
@@ -738,6 +812,20 @@ def main(argv: list[str] | None = None) -> int:
             if not opts.no_sqlite:  # right after the in-memory run it is compared with
                 step("w12_sqlite", "W1/W2 in the dispatcher, SQLite journal", scenario_w12, opts, logdir,
                      via_client=False, prefetch=opts.prefetch, label="sqlite", sqlite=True)  # fmt: skip
+            if not opts.no_postgresql:  # also right after it, on a fresh database of a server of its own
+                pg = postgres_module()
+                try:
+                    with pg.running_server() as server:
+                        step("w12_postgresql", "W1/W2 in the dispatcher, PostgreSQL journal", scenario_w12, opts,
+                             logdir, via_client=False, prefetch=opts.prefetch, label="postgresql",
+                             postgresql=server.database())  # fmt: skip
+                        raw["postgresql_server"] = server.version()
+                        if not opts.no_failover:
+                            step("failover", "failover: two dispatchers on PostgreSQL, the leader SIGKILLed",
+                                 scenario_failover, opts, logdir, server.database())  # fmt: skip
+                except pg.PostgresUnavailable as exc:
+                    print(f"  PostgreSQL column skipped: {exc}", file=sys.stderr, flush=True)
+                    raw["postgresql_unavailable"] = str(exc).splitlines()[0]
             if not opts.no_baseline:  # right before the client column it is compared with
                 step("baseline_client", f"baseline {BASELINE_CLIENT.name}", run_baseline, opts, BASELINE_CLIENT)
             step("w12_client", "W1/W2 through open_client", scenario_w12, opts, logdir, via_client=True,
@@ -754,6 +842,12 @@ def main(argv: list[str] | None = None) -> int:
             step("w4", f"W4 {opts.w4_workers} workers, {opts.w4_tasks} queued tasks", scenario_w4, opts, logdir)
 
     result = assemble(opts, raw, machine, started, command)
+    if raw.get("postgresql_unavailable"):
+        result["postgresql_unavailable"] = raw["postgresql_unavailable"]
+    if raw.get("postgresql_server") and result.get("postgresql_journal") is not None:
+        result["postgresql_journal"]["server"] = raw["postgresql_server"]
+    if raw.get("failover"):
+        result["failover"] = raw["failover"]
     result["other_load"] = load
     if waited:
         result["waited_for_quiet"] = waited

@@ -1,7 +1,10 @@
-"""Shared test fixtures: worker classes used across the behaviour tests."""
+"""Shared test fixtures: worker classes used across the behaviour tests, and a real PostgreSQL server."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 import trio
 
 from trioschedule import Dispatcher, Worker, task
@@ -60,3 +63,24 @@ def quick_dispatcher(**kwargs) -> Dispatcher:
     kwargs.setdefault("heartbeat_timeout", 5.0)
     kwargs.setdefault("session_grace", 3.0)
     return Dispatcher(**kwargs)
+
+
+# ---------------------------------------------------------------- PostgreSQL (tests/postgres.py)
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[object]:
+    """One real PostgreSQL server for the session, started on first use and stopped by PID at the end.
+
+    If it cannot start, every test that asks for it fails with the reason (never skipped).
+    """
+    from .postgres import running_server
+
+    with running_server() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A fresh database of its own for each test: ``postgresql://postgres@127.0.0.1:PORT/NAME``."""
+    if postgres_server.pid is None:  # a test restarted it and failed half-way: bring it back
+        postgres_server.start()
+    return postgres_server.database()

@@ -53,9 +53,10 @@ def harness():
     return module
 
 
+@pytest.mark.postgresql  # its PostgreSQL column starts a server as the tests do
 def test_quick_benchmark_runs_and_reports(tmp_path):
     out = tmp_path / "bench.json"
-    proc = _run("--quick", "--json", str(out), timeout=55)
+    proc = _run("--quick", "--json", str(out), timeout=120)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert "W1 throughput" in proc.stdout and "W4" in proc.stdout, proc.stdout
 
@@ -80,7 +81,8 @@ def test_quick_benchmark_runs_and_reports(tmp_path):
         assert result["w1"]["dispatcher"]["ratio_vs_baseline"] == pytest.approx(
             result["w1"]["dispatcher"]["median"] / result["baseline"]["w1_median"])
 
-    for variant in ("dispatcher", "client", "dispatcher_window64", "dispatcher_sqlite", "dispatcher_cli_workers"):
+    for variant in ("dispatcher", "client", "dispatcher_window64", "dispatcher_sqlite", "dispatcher_postgresql",
+                    "dispatcher_cli_workers"):  # fmt: skip
         baseline = result["baseline_client" if variant == "client" else "baseline"]
         w1 = result["w1"][variant]
         assert w1["n"] == result["params"]["n"] and len(w1["rates"]) == result["params"]["runs"]
@@ -106,6 +108,18 @@ def test_quick_benchmark_runs_and_reports(tmp_path):
     assert not Path(journal["dir"]).exists()
     assert "SQLite" in proc.stdout
 
+    # The PostgreSQL column: a fresh database on a server of its own, compared with the in-memory run.
+    pg_w1, pg_w2 = result["w1"]["dispatcher_postgresql"], result["w2"]["dispatcher_postgresql"]
+    assert pg_w1["store"].startswith("postgresql://postgres@127.0.0.1:")
+    assert _positive(pg_w1["ratio_vs_memory"]) and _positive(pg_w2["p50_ratio_vs_memory"])
+    assert _positive(pg_w1["journal"]["commits"]) and _positive(pg_w1["journal"]["rows_written"])
+    assert result["postgresql_journal"]["server"] and "PostgreSQL" in proc.stdout
+    # Failover on that server: two command-line dispatchers, the leader SIGKILLed, a client served again.
+    failover = result["failover"]
+    assert failover["lease_ttl_s"] == 2.0 and len(failover["runs"]) == 1
+    assert 0 < failover["lease_s_median"] < 60 and 0 < failover["service_s_median"] < 60
+    assert "Failover (two dispatchers on PostgreSQL" in proc.stdout
+
     w3 = result["w3"]
     assert w3["workers"] == result["params"]["w3_workers"]
     assert w3["rounds"] == result["params"]["w3_rounds"]
@@ -123,11 +137,12 @@ def test_quick_benchmark_runs_and_reports(tmp_path):
 
 def test_no_sqlite_skips_the_journal_column(tmp_path):
     out = tmp_path / "bench.json"
-    proc = _run("--quick", "--only", "w1", "--no-baseline", "--no-window64", "--no-sqlite", "--no-cli-workers",
-                "--json", str(out), timeout=30)  # fmt: skip
+    proc = _run("--quick", "--only", "w1", "--no-baseline", "--no-window64", "--no-sqlite", "--no-postgresql",
+                "--no-cli-workers", "--json", str(out), timeout=30)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert set(result["w1"]) == {"dispatcher", "client"} and "sqlite_journal" not in result
+    assert "postgresql_journal" not in result
     assert _positive(result["w1"]["dispatcher"]["median"])
     assert set(result["tasks"]) == {"dispatcher", "client"}
     for variant in ("dispatcher", "client"):  # W1 alone: no W2 round trips beyond the warm-up

@@ -259,3 +259,28 @@ async def test_when_the_journal_fails_clients_are_told_their_submissions_are_ref
                         await client.call("add", 3, 4)
                     assert info.value.code == "store-failed" and "disk I/O error" in str(info.value)
                 monkeypatch.undo()  # the dispatcher's close reports the failure; the test is about the above
+
+
+async def test_a_submission_whose_client_left_during_the_commit_still_runs():
+    """A slow commit (a database restarting) outlasted the client's connection: the dispatcher's reader
+    for that client was cancelled while awaiting the journal, and the client resubmitted the task after
+    reconnecting.  The task must still be placed and run (it once stayed queued forever)."""
+    store = HeldCommits()
+    d = Dispatcher(store=store, heartbeat_interval=0.2, heartbeat_timeout=1.0)
+    with trio.fail_after(30):
+        async with open_cluster(d, worker("w")) as cluster, cluster.client() as client:
+            assert await client.call("add", 1, 1) == 2
+            store.holding = True
+            async with trio.open_nursery() as nursery:
+                handles = []
+
+                async def submit() -> None:
+                    handles.append(await client.submit("add", [20, 22]))
+
+                nursery.start_soon(submit)
+                await wait_for(lambda: store.committed < store.position, timeout=10)  # the add waits
+                # Its reader waits for the commit and reads nothing: the heartbeat timeout (1 s) closes the
+                # connection, cancelling the reader; the client reconnects and resubmits meanwhile.
+                await trio.sleep(2.0)
+                store.release()
+            assert await handles[0].result() == 42

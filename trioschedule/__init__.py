@@ -17,6 +17,7 @@ from ._errors import QueueFull as QueueFull
 from ._errors import Rejected as Rejected
 from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import StoreError as StoreError
+from ._errors import StoreFenced as StoreFenced
 from ._errors import TaskCancelled as TaskCancelled
 from ._errors import TaskError as TaskError
 from ._errors import TaskFailed as TaskFailed
@@ -62,6 +63,7 @@ __all__ = [
     "SQLiteStore",
     "Store",
     "StoreError",
+    "StoreFenced",
     "StoreStatistics",
     "StoredTask",
     "TaskCancelled",

@@ -26,6 +26,7 @@ __all__ = [
     "HISTORY",
     "HOST",
     "LEADER_WAIT",
+    "LEASE_TTL",
     "MAX_CLIENT_QUEUED",
     "MAX_CONNECTIONS",
     "MAX_FRAME_SIZE",
@@ -84,6 +85,9 @@ RESULT_TTL = 3600.0
 MAX_RESULTS = 10_000
 HISTORY = 1_000  # ended tasks kept for `trioschedule tasks` (0: none)
 TASKS_LISTED = 50  # entries `trioschedule tasks` and Client.tasks() ask for
+#: Several dispatchers on one shared store (docs/HA.md): the leader's lease, renewed every third of it;
+#: a dead leader is replaced within about 7/6 of it plus recovery (the issue's bound: 10 s).
+LEASE_TTL = 6.0
 
 # Workers and clients.
 #: Where workers and clients connect unless told otherwise, in the Python API (the command line reads ADDRESS).

@@ -14,7 +14,8 @@ tree says *whose* fault a failure is, because that decides what to do next:
 * :class:`Rejected`: the dispatcher refused a submission (it is draining, its
   queue is full, a limit was exceeded);
 * :class:`StoreError`: the dispatcher's journal cannot be used (locked by
-  another dispatcher, written by a newer version, corrupt, or a write failed).
+  another dispatcher, written by a newer version, corrupt, or a write failed);
+  :class:`StoreFenced` when a newer leader took the lease of a shared store.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "Rejected",
     "RemoteProtocolError",
     "StoreError",
+    "StoreFenced",
     "TaskCancelled",
     "TaskError",
     "TaskFailed",
@@ -132,6 +134,21 @@ class StoreError(TriosError):
     def __init__(self, message: str, *, code: str = "io") -> None:
         super().__init__(message)
         self.code = code
+
+
+class StoreFenced(StoreError):
+    """This dispatcher lost its lease: a newer term leads, and it wrote nothing.
+
+    Raised by a fenced store (``Store.fence``) whose write transaction found
+    the lease's term moved on; the transaction was rolled back.  The
+    dispatcher steps down (docs/HA.md).  ``term`` is the term it held,
+    ``current`` the one it found (None if the lease row is gone).
+    """
+
+    def __init__(self, message: str, *, term: int | None = None, current: int | None = None) -> None:
+        super().__init__(message, code="fenced")
+        self.term = term
+        self.current = current
 
 
 class UnknownTaskId(TriosError, KeyError):

@@ -40,3 +40,22 @@ async def test_the_base_class_builds_stored_tasks_for_add_new_many():
                    submitted_at=1000.5)
         for task_id, args in (("a", [1]), ("b", [2]))
     ]  # fmt: skip
+
+
+async def test_a_store_one_dispatcher_owns_is_not_shared_and_has_no_lease():
+    from trioschedule import StoreFenced
+    from trioschedule._store.base import Leadership, Lease, Member
+
+    for store in (MemoryStore(), SQLiteStore("unused.sqlite")):
+        assert store.shared is False and store.leadership() is None
+        try:
+            store.fence(1)
+        except TypeError as exc:
+            assert "not shared" in str(exc)
+        else:  # pragma: no cover
+            raise AssertionError("fence() on a store that is not shared must refuse")
+    fenced = StoreFenced("lost the lease", term=3, current=4)
+    assert isinstance(fenced, StoreError) and fenced.code == "fenced" and (fenced.term, fenced.current) == (3, 4)
+    assert Lease(term=1, holder="a", address="h:1", expires_in=2.0).term == 1
+    assert Member(holder="a", address="h:1", role="standby", seen_ago=0.5).role == "standby"
+    assert Leadership.aclose is not None

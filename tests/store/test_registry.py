@@ -52,7 +52,8 @@ def test_a_registered_scheme_is_opened_and_listed(monkeypatch):
     register_scheme("test-net", NetworkStore, usage="test-net://HOST:PORT/DB")
     store = open_store("test-net://db.example:5432/tasks")
     assert isinstance(store, NetworkStore) and store.address == "//db.example:5432/tasks"
-    assert schemes() == {"memory": "memory:", "sqlite": "sqlite:PATH", "test-net": "test-net://HOST:PORT/DB"}
+    assert schemes() == {"memory": "memory:", "sqlite": "sqlite:PATH", "postgresql": "postgresql://USER@HOST:PORT/DB",
+                         "test-net": "test-net://HOST:PORT/DB"}  # fmt: skip
     with pytest.raises(ValueError, match="'test-net://HOST:PORT/DB'"):
         open_store("nope:")
 

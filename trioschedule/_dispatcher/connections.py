@@ -19,6 +19,7 @@ from .._errors import (
     LocalProtocolError,
     RemoteProtocolError,
     StoreError,
+    StoreFenced,
 )
 from .._logging import context
 from .._net.connection import Connection, describe_address
@@ -90,6 +91,8 @@ class ConnectionHandler:
             log.warning("%s: closed: authentication failed: %s", address, exc, extra=where)
         except ConnectionClosed as exc:
             log.info("%s: closed before the handshake ended: %s", address, exc.reason, extra=where)
+        except StoreFenced as exc:  # this dispatcher lost its lease: it steps down, its peers go elsewhere
+            log.info("%s: closed: %s", address, exc, extra=where)
         except Exception:  # a bug while serving one peer must not take the others down
             log.exception("%s: closed after an internal error", address, extra=where)
         finally:
@@ -222,8 +225,11 @@ class ConnectionHandler:
     async def _serve_worker(self, session: WorkerSession) -> bool:
         conn: Connection = session.conn
         core, effects, d = self.core, self.effects, self.d
+        election = d._election
         while True:
             messages = await conn.receive_batch()
+            if election is not None:  # not after a pause past the lease (docs/HA.md)
+                election.ensure_trusted()
             for message in messages:
                 kind = type(message)
                 if kind is m.Results:
@@ -258,8 +264,11 @@ class ConnectionHandler:
         conn: Connection = client.conn
         core, effects, d = self.core, self.effects, self.d
         is_admin = client.peer.role == ADMIN
+        election = d._election
         while True:
             messages = await conn.receive_batch()
+            if election is not None:
+                election.ensure_trusted()
             for message in messages:
                 kind = type(message)
                 if kind is m.Submit:
@@ -329,6 +338,18 @@ class ConnectionHandler:
         if new:
             try:
                 await self.journal.add_new([task for task, _ in new])
+            except StoreFenced:  # not refused: the client resubmits them to the new leader
+                raise
+            except trio.Cancelled:
+                # The client's connection went away while the journal committed (a slow commit:
+                # a database restarting).  The store commits the tasks anyway, and the client
+                # resubmits them after reconnecting, which finds them known: place them now, or
+                # nobody would.  Their Run frames still wait for the commit (the write barrier).
+                for task, delay in new:
+                    core.place(task, delay)
+                core.dispatch()
+                self.effects.flush()
+                raise
             except StoreError as exc:  # the journal failed: refuse, never pretend
                 log.error("journal %s failed; refusing %d submission(s): %s", self.d.store.url, len(new), exc)
                 for task, _ in new:

@@ -12,8 +12,10 @@ tasks, a timer task, and a hook task.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import logging
+import math
 import os
 import random
 import socket
@@ -27,7 +29,7 @@ from .. import _defaults as defaults
 from .._core.lifecycle import Limits
 from .._core.scheduler import Scheduler
 from .._core.tasks import check_options
-from .._errors import ConnectionClosed, Rejected, UnknownTaskId
+from .._errors import ConnectionClosed, Rejected, StoreFenced, UnknownTaskId
 from .._handles import OutcomeSlot, TaskHandle, unwrap
 from .._hooks import HookRunner
 from .._logging import context
@@ -44,6 +46,7 @@ from .batch import Batch
 from .connections import ConnectionHandler
 from .effects import Effects
 from .journal import StoreJournal
+from .leadership import LEADER, Election, KeptOpen, refuse
 from .schedules import ScheduleShell
 from .status import status_document
 
@@ -113,6 +116,12 @@ class Dispatcher:
       for cron and one-shot schedules and what is journaled; a test passes one
       that follows trio's virtual clock, so a week of schedules passes in
       milliseconds (docs/SCHEDULES.md).
+    * ``lease_ttl``: with a shared store (``postgresql://...``, several
+      dispatchers on one database, docs/HA.md), how long the leader's lease
+      lasts without a renewal: a dead leader is replaced within about
+      ``lease_ttl * 7/6`` plus recovery.  ``advertise``: the ``HOST:PORT``
+      standbys send peers to while this dispatcher leads (default: the
+      listening address).
     """
 
     def __init__(
@@ -143,6 +152,8 @@ class Dispatcher:
         drain_grace: float = defaults.DRAIN_GRACE,
         http: str | None = None,
         wall_clock: Callable[[], float] = time.time,
+        lease_ttl: float = defaults.LEASE_TTL,
+        advertise: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -163,6 +174,10 @@ class Dispatcher:
 
             parse_address(self.http)  # a typo fails here, not once serving
         self.http_port: int | None = None
+        if not (isinstance(lease_ttl, (int, float)) and math.isfinite(lease_ttl) and lease_ttl > 0):
+            raise ValueError(f"lease_ttl must be a positive number of seconds, not {lease_ttl!r}")
+        self.lease_ttl = float(lease_ttl)
+        self.advertise = advertise
         limits = Limits(
             max_queued=max_queued, max_client_queued=max_client_queued, max_losses=max_losses,
             retry_backoff=retry_backoff, retry_backoff_max=retry_backoff_max, heartbeat_timeout=heartbeat_timeout,
@@ -171,6 +186,8 @@ class Dispatcher:
             history=history,
         )  # fmt: skip
         self._journal = StoreJournal(self.store, clock=trio.current_time, wall_clock=wall_clock)
+        self._election: Election | None = None  # with a shared store, while serving
+        self._spent = False  # stepped down: its state is gone, it serves no more
         self._core = Scheduler(limits, self._journal, clock=trio.current_time, wall_clock=wall_clock,
                                rng=random.Random())  # fmt: skip
         self._hooks = HookRunner(self, log)
@@ -252,7 +269,21 @@ class Dispatcher:
     async def _serve(self, open_listeners: Callable[[], Any], task_status: trio.TaskStatus[int]) -> None:
         if self._serving:
             raise RuntimeError("this Dispatcher is already serving")
+        if self._spent:
+            raise RuntimeError("this Dispatcher stepped down after losing its lease and dropped its state: "
+                               "make a new one to stand by again")  # fmt: skip
         self._serving = True
+        try:
+            leadership = self.store.leadership() if self.store.shared else None
+            if leadership is None:
+                await self._serve_alone(open_listeners, task_status)
+            else:
+                election = Election(leadership, ttl=self.lease_ttl, name=self.name)
+                await self._serve_shared(election, open_listeners, task_status)
+        finally:
+            self._serving = False
+
+    async def _serve_alone(self, open_listeners: Callable[[], Any], task_status: trio.TaskStatus[int]) -> None:
         listening = False
         try:
             # The journal first: a refused journal must fail before we listen.
@@ -268,52 +299,157 @@ class Dispatcher:
                 warn_if_exposed(log, self.host, self.secrets, self.ssl_context)
                 await self._run(listeners, task_status)
             finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(5):
-                    await self._hooks.call_now(self.on_stop)
-                    self._schedules_open = False
-                    self._core.journal_opened(False)
-                    try:
-                        await self._journal.close()
-                    except Exception:
-                        log.exception("closing the journal %s failed", self.store.url)
+                await self._close_journal()
         finally:
-            self._serving = False
             if listening:  # a start that failed says why, not "stopped"
                 log.info("%s stopped", self.name)
 
-    async def _run(self, listeners: list[trio.abc.Listener[Any]], task_status: trio.TaskStatus[int]) -> None:
-        self._started_at = time.time()
-        async with one_error() as nursery:
-            nursery.start_soon(self._run_timers)
-            nursery.start_soon(self._schedules.run)
-            nursery.start_soon(self._hooks.run)
-            nursery.start_soon(self._warn_unoffered)
-            if self.http is not None:
-                from .._http import serve_operations  # (prometheus-client is loaded only for this)
+    async def _serve_shared(self, election: Election, open_listeners: Callable[[], Any],
+                            task_status: trio.TaskStatus[int]) -> None:  # fmt: skip
+        """Several dispatchers on one store: listen at once, stand by until this one leads, then serve.
 
-                self.http_port = await nursery.start(serve_operations, self, self.http)
-            async with one_error() as connections:
-                accepting = trio.CancelScope()
+        Losing the lease ends it with :class:`StoreFenced`: nothing of this
+        leader's memory can be trusted once another one leads, so it is all
+        dropped (docs/HA.md).
+        """
+        self._election = election
+        opened: list[Any] = []
+        try:
+            opened = await open_listeners()
+            self.port = _bound_port(opened, self.port)
+            listeners: list[trio.abc.Listener[Any]] = [KeptOpen(listener) for listener in opened]
+            election.address = self.advertise or _advertised(self.host, self.port)
+            warn_if_exposed(log, self.host, self.secrets, self.ssl_context)
+            log.info("%s listening on %s:%s as a standby (store %s, node %s, lease %g s, advertising %s)",
+                     self.name, self.host, self.port, self.store.url, election.holder, election.ttl,
+                     election.address)  # fmt: skip
+            # The standby's refusals in flight when it wins finish beside the leader (naming it now):
+            # cut off, their peers would see a reset instead of a redirect.
+            async with one_error() as refusals:
+                try:
+                    term = await self._stand_by(election, listeners, task_status, refusals)
+                    if term is None:  # stopped while standing by
+                        return
+                    self._journal.on_fenced = lambda exc: election.step_down(f"a journal write was fenced: {exc}")
+                    try:
+                        self.store.fence(term)
+                        stored = await self._journal.open()
+                        self._core.journal_opened(True)
+                        self._core.recover(stored, self.store.url)
+                        log.info("%s leads (term %d, node %s): recovered %d task(s) from %s", self.name, term,
+                                 election.holder, len(stored), self.store.url)  # fmt: skip
+                        await self._schedules.restore()  # they fire from the leader only
+                        self._schedules_open = True
+                        await self._run(listeners, trio.TASK_STATUS_IGNORED, election)
+                    finally:
+                        await self._close_journal()
+                        with trio.CancelScope(shield=True):
+                            await election.resign()  # after the journal's last write: nothing of ours is fenced
+                finally:
+                    refusals.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await election.leadership.aclose()
+                for listener in opened:  # closed now: a new Dispatcher in this process may listen here
+                    await listener.aclose()
+            if opened:  # a start that failed says why, not "stopped"
+                log.info("%s stopped", self.name)
+        if election.lost_reason != "stopped" and election.lost.is_set():
+            self._spent = True
+            log.error("%s stepped down: %s; it dropped its state and serves no more", self.name,
+                      election.lost_reason)  # fmt: skip
+            raise StoreFenced(f"this dispatcher stepped down: {election.lost_reason}", term=election.term)
 
-                async def accept() -> None:
-                    with accepting:
-                        await trio.serve_listeners(self.handle_stream, listeners, handler_nursery=connections)
+    async def _stand_by(self, election: Election, listeners: list[trio.abc.Listener[Any]],
+                        task_status: trio.TaskStatus[int], refusals: trio.Nursery) -> int | None:  # fmt: skip
+        """Answer every hello with ``not-leader`` until this dispatcher wins the lease (its term) or stops (None)."""
+        won: int | None = None
 
-                connections.start_soon(accept)
-                log.info("%s listening on %s:%s (store %s)", self.name, self.host, self.port, self.store.url)
-                task_status.started(self.port)
-                # on_start may wait for workers: it runs beside everything else.
-                nursery.start_soon(self._hooks.call_now, self.on_start)
+        async def redirect(stream: trio.abc.Stream) -> None:
+            await refuse(stream, election, max_frame_size=self.max_frame_size, timeout=self.handshake_timeout)
+
+        async with trio.open_nursery() as nursery:
+
+            async def campaign() -> None:
+                nonlocal won
+                won = await election.wait_to_lead()
+                nursery.cancel_scope.cancel()
+
+            async def stopped() -> None:
                 await self._stop_requested.wait()
-                await self._drain(self._stop_grace, stop_accepting=accepting.cancel)
-                accepting.cancel()
-                connections.cancel_scope.cancel()
-            nursery.cancel_scope.cancel()
+                nursery.cancel_scope.cancel()
+
+            # KeptOpen: serve_listeners cannot close them, the leader's accept loop takes them over.
+            nursery.start_soon(functools.partial(trio.serve_listeners, redirect, listeners, handler_nursery=refusals))
+            nursery.start_soon(campaign)
+            nursery.start_soon(stopped)
+            task_status.started(self.port)
+        return won
+
+    async def _close_journal(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await self._hooks.call_now(self.on_stop)
+            self._schedules_open = False
+            self._core.journal_opened(False)
+            try:
+                await self._journal.close()
+            except StoreFenced as exc:
+                log.info("the journal %s refused the last writes: %s", self.store.url, exc)
+            except Exception:
+                log.exception("closing the journal %s failed", self.store.url)
+
+    async def _run(self, listeners: list[trio.abc.Listener[Any]], task_status: trio.TaskStatus[int],
+                   election: Election | None = None) -> None:  # fmt: skip
+        self._started_at = time.time()
+        # Stepping down cancels everything below at once: its own scope, outside the nurseries, absorbs
+        # the cancellation however the nested nurseries group it.
+        with trio.CancelScope() as leading:
+            async with one_error() as nursery:
+                nursery.start_soon(self._run_timers)
+                nursery.start_soon(self._schedules.run)
+                nursery.start_soon(self._hooks.run)
+                nursery.start_soon(self._warn_unoffered)
+                if election is not None:
+                    nursery.start_soon(self._keep_leading, election, leading)
+                if self.http is not None:
+                    from .._http import serve_operations  # (prometheus-client is loaded only for this)
+
+                    self.http_port = await nursery.start(serve_operations, self, self.http)
+                async with one_error() as connections:
+                    accepting = trio.CancelScope()
+
+                    async def accept() -> None:
+                        with accepting:
+                            await trio.serve_listeners(self.handle_stream, listeners, handler_nursery=connections)
+
+                    connections.start_soon(accept)
+                    log.info("%s listening on %s:%s (store %s)", self.name, self.host, self.port, self.store.url)
+                    task_status.started(self.port)
+                    # on_start may wait for workers: it runs beside everything else.
+                    nursery.start_soon(self._hooks.call_now, self.on_start)
+                    await self._stop_requested.wait()
+                    await self._drain(self._stop_grace, stop_accepting=accepting.cancel)
+                    accepting.cancel()
+                    connections.cancel_scope.cancel()
+                nursery.cancel_scope.cancel()
+
+    async def _keep_leading(self, election: Election, scope: trio.CancelScope) -> None:
+        """Lead until the lease is lost, then step down at once: refuse work, close every connection."""
+        await election.keep_leading()
+        self._core.draining = True  # nothing more is accepted meanwhile
+        log.error("%s is stepping down: %s", self.name, election.lost_reason)
+        scope.cancel()  # every connection closes: its peers reconnect and are sent to the new leader
 
     async def _run_timers(self) -> None:
         core, effects = self._core, self._effects
         core.start_purging()
+        election = self._election
         while True:
+            if election is not None:
+                try:
+                    election.ensure_trusted()  # a timer that fires after a pause past the lease does nothing
+                except StoreFenced:
+                    return
             if core.timers.fire_due(trio.current_time()):
                 effects.flush()
             core.timers.changed = False
@@ -350,6 +486,22 @@ class Dispatcher:
             self._stop_grace = grace
         self._stop_workers = self._stop_workers or workers
         self._stop_requested.set()
+
+    @property
+    def leading(self) -> bool:
+        """True while this dispatcher serves: always with its own store, only as the leader with a shared one."""
+        if self._election is None:
+            return self._serving
+        return self._election.role == LEADER and not self._election.lost.is_set() and self._journal.active
+
+    async def wait_leading(self) -> None:
+        """Wait until this dispatcher leads (at once with a store it does not share; docs/HA.md)."""
+        while not self.leading:
+            await trio.sleep(0.05)
+
+    def _check_leading(self) -> None:
+        if not self.leading:
+            raise Rejected("this dispatcher is a standby: the leader accepts tasks (docs/HA.md)", code="not-leader")
 
     @property
     def draining(self) -> bool:
@@ -401,6 +553,8 @@ class Dispatcher:
         task_id: str | None = None,
     ) -> TaskHandle:
         """Queue a task now or raise :class:`QueueFull`/:class:`Rejected`; see :meth:`submit`."""
+        if self._election is not None:
+            self._check_leading()
         task = self._core.new_local_task(name, args, kwargs, timeout, retries, delay, priority, task_id)
         self._effects.flush()
         return TaskHandle(self._outcomes, task.id, name)
@@ -424,6 +578,8 @@ class Dispatcher:
         ``delay`` seconds before it may start; higher ``priority`` runs first.
         Returns once the task is journaled.
         """
+        if self._election is not None:
+            self._check_leading()
         await self._effects.wait_room(1)
         journaling = self._core.journaling
         task = self._core.new_local_task(name, args, kwargs, timeout, retries, delay, priority, task_id)
@@ -436,6 +592,8 @@ class Dispatcher:
     async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Submit ``name(*args, **kwargs)`` and wait for its value (raises if the task failed)."""
         # submit() and handle.result() without the handle: this is a round trip's latency.
+        if self._election is not None:
+            self._check_leading()
         core = self._core
         if core.unfinished >= core.limits.max_queued:
             await self._effects.wait_room(1)
@@ -469,6 +627,8 @@ class Dispatcher:
         first failure in order is raised.
         """
         check_options(timeout, retries, None)
+        if self._election is not None:
+            self._check_leading()
         core, effects = self._core, self._effects
         problem = core.refusal(name)
         if problem is not None:
@@ -671,6 +831,16 @@ class _DispatcherOutcomes:
 
     async def cancel_task(self, task_id: str, reason: str | None) -> None:
         self._dispatcher.cancel_nowait(task_id, reason)
+
+
+def _advertised(host: str, port: int) -> str:
+    """The ``HOST:PORT`` peers reach a dispatcher listening on ``host:port`` at (without ``advertise``)."""
+    if host in ("", "0.0.0.0", "::"):
+        name = socket.gethostname()
+        log.warning("listening on all interfaces: advertising %s:%d to peers (pass advertise= or --advertise "
+                    "HOST:PORT to name the address peers should use)", name, port)  # fmt: skip
+        host = name
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _bound_port(listeners: list[Any], default: int) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 from .._core.metrics import COMMIT_BUCKETS, Histogram
 from .._core.recovery import row_of
 from .._core.tasks import DONE, RUNNING, Task
-from .._errors import StoreError
+from .._errors import StoreError, StoreFenced
 from .._protocol import messages as m
 from .._store.base import Store, StoredTask
 
@@ -44,6 +44,9 @@ class StoreJournal:
         self._narrow = False
         #: Seconds each wait for durability took (``flush``, and each connection's write barrier), for metrics.
         self.commit_time = Histogram(COMMIT_BUCKETS)
+        #: Called once a write finds the store fenced (a newer leader took the lease of a shared
+        #: store, docs/HA.md): the dispatcher steps down.  The write raises StoreFenced all the same.
+        self.on_fenced: Callable[[StoreFenced], None] | None = None
 
     # ------------------------------------------------------------ lifecycle
     async def open(self) -> list[StoredTask]:
@@ -82,6 +85,13 @@ class StoreJournal:
         if not self.active or not tasks:
             return
         now, wall = self.clock(), self.wall_clock()
+        try:
+            await self._add_new(tasks, now, wall)
+        except StoreFenced as exc:
+            self.fenced(exc)
+            raise
+
+    async def _add_new(self, tasks: list[Task], now: float, wall: float) -> None:
         if all(t.attempt == 0 and t.state != DONE for t in tasks):  # as accepted: only what is not a default
             await self.store.add_new([
                 (t.id, t.name, t.args, t.kwargs, t.priority, t.retries,
@@ -99,19 +109,32 @@ class StoreJournal:
         deadline = first.deadline
         if deadline is not None:
             deadline = self.wall_clock() + (deadline - self.clock())
-        await self.store.add_new_many(
-            [task.id for task in chunk], args_list, first.name, first.kwargs, first.priority, first.retries,
-            deadline, first.not_before, first.submitted_at,
-        )  # fmt: skip
+        try:
+            await self.store.add_new_many(
+                [task.id for task in chunk], args_list, first.name, first.kwargs, first.priority, first.retries,
+                deadline, first.not_before, first.submitted_at,
+            )  # fmt: skip
+        except StoreFenced as exc:
+            self.fenced(exc)
+            raise
 
     async def flush(self) -> None:
         """Make everything journaled so far durable."""
-        if not self.active:
+        try:
+            if not self.active:
+                await self.store.flush()
+                return
+            started = time.perf_counter()
             await self.store.flush()
-            return
-        started = time.perf_counter()
-        await self.store.flush()
-        self.commit_time.observe(time.perf_counter() - started)
+            self.commit_time.observe(time.perf_counter() - started)
+        except StoreFenced as exc:
+            self.fenced(exc)
+            raise
+
+    def fenced(self, exc: StoreFenced) -> None:
+        """A write found the store fenced: tell the dispatcher (once is enough; it steps down)."""
+        if self.on_fenced is not None:
+            self.on_fenced(exc)
 
     # ------------------------------------------------- schedules (async)
     async def load_schedules(self) -> list[dict[str, Any]]:
@@ -125,13 +148,19 @@ class StoreJournal:
 
         The dispatcher saves a run's record before it submits the run's task
         (docs/SCHEDULES.md, "At most once"), so nothing here waits for tasks.
+        A fenced store (a newer leader holds the lease) raises StoreFenced and
+        the dispatcher steps down, as for any other write.
         """
         if not self.active or not (records or deleted):
             return
-        if records:
-            await self.store.save_schedules(records)
-        for name in deleted:
-            await self.store.delete_schedule(name)
+        try:
+            if records:
+                await self.store.save_schedules(records)
+            for name in deleted:
+                await self.store.delete_schedule(name)
+        except StoreFenced as exc:
+            self.fenced(exc)
+            raise
 
     def barrier(self, *, refuse_after_failure: bool) -> tuple[Callable[[], Any] | None, Callable[[Any], Awaitable[None]]]:
         """A connection's write barrier: ``(mark, wait)``.
@@ -143,6 +172,9 @@ class StoreJournal:
         ``refuse_after_failure=False`` (clients) the wait gives up quietly
         once the journal has failed: the client must still hear that its
         submissions are refused; a worker must get nothing more to run.
+        Neither gets anything once the store is fenced: a dispatcher that
+        lost its lease must not tell anyone anything more (the new leader
+        will), so the wait raises and the connection closes.
         """
         store = self.store
         observe = self.commit_time.observe
@@ -150,7 +182,7 @@ class StoreJournal:
         if type(store).mark is not Store.mark:
             mark: Callable[[], Any] | None = store.mark
 
-            async def flush(position: Any) -> None:
+            async def store_flush(position: Any) -> None:
                 started = clock()
                 await store.flush(position)
                 observe(clock() - started)
@@ -158,10 +190,20 @@ class StoreJournal:
         else:  # a store without marks (and perhaps an older flush() without the argument)
             mark = None
 
-            async def flush(position: Any) -> None:  # (no marks: everything is flushed)
+            async def store_flush(position: Any) -> None:  # (no marks: everything is flushed)
                 started = clock()
                 await store.flush()
                 observe(clock() - started)
+
+        async def fenced_flush(position: Any) -> None:
+            try:
+                await store_flush(position)
+            except StoreFenced as exc:
+                self.fenced(exc)
+                raise
+
+        # Only a shared store can be fenced: the others keep the shorter path.
+        flush = fenced_flush if store.shared else store_flush
 
         if refuse_after_failure:
             return mark, flush
@@ -169,6 +211,8 @@ class StoreJournal:
         async def flush_unless_failed(position: Any) -> None:
             try:
                 await flush(position)
+            except StoreFenced:
+                raise
             except StoreError:  # submissions are refused with "store-failed" from now on
                 pass
 

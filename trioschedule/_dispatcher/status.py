@@ -32,7 +32,7 @@ def status_document(dispatcher: Dispatcher) -> dict[str, Any]:
     core = d._core
     queued, delayed, waiting = core.queued_counts()
     counts = core.counts
-    return {
+    document = {
         "name": d.name,
         "pid": os.getpid(),
         "address": f"{d.host}:{d.port}",
@@ -62,6 +62,10 @@ def status_document(dispatcher: Dispatcher) -> dict[str, Any]:
         "recent_failures": [e.describe() for e in core.history.latest(RECENT_FAILURES_SHOWN, failed=True)],
         "schedules": d.schedules(),
     }
+    election = d._election
+    if election is not None:  # a shared store: who leads, its term, the standbys alive (docs/HA.md)
+        document["ha"] = election.describe()
+    return document
 
 
 def tasks_listing(dispatcher: Dispatcher, request: m.TasksRequest) -> m.TasksReply:

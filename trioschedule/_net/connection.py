@@ -468,10 +468,10 @@ class Connection:
         self._held = messages[1:]
         return first
 
-    async def send_error(self, code: str, message: str) -> None:
-        """Best effort: tell the peer why we close, without waiting long for it."""
+    async def send_error(self, code: str, message: str, *, leader: str | None = None) -> None:
+        """Best effort: tell the peer why we close, without waiting long for it (``leader``: see ``not-leader``)."""
         try:
-            frame = self.protocol.error_frame(code, message)
+            frame = self.protocol.error_frame(code, message, leader=leader)
             data = b"".join(self._outbox) + frame if self._outbox else frame
             self._outbox.clear()
             with trio.move_on_after(1.0):

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["MemoryStore", "NewTask", "Store", "StoredTask", "new_stored_task"]
+__all__ = ["Leadership", "Lease", "Member", "MemoryStore", "NewTask", "Store", "StoredTask", "new_stored_task"]
 
 
 @attrs.define(kw_only=True)
@@ -57,6 +57,74 @@ def new_stored_task(
     )  # fmt: skip
 
 
+@attrs.frozen
+class Lease:
+    """The leadership lease of a shared store, as :meth:`Leadership.current` read it (docs/HA.md).
+
+    ``term`` grows by one each time the lease changes hands and is the fencing
+    token (:meth:`Store.fence`); ``holder`` is the holding dispatcher's node
+    id (unique per process run); ``address`` the ``HOST:PORT`` peers should
+    connect to (``""`` if unknown); ``expires_in`` the seconds until it
+    expires by the database's clock (negative: expired).
+    """
+
+    term: int
+    holder: str
+    address: str
+    expires_in: float
+
+
+@attrs.frozen
+class Member:
+    """A dispatcher that announced itself on a shared store (:meth:`Leadership.members`)."""
+
+    holder: str
+    address: str
+    role: str  # "leader" | "standby"
+    seen_ago: float  # seconds since its last announce, by the database's clock
+
+
+class Leadership:
+    """The lease of a shared store: who leads, for which term, and who else is alive.
+
+    Every time is the database's clock, so dispatchers' clocks need not
+    agree.  An implementation uses a connection of its own (not the
+    journal's), with short statement timeouts, so a slow journal never
+    delays a renewal.  Failures to reach the database raise
+    :class:`~trioschedule.StoreError`.
+    """
+
+    async def campaign(self, holder: str, address: str, ttl: float) -> int | None:
+        """Take the lease if nobody holds it or it has expired: return the new term (old term + 1).
+
+        None if someone else holds a live lease.  Atomic in one transaction.
+        """
+        raise NotImplementedError
+
+    async def renew(self, term: int, ttl: float) -> bool:
+        """Extend the lease to now + ``ttl`` if ``term`` still holds it; False if it was lost."""
+        raise NotImplementedError
+
+    async def resign(self, term: int) -> None:
+        """Expire the lease now if ``term`` holds it (a clean stop hands over without waiting)."""
+        raise NotImplementedError
+
+    async def current(self) -> Lease | None:
+        """The lease as it is (None if never taken)."""
+        raise NotImplementedError
+
+    async def announce(self, holder: str, address: str, role: str) -> None:
+        """Record that this dispatcher is alive (upsert by ``holder``)."""
+        raise NotImplementedError
+
+    async def members(self, within: float) -> list[Member]:
+        """The dispatchers announced in the last ``within`` seconds."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Release the lease's connection (not the lease: see :meth:`resign`)."""
+
+
 class Store:
     """The journal interface.  The base class keeps nothing (see :class:`MemoryStore`).
 
@@ -82,6 +150,23 @@ class Store:
     url = "memory:"
     #: True if the store, not the dispatcher, holds the waiting tasks (see the class docstring).
     owns_queue = False
+    #: True if several dispatchers may open this store at once, one leading (docs/HA.md).
+    shared = False
+
+    def leadership(self) -> Leadership | None:
+        """The lease object for a shared store; None for a store one dispatcher owns."""
+        return None
+
+    def fence(self, term: int) -> None:
+        """Make every later journal write conditional on the lease's term still being ``term``.
+
+        From now on each write transaction first checks, in the same
+        transaction, that the lease's term is still ``term``; if not it
+        writes nothing and raises :class:`~trioschedule._errors.StoreFenced`.
+        The dispatcher calls it right after winning a campaign, before
+        :meth:`open`.  A store that is not :attr:`shared` refuses it.
+        """
+        raise TypeError(f"{type(self).__name__} is not shared by several dispatchers: it has no lease to fence by")
 
     async def open(self) -> list[StoredTask]:
         """Prepare the store and return the tasks to recover (unfinished and retained finished ones)."""

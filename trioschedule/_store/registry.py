@@ -1,4 +1,4 @@
-"""Stores by URL scheme: ``memory:``, ``sqlite:PATH``, and whatever is registered next.
+"""Stores by URL scheme: ``memory:``, ``sqlite:PATH``, ``postgresql://...``, and whatever is registered next.
 
 ``Dispatcher(store=...)`` and ``--store`` take a string; :func:`open_store`
 turns it into a :class:`~.base.Store`.  A new kind of store plugs in here and
@@ -73,5 +73,18 @@ def _sqlite(path: str) -> Store:
     return SQLiteStore(path)
 
 
+def _postgresql(rest: str) -> Store:
+    if not rest.startswith("//"):
+        raise ValueError(f"unknown store 'postgresql:{rest}': write it 'postgresql://USER@HOST:PORT/DB'")
+    try:
+        from .postgresql import PostgreSQLStore
+    except ImportError as exc:  # psycopg is an optional dependency
+        raise ValueError(
+            f"the postgresql store needs psycopg 3 ({exc}): pip install 'trioschedule[postgresql]'"
+        ) from exc
+    return PostgreSQLStore("postgresql:" + rest)
+
+
 register_scheme("memory", _memory, usage="memory:")
 register_scheme("sqlite", _sqlite, usage="sqlite:PATH")
+register_scheme("postgresql", _postgresql, usage="postgresql://USER@HOST:PORT/DB")

@@ -20,14 +20,18 @@ from typing import Any, TypeVar
 
 import trio
 
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
 from .._client import Client, open_client
 from .._conformance import run_conformance
 from .._dispatcher.dispatcher import Dispatcher
-from .._errors import TaskError, TriosError, UnknownSchedule, UnknownTaskId
+from .._errors import StoreFenced, TaskError, TriosError, UnknownSchedule, UnknownTaskId
 from .._handles import unwrap
 from .._net.addresses import format_address
 from .._net.security import client_ssl_context, server_ssl_context, token_from_env
 from .._protocol import messages as m
+from .._util import single_error
 from .._worker import Worker
 from ._format import format_schedules, format_status, format_tasks
 from ._loading import load_object
@@ -63,24 +67,47 @@ def build_dispatcher(cls: type[Dispatcher], args: argparse.Namespace) -> Dispatc
         max_connections=args.max_connections, max_queued=args.max_queued,
         max_client_queued=args.max_client_queued, max_frame_size=args.max_frame_size, max_losses=args.max_losses,
         result_ttl=args.result_ttl, max_results=args.max_results, history=args.history, http=getattr(args, "http", None),
+        lease_ttl=args.lease_ttl, advertise=args.advertise,
     )  # fmt: skip
 
 
 def run_dispatcher(args: argparse.Namespace) -> int:
-    dispatcher = build_dispatcher(_load_subclass(args.target, Dispatcher) if args.target else Dispatcher, args)
+    cls = _load_subclass(args.target, Dispatcher) if args.target else Dispatcher
+    first = True
+    while True:
+        dispatcher = build_dispatcher(cls, args)
 
-    async def run() -> None:
-        async with trio.open_nursery() as nursery:
-            bound = await nursery.start(dispatcher.serve)
-            _freeze_startup_objects()
-            print(f"trioschedule dispatcher listening on {args.listen[0]}:{bound} (pid {os.getpid()})", flush=True)
-            if dispatcher.http_port is not None:
-                host = (dispatcher.http.rpartition(":")[0] if dispatcher.http else "") or "0.0.0.0"
-                scheme = "https" if dispatcher.ssl_context is not None else "http"
-                print(f"trioschedule dispatcher status page on {scheme}://{host}:{dispatcher.http_port}/", flush=True)
+        async def run(dispatcher: Dispatcher = dispatcher, first: bool = first) -> None:
+            async with trio.open_nursery() as nursery:
+                bound = await nursery.start(dispatcher.serve)
+                if first:
+                    _freeze_startup_objects()
+                    print(f"trioschedule dispatcher listening on {args.listen[0]}:{bound} (pid {os.getpid()})",
+                          flush=True)  # fmt: skip
+                if dispatcher.http_port is not None:
+                    host = (dispatcher.http.rpartition(":")[0] if dispatcher.http else "") or "0.0.0.0"
+                    scheme = "https" if dispatcher.ssl_context is not None else "http"
+                    print(f"trioschedule dispatcher status page on {scheme}://{host}:{dispatcher.http_port}/",
+                          flush=True)  # fmt: skip
 
-    trio.run(_run_with_signals, run, dispatcher.stop)
-    return 0
+        try:
+            trio.run(_run_with_signals, run, dispatcher.stop)
+        except BaseException as exc:
+            # A dispatcher on a shared store that lost its lease has dropped everything it knew: a
+            # fresh one in its place stands by again, as a service should (docs/HA.md).
+            if not _stepped_down(exc):
+                raise
+            log.warning("standing by again as a new dispatcher after stepping down")
+            first = False
+            continue
+        return 0
+
+
+def _stepped_down(exc: BaseException) -> bool:
+    """True if ``exc`` is a dispatcher's step-down, alone or as the one failure of a nursery."""
+    if isinstance(exc, BaseExceptionGroup):
+        exc = single_error(exc) or exc
+    return isinstance(exc, StoreFenced)
 
 
 # -------------------------------------------------------------- worker

@@ -41,6 +41,14 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, number
 
 
+def _advertise(text: str) -> str:
+    """``--advertise HOST:PORT``, checked like an address and kept as written."""
+    host, port = parse_address(text)
+    if host == "0.0.0.0" or port == 0:
+        raise argparse.ArgumentTypeError(f"--advertise needs the host and port peers connect to, not {text!r}")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parse_addresses(text: str) -> list[tuple[str, int]]:
     """``HOST:PORT[,HOST:PORT...]`` -> [(host, port), ...]: every dispatcher sharing one store (docs/HA.md).
 
@@ -269,7 +277,14 @@ def _dispatcher_command(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", type=parse_address, default=parse_address(DEFAULT_ADDRESS), metavar="HOST:PORT",
                    help=f"address to listen on (default {DEFAULT_ADDRESS}; port 0 picks a free one)")  # fmt: skip
     p.add_argument("--store", default=DEFAULT_STORE,
-                   help=f"journal: sqlite:PATH or memory: (default {DEFAULT_STORE} in the working directory)")  # fmt: skip
+                   help=f"journal: sqlite:PATH, postgresql://USER@HOST:PORT/DB (several dispatchers may share "
+                        f"one, docs/HA.md) or memory: (default {DEFAULT_STORE} in the working directory)")  # fmt: skip
+    p.add_argument("--lease-ttl", type=float, default=defaults.LEASE_TTL, metavar="S",
+                   help="with a shared store: how long the leader's lease lasts unrenewed; a dead leader is "
+                        "replaced within about 7/6 of it (default %(default)g)")  # fmt: skip
+    p.add_argument("--advertise", type=_advertise, metavar="HOST:PORT",
+                   help="with a shared store: the address standbys send peers to while this dispatcher leads "
+                        "(default: the --listen address; needed when listening on 0.0.0.0)")  # fmt: skip
     p.add_argument("--http", default=None, metavar="HOST:PORT",
                    help="serve /metrics (Prometheus), /api/status and a live status page here "
                         "(off by default; behind the admin token; docs/OPERATIONS.md)")  # fmt: skip

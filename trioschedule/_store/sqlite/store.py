@@ -39,7 +39,9 @@ class StoreStatistics:
     ``pending`` the operations buffered and not yet handed to the writer;
     ``failed`` whether a write failed, which stops the store (see
     :class:`StoreError`); ``checkpoints`` how many checkpoints brought the
-    ``tasks`` table up to date (see docs/STORE.md).
+    ``tasks`` table up to date (see docs/STORE.md); ``reconnects`` how many
+    times the PostgreSQL store's writer reconnected to its database (0 for
+    SQLite).
     """
 
     commits: int
@@ -49,6 +51,7 @@ class StoreStatistics:
     pending: int
     failed: bool
     checkpoints: int = 0
+    reconnects: int = 0  # the PostgreSQL store's: times the writer reconnected to a database it lost
 
 
 class SQLiteStore(JournalWriter, Store):

@@ -1,0 +1,403 @@
+"""The PostgreSQL store's Trio side: what the dispatcher calls, from its own thread, without waiting for the network.
+
+As in the SQLite store, it only appends operations (:mod:`.batch`) to a list
+that the writer thread (:mod:`.writer`, this class's base) takes from, and
+parks until the writer says "committed".  The lease (:mod:`.lease`) has a
+connection and a thread of its own.  docs/STORE.md has the contract and this
+store's design; docs/HA.md how several dispatchers share one database.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ..._errors import StoreError, StoreFenced
+from ..._json import json_encoder
+from ..base import NewTask, Store, StoredTask
+from ..sqlite.store import StoreStatistics
+from .batch import ADD_MANY, ADD_NEW, ADD_ROWS, DELETE_SCHEDULE, FINISH, FORGET, RUN, RUNS, SAVE_SCHEDULES, UPSERT
+from .lease import PostgreSQLLeadership
+from .writer import JournalWriter, log
+
+__all__ = ["PostgreSQLStore"]
+
+_STATES = ("queued", "running", "done")
+
+
+def redact(conninfo: str) -> str:
+    """The URL without its password, for logs and ``status``."""
+    return re.sub(r"^(postgres(?:ql)?://[^:/@]*):[^@]*@", r"\1:***@", conninfo)
+
+
+class PostgreSQLStore(JournalWriter, Store):
+    """A journal in a PostgreSQL database, which several dispatchers may share, one leading (docs/HA.md).
+
+    ``conninfo`` is a libpq URL (``postgresql://USER@HOST:PORT/DB``, with any
+    libpq parameter in its query string) or key/value string.  The store
+    keeps its tables (``trioschedule_*``) in that database, creating and
+    migrating them at :meth:`open`.  ``retention`` (seconds) drops finished
+    tasks older than that at open and once a minute; None keeps them until
+    :meth:`forget`.  ``commit_interval`` is how long buffered updates may wait
+    for company before the writer commits them; :meth:`add` and :meth:`flush`
+    never wait for it.  ``reconnect_timeout`` is how long the writer keeps
+    reconnecting to a database it lost before it stops journaling.
+
+    Unfenced (no :meth:`fence`), it holds an exclusive advisory lock: one
+    dispatcher per database.  Fenced, every write checks the lease's term in
+    its own transaction and the lock is shared by the dispatchers that take
+    the lease in turn.
+    """
+
+    durable = True
+    shared = True
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        retention: float | None = None,
+        commit_interval: float = 0.005,
+        reconnect_timeout: float = 300.0,
+    ) -> None:
+        if not conninfo:
+            raise ValueError("PostgreSQLStore needs a connection URL, e.g. 'postgresql://USER@HOST:PORT/DB'")
+        if retention is not None and not retention >= 0:
+            raise ValueError("retention must be a number of seconds >= 0, or None")
+        if not commit_interval >= 0:
+            raise ValueError("commit_interval must be >= 0")
+        if not reconnect_timeout >= 0:
+            raise ValueError("reconnect_timeout must be >= 0")
+        self.conninfo = conninfo
+        self.url = redact(conninfo)
+        self.retention = retention
+        self.commit_interval = commit_interval
+        self.reconnect_timeout = reconnect_timeout
+        self._term = None
+        self._state = "new"  # new -> opening -> open -> closing -> closed (-> opening again)
+        self._trio_encode = json_encoder(check_circular=True)  # the Trio side's (the writer has its own)
+        self._schedules: dict[str, dict[str, Any]] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        self._reset_writer()
+        self._lots: dict[int, trio.lowlevel.ParkingLot] = {}
+        self._opened = trio.Event()
+        self._exited = trio.Event()
+        self._open_outcome: list[StoredTask] | BaseException = []
+
+    def __repr__(self) -> str:
+        return f"<PostgreSQLStore {self.url!r} {self._state}>"
+
+    # ============================================================ leadership
+    def leadership(self) -> PostgreSQLLeadership:
+        """A new lease object on a connection of its own (see :class:`~.lease.PostgreSQLLeadership`)."""
+        return PostgreSQLLeadership(self.conninfo, url=self.url)
+
+    def fence(self, term: int) -> None:
+        """Every later write transaction first checks that the lease is still at ``term`` (docs/HA.md)."""
+        if self._state not in ("new", "closed"):
+            raise RuntimeError("fence() the store before open(): a running writer keeps the term it started with")
+        if isinstance(term, bool) or not isinstance(term, int) or term < 1:
+            raise ValueError(f"a lease term is an int >= 1, not {term!r}")
+        self._term = term
+
+    @property
+    def term(self) -> int | None:
+        """The term this store is fenced at (None: not fenced)."""
+        return self._term
+
+    # ============================================================ Trio side
+    async def open(self) -> list[StoredTask]:
+        """Connect, create or migrate the tables, and return the tasks to recover.
+
+        Raises :class:`StoreError` if the database cannot be reached, was
+        written by a newer trioschedule, is used by another dispatcher without
+        a lease (``locked``), or (:class:`StoreFenced`) the lease moved on.
+        """
+        if self._state not in ("new", "closed"):
+            raise RuntimeError(f"this PostgreSQLStore is {self._state}; open() it only when new or closed")
+        self._reset()
+        self._token = trio.lowlevel.current_trio_token()
+        self._state = "opening"
+        threading.Thread(target=self._run, name=f"trioschedule-postgresql:{self.url}", daemon=True).start()
+        try:
+            await self._opened.wait()
+        except BaseException:
+            self._begin_close()
+            self._state = "closing"
+            raise
+        outcome = self._open_outcome
+        if isinstance(outcome, BaseException):
+            self._state = "closed"
+            raise outcome
+        self._state = "open"
+        self._open_outcome = []
+        self._schedules = {record["name"]: record for record in self._loaded_schedules}
+        return outcome
+
+    async def add(self, tasks: list[StoredTask]) -> None:
+        """Journal new tasks; return once they are committed.  An id the database holds already is ignored."""
+        self._check_open("add")
+        if not tasks:
+            await trio.lowlevel.checkpoint()
+            return
+        for task in tasks:
+            if task.state not in _STATES:
+                raise ValueError(f"task {task.id}: unknown state {task.state!r}")
+        text = self._trio_encode([
+            [t.id, t.name, t.args, t.kwargs, t.priority, t.retries, t.deadline, t.not_before, t.submitted_at,
+             t.state, t.attempt, t.failures, t.losses, t.session, t.outcome, t.finished_at]
+            for t in tasks
+        ])  # fmt: skip
+        await self._add((ADD_ROWS, [task.id for task in tasks], text))
+
+    async def add_new(self, tasks: list[NewTask]) -> None:
+        """:meth:`add` for :data:`~trioschedule._store.base.NewTask` tuples, encoded as they are, in one call."""
+        self._check_open("add")
+        if not tasks:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._add((ADD_NEW, [task[0] for task in tasks], self._trio_encode(tasks)))
+
+    async def add_new_many(
+        self, ids: list[str], args: list[Any], name: str, kwargs: dict[str, Any], priority: int, retries: int | None,
+        deadline: float | None, not_before: float | None, submitted_at: float,
+    ) -> None:  # fmt: skip
+        """:meth:`add_new` for tasks that differ only in id and ``args``: the shared fields once, the arguments
+        in one JSON document."""
+        self._check_open("add")
+        if len(ids) != len(args):
+            raise ValueError(f"{len(ids)} ids for {len(args)} argument lists")
+        if not ids:
+            await trio.lowlevel.checkpoint()
+            return
+        encode = self._trio_encode
+        shared = (name, encode(kwargs), priority, retries, deadline, not_before, submitted_at)
+        await self._add((ADD_MANY, list(ids), encode(args), shared))
+
+    async def _add(self, op: tuple[Any, ...]) -> None:
+        with self._mutex:
+            self._raise_if_failed()
+            if not self._ops:
+                self._pending_since = time.monotonic()
+            self._ops.append(op)
+            self._urgent = True
+            ticket = self._batch
+            self._cond.notify()
+        await self._wait_committed(ticket)
+
+    def update(self, task: StoredTask) -> None:
+        """Buffer ``task``'s new state (an upsert).  The store keeps a reference to ``task``: do not mutate it."""
+        if self._state != "open":
+            self._check_open("update")
+        if task.state not in _STATES:
+            raise ValueError(f"task {task.id}: unknown state {task.state!r}")
+        ops = self._ops
+        ops.append((UPSERT, task.id, task))
+        if len(ops) == 1:
+            self._wake_writer()
+
+    def update_running(self, task_id: str, attempt: int, failures: int, losses: int, session: str) -> None:
+        """Buffer "``task_id`` runs on ``session``" (see :meth:`Store.update_running`)."""
+        if self._state != "open":
+            self._check_open("update")
+        ops = self._ops
+        ops.append((RUN, task_id, session, attempt, failures, losses))
+        if len(ops) == 1:
+            self._wake_writer()
+
+    def update_running_many(self, task_ids: list[str], attempt: int, failures: int, losses: int, session: str) -> None:
+        """Buffer "these tasks run on ``session``" as one operation (the store keeps ``task_ids``)."""
+        if self._state != "open":
+            self._check_open("update")
+        ops = self._ops
+        ops.append((RUNS, task_ids, session, attempt, failures, losses))
+        if len(ops) == 1:
+            self._wake_writer()
+
+    def update_done(
+        self, task_id: str, attempt: int, failures: int, losses: int, outcome: dict[str, Any], finished_at: float
+    ) -> None:
+        """Buffer "``task_id`` ended with ``outcome``" (the store keeps ``outcome`` until committed)."""
+        if self._state != "open":
+            self._check_open("update")
+        ops = self._ops
+        ops.append((FINISH, task_id, attempt, outcome, finished_at, failures, losses))
+        if len(ops) == 1:
+            self._wake_writer()
+
+    def forget(self, task_ids: list[str]) -> None:
+        """Buffer the deletion of these tasks' rows (unknown ids are ignored)."""
+        if self._state != "open":
+            self._check_open("forget")
+        ops = self._ops
+        was_empty = not ops
+        for task_id in task_ids:
+            ops.append((FORGET, task_id))
+        if was_empty and ops:
+            self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        """The first operation of a batch was buffered: the writer commits within ``commit_interval``."""
+        with self._mutex:
+            self._pending_since = time.monotonic()
+            self._cond.notify()
+
+    def mark(self) -> int:
+        """The batch that holds everything buffered so far (see :meth:`flush`)."""
+        with self._mutex:
+            return self._batch if self._ops else self._batch - 1
+
+    async def flush(self, mark: int | None = None) -> None:
+        """Return once everything buffered before this call is committed; with a :meth:`mark`, what was before it."""
+        self._check_open("flush")
+        with self._mutex:
+            self._raise_if_failed()
+            ticket = self._batch if self._ops else self._batch - 1
+            if mark is not None and mark < ticket:
+                ticket = mark
+            elif ticket == self._batch:
+                self._urgent = True
+                self._cond.notify()
+        await self._wait_committed(ticket)
+
+    # ------------------------------------------------------------ schedules
+    async def load_schedules(self) -> list[dict[str, Any]]:
+        """The schedule records (read at :meth:`open`, kept up to date by the calls below)."""
+        self._check_open("load_schedules")
+        await trio.lowlevel.checkpoint()
+        return [dict(record) for _, record in sorted(self._schedules.items())]
+
+    async def save_schedules(self, records: list[dict[str, Any]]) -> None:
+        """Insert or replace the records by ``record["name"]`` (jsonb); return once committed."""
+        self._check_open("save_schedules")
+        if not records:
+            await trio.lowlevel.checkpoint()
+            return
+        for record in records:
+            if not isinstance(record.get("name"), str):
+                raise TypeError(f"a schedule record needs a str 'name', not {record.get('name')!r}")
+        text = self._trio_encode(records)
+        await self._add((SAVE_SCHEDULES, None, text))
+        for record in records:
+            self._schedules[record["name"]] = record
+
+    async def delete_schedule(self, name: str) -> None:
+        """Drop the record ``name`` (no error if there is none); return once committed."""
+        self._check_open("delete_schedule")
+        await self._add((DELETE_SCHEDULE, None, name))
+        self._schedules.pop(name, None)
+
+    # ------------------------------------------------------------ closing
+    async def close(self) -> None:
+        """Commit what is buffered and close the connection.  Safe to call twice; raises if a write failed."""
+        if self._state in ("new", "closed"):
+            await trio.lowlevel.checkpoint()
+            return
+        self._begin_close()
+        self._state = "closing"
+        await self._exited.wait()
+        self._state = "closed"
+        if self._failure is not None:
+            raise self._failed_error()
+
+    def statistics(self) -> StoreStatistics:
+        """Counters since the last open(): commits, rows written/deleted/skipped, pending, reconnects."""
+        with self._cond:
+            return StoreStatistics(
+                commits=self._commits,
+                rows_written=self._rows_written,
+                rows_deleted=self._rows_deleted,
+                rows_skipped=self._rows_skipped,
+                pending=len(self._ops),
+                failed=self._failure is not None,
+                reconnects=self._reconnects,
+            )
+
+    def _check_open(self, what: str) -> None:
+        if self._state != "open":
+            raise RuntimeError(f"{what}() on a {self._state} PostgreSQLStore: call open() first, and not after close()")
+
+    def _begin_close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise self._failed_error()
+
+    def _failed_error(self) -> StoreError:
+        failure = self._failure
+        if isinstance(failure, StoreFenced):
+            return StoreFenced(str(failure), term=failure.term, current=failure.current)
+        error = StoreError(
+            f"writing the journal {self.url} failed ({failure!r}), so this dispatcher stopped journaling; "
+            "changes since the last successful commit are lost.  Fix the cause and restart: the database "
+            "holds every commit made before the failure",
+            code="io",
+        )
+        error.__cause__ = failure
+        return error
+
+    async def _wait_committed(self, ticket: int) -> None:
+        if self._committed >= ticket:
+            await trio.lowlevel.checkpoint()
+            return
+        while self._committed < ticket:
+            if self._failure is not None:
+                raise self._failed_error()
+            if self._exited.is_set():
+                raise StoreError(f"the journal {self.url} was closed before the write was committed")
+            lot = self._lots.get(ticket)
+            if lot is None:
+                lot = self._lots[ticket] = trio.lowlevel.ParkingLot()
+            await lot.park()
+
+    def _wake(self) -> None:
+        lots = self._lots
+        if self._failure is not None:
+            ready = list(lots)
+        else:
+            committed = self._committed
+            ready = [ticket for ticket in lots if ticket <= committed]
+        for ticket in ready:
+            lots.pop(ticket).unpark_all()
+
+    def _thread_exited(self) -> None:
+        self._opened.set()
+        self._exited.set()
+        for lot in self._lots.values():
+            lot.unpark_all()
+        self._lots.clear()
+
+    def _call_soon(self, fn: Callable[[], None]) -> None:
+        try:
+            self._token.run_sync_soon(fn)
+        except trio.RunFinishedError:
+            pass
+
+    # ================================================= the writer thread's entry
+    def _run(self) -> None:
+        try:
+            try:
+                self._open_outcome = self._open_database()
+            except BaseException as exc:  # noqa: BLE001 - every failure becomes the open() outcome
+                self._open_outcome = exc if isinstance(exc, StoreError) else self._open_error(exc)
+                return
+            self._call_soon(self._opened.set)
+            self._write_loop(lambda: self._call_soon(self._wake))
+        except BaseException:  # noqa: BLE001  # pragma: no cover - a bug here; never let the thread die silently
+            log.exception("the journal writer for %s crashed", self.url)
+            with self._cond:
+                if self._failure is None:
+                    self._failure = RuntimeError("the journal writer thread crashed")
+        finally:
+            self._close_connection()
+            self._call_soon(self._thread_exited)
