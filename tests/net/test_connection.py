@@ -569,7 +569,10 @@ async def test_a_thread_writes_whole_heartbeats_between_the_loops_frames():
         sent = []
 
         def hammer():
-            while not stop.is_set():
+            # Bounded: on a loaded machine the thread may run on long after the loop stopped reading,
+            # and an unbounded stream of unread heartbeats would fill the socket's buffers, so that the
+            # send()s below find it unwritable (2,000 heartbeats are under 50 KB).
+            while not stop.is_set() and len(sent) < 2000:
                 sent.append(send())
 
         thread = threading.Thread(target=hammer)
