@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -217,8 +218,17 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def running_server(**kwargs: str) -> Iterator[PostgresServer]:
-    """A started server, stopped (by its postmaster's PID) and removed when the block ends."""
+    """A started server, stopped (by its postmaster's PID) and removed when the block ends.
+
+    The server outlives a process that dies without running this block's
+    ``finally`` (``pg_ctl`` detaches it), so a SIGTERM (``timeout``, CI
+    cancelling a job) is turned into SystemExit while the block runs, as the
+    benchmark does for its own processes.
+    """
     server = PostgresServer(**kwargs)
+    previous = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         server.init()
         server.start()
@@ -228,3 +238,9 @@ def running_server(**kwargs: str) -> Iterator[PostgresServer]:
             server.stop("immediate")
         finally:
             server.remove()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

@@ -55,7 +55,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         steps=(
             """
             CREATE TABLE trioschedule_tasks (
-                id text PRIMARY KEY,
+                id text COLLATE "C" PRIMARY KEY,          -- bytewise: no locale rules in the hot index
                 seq bigint GENERATED ALWAYS AS IDENTITY,  -- submission order: recovery requeues in it
                 name text NOT NULL,
                 args text NOT NULL,             -- JSON array, as encoded (text keeps it exactly; jsonb would not)
