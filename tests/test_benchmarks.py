@@ -182,3 +182,22 @@ def test_the_harness_arithmetic(harness):
     assert harness.latency_summary([]) == {} and harness.throughput_summary(10, []) == {}
     summary = harness.throughput_summary(1000, [0.5, 2.0, 1.0])
     assert summary["rates"] == [2000.0, 500.0, 1000.0] and summary["median"] == 1000.0 and summary["runs"] == 3
+
+
+@pytest.mark.postgresql  # starts a server as the tests do
+def test_pg_commit_shapes_runs_both_ways_to_the_same_tasks():
+    """benchmarks/pg_commit_shapes.py: both ways measured, and the change log, folded, leaves what the table's
+    statements leave (its last chunk queued, the one before running, every earlier one forgotten)."""
+    script = REPO / "benchmarks" / "pg_commit_shapes.py"
+    proc = subprocess.run([sys.executable, str(script), "--tasks", "10", "--commits", "7", "--fold", "3"],
+                          cwd=str(REPO), capture_output=True, text=True, timeout=180, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for way in ("tasks", "log"):
+        (line,) = [line for line in lines if line.strip().startswith(f"{way}:")]
+        figures = dict(item.rsplit(" ", 1) for item in line.split(":", 1)[1].strip().split(", "))
+        assert set(figures) == {"commit_ms_p50", "fold_ms_p50", "server_cpu_us_per_task",
+                                "client_cpu_us_per_task", "wall_us_per_task"}  # fmt: skip
+        assert float(figures["commit_ms_p50"]) > 0 and float(figures["wall_us_per_task"]) > 0
+        assert (float(figures["fold_ms_p50"]) > 0) is (way == "log")
+    assert "left in the tasks table: [('queued', 10), ('running', 10)]" in lines
