@@ -10,9 +10,7 @@ store's design; docs/HA.md how several dispatchers share one database.
 from __future__ import annotations
 
 import re
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -21,9 +19,10 @@ from ..._errors import StoreError, StoreFenced
 from ..._json import json_encoder
 from ..base import NewTask, Store, StoredTask
 from ..sqlite.store import StoreStatistics
+from ..threaded import ThreadedJournal
 from .batch import ADD_MANY, ADD_NEW, ADD_ROWS, DELETE_SCHEDULE, FINISH, FORGET, RUN, RUNS, SAVE_SCHEDULES, UPSERT
 from .lease import PostgreSQLLeadership
-from .writer import JournalWriter, log
+from .writer import JournalWriter
 
 __all__ = ["PostgreSQLStore"]
 
@@ -35,7 +34,7 @@ def redact(conninfo: str) -> str:
     return re.sub(r"^(postgres(?:ql)?://[^:/@]*):[^@]*@", r"\1:***@", conninfo)
 
 
-class PostgreSQLStore(JournalWriter, Store):
+class PostgreSQLStore(JournalWriter, ThreadedJournal, Store):
     """A journal in a PostgreSQL database, which several dispatchers may share, one leading (docs/HA.md).
 
     ``conninfo`` is a libpq URL (``postgresql://USER@HOST:PORT/DB``, with any
@@ -84,13 +83,6 @@ class PostgreSQLStore(JournalWriter, Store):
         self._schedules: dict[str, dict[str, Any]] = {}
         self._reset()
 
-    def _reset(self) -> None:
-        self._reset_writer()
-        self._lots: dict[int, trio.lowlevel.ParkingLot] = {}
-        self._opened = trio.Event()
-        self._exited = trio.Event()
-        self._open_outcome: list[StoredTask] | BaseException = []
-
     def __repr__(self) -> str:
         return f"<PostgreSQLStore {self.url!r} {self._state}>"
 
@@ -120,24 +112,7 @@ class PostgreSQLStore(JournalWriter, Store):
         written by a newer trioschedule, is used by another dispatcher without
         a lease (``locked``), or (:class:`StoreFenced`) the lease moved on.
         """
-        if self._state not in ("new", "closed"):
-            raise RuntimeError(f"this PostgreSQLStore is {self._state}; open() it only when new or closed")
-        self._reset()
-        self._token = trio.lowlevel.current_trio_token()
-        self._state = "opening"
-        threading.Thread(target=self._run, name=f"trioschedule-postgresql:{self.url}", daemon=True).start()
-        try:
-            await self._opened.wait()
-        except BaseException:
-            self._begin_close()
-            self._state = "closing"
-            raise
-        outcome = self._open_outcome
-        if isinstance(outcome, BaseException):
-            self._state = "closed"
-            raise outcome
-        self._state = "open"
-        self._open_outcome = []
+        outcome = await self._open_thread(f"trioschedule-postgresql:{self.url}")
         self._schedules = {record["name"]: record for record in self._loaded_schedules}
         return outcome
 
@@ -243,30 +218,6 @@ class PostgreSQLStore(JournalWriter, Store):
         if was_empty and ops:
             self._wake_writer()
 
-    def _wake_writer(self) -> None:
-        """The first operation of a batch was buffered: the writer commits within ``commit_interval``."""
-        with self._mutex:
-            self._pending_since = time.monotonic()
-            self._cond.notify()
-
-    def mark(self) -> int:
-        """The batch that holds everything buffered so far (see :meth:`flush`)."""
-        with self._mutex:
-            return self._batch if self._ops else self._batch - 1
-
-    async def flush(self, mark: int | None = None) -> None:
-        """Return once everything buffered before this call is committed; with a :meth:`mark`, what was before it."""
-        self._check_open("flush")
-        with self._mutex:
-            self._raise_if_failed()
-            ticket = self._batch if self._ops else self._batch - 1
-            if mark is not None and mark < ticket:
-                ticket = mark
-            elif ticket == self._batch:
-                self._urgent = True
-                self._cond.notify()
-        await self._wait_committed(ticket)
-
     # ------------------------------------------------------------ schedules
     async def load_schedules(self) -> list[dict[str, Any]]:
         """The schedule records (read at :meth:`open`, kept up to date by the calls below)."""
@@ -294,19 +245,7 @@ class PostgreSQLStore(JournalWriter, Store):
         await self._add((DELETE_SCHEDULE, None, name))
         self._schedules.pop(name, None)
 
-    # ------------------------------------------------------------ closing
-    async def close(self) -> None:
-        """Commit what is buffered and close the connection.  Safe to call twice; raises if a write failed."""
-        if self._state in ("new", "closed"):
-            await trio.lowlevel.checkpoint()
-            return
-        self._begin_close()
-        self._state = "closing"
-        await self._exited.wait()
-        self._state = "closed"
-        if self._failure is not None:
-            raise self._failed_error()
-
+    # ------------------------------------------------------------ statistics and failures
     def statistics(self) -> StoreStatistics:
         """Counters since the last open(): commits, rows written/deleted/skipped, pending, reconnects."""
         with self._cond:
@@ -319,19 +258,6 @@ class PostgreSQLStore(JournalWriter, Store):
                 failed=self._failure is not None,
                 reconnects=self._reconnects,
             )
-
-    def _check_open(self, what: str) -> None:
-        if self._state != "open":
-            raise RuntimeError(f"{what}() on a {self._state} PostgreSQLStore: call open() first, and not after close()")
-
-    def _begin_close(self) -> None:
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-
-    def _raise_if_failed(self) -> None:
-        if self._failure is not None:
-            raise self._failed_error()
 
     def _failed_error(self) -> StoreError:
         failure = self._failure
@@ -346,58 +272,6 @@ class PostgreSQLStore(JournalWriter, Store):
         error.__cause__ = failure
         return error
 
-    async def _wait_committed(self, ticket: int) -> None:
-        if self._committed >= ticket:
-            await trio.lowlevel.checkpoint()
-            return
-        while self._committed < ticket:
-            if self._failure is not None:
-                raise self._failed_error()
-            if self._exited.is_set():
-                raise StoreError(f"the journal {self.url} was closed before the write was committed")
-            lot = self._lots.get(ticket)
-            if lot is None:
-                lot = self._lots[ticket] = trio.lowlevel.ParkingLot()
-            await lot.park()
-
-    def _wake(self) -> None:
-        lots = self._lots
-        if self._failure is not None:
-            ready = list(lots)
-        else:
-            committed = self._committed
-            ready = [ticket for ticket in lots if ticket <= committed]
-        for ticket in ready:
-            lots.pop(ticket).unpark_all()
-
-    def _thread_exited(self) -> None:
-        self._opened.set()
-        self._exited.set()
-        for lot in self._lots.values():
-            lot.unpark_all()
-        self._lots.clear()
-
-    def _call_soon(self, fn: Callable[[], None]) -> None:
-        try:
-            self._token.run_sync_soon(fn)
-        except trio.RunFinishedError:
-            pass
-
-    # ================================================= the writer thread's entry
-    def _run(self) -> None:
-        try:
-            try:
-                self._open_outcome = self._open_database()
-            except BaseException as exc:  # noqa: BLE001 - every failure becomes the open() outcome
-                self._open_outcome = exc if isinstance(exc, StoreError) else self._open_error(exc)
-                return
-            self._call_soon(self._opened.set)
-            self._write_loop(lambda: self._call_soon(self._wake))
-        except BaseException:  # noqa: BLE001  # pragma: no cover - a bug here; never let the thread die silently
-            log.exception("the journal writer for %s crashed", self.url)
-            with self._cond:
-                if self._failure is None:
-                    self._failure = RuntimeError("the journal writer thread crashed")
-        finally:
-            self._close_connection()
-            self._call_soon(self._thread_exited)
+    @property
+    def _journal_name(self) -> str:
+        return self.url

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -21,6 +19,7 @@ import trio
 from ..._errors import StoreError
 from ..._json import json_encoder
 from ..base import NewTask, Store, StoredTask
+from ..threaded import ThreadedJournal
 from .changelog import ACCEPTED, ADDED, FINISH, FORGET, RUN, RUNS, Op, new_rows, values
 from .writer import JournalWriter, log
 
@@ -54,7 +53,7 @@ class StoreStatistics:
     reconnects: int = 0  # the PostgreSQL store's: times the writer reconnected to a database it lost
 
 
-class SQLiteStore(JournalWriter, Store):
+class SQLiteStore(JournalWriter, ThreadedJournal, Store):
     """A journal in one SQLite file, so a restarted dispatcher recovers its tasks.
 
     ``path`` is the database file; ``PATH-wal``/``PATH-shm`` (SQLite's) and
@@ -96,14 +95,6 @@ class SQLiteStore(JournalWriter, Store):
         self._trio_encode = json_encoder(check_circular=True)  # the Trio side's (the writer has its own)
         self._reset()
 
-    def _reset(self) -> None:
-        self._reset_writer()  # what the writer thread owns, and what it shares with this side
-        # The Trio side's.
-        self._lots: dict[int, trio.lowlevel.ParkingLot] = {}  # batch number -> who waits for its commit
-        self._opened = trio.Event()
-        self._exited = trio.Event()
-        self._open_outcome: list[StoredTask] | BaseException = []
-
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path!r} {self._state}>"
 
@@ -115,25 +106,7 @@ class SQLiteStore(JournalWriter, Store):
         if it was written by a newer trioschedule, or if it is corrupt or not
         a trioschedule journal; nothing is changed in those cases.
         """
-        if self._state not in ("new", "closed"):
-            raise RuntimeError(f"this SQLiteStore is {self._state}; open() it only when new or closed")
-        self._reset()
-        self._token = trio.lowlevel.current_trio_token()
-        self._state = "opening"
-        threading.Thread(target=self._run, name=f"trioschedule-sqlite:{self.path}", daemon=True).start()
-        try:
-            await self._opened.wait()
-        except BaseException:
-            self._begin_close()  # the thread finishes opening, then closes by itself
-            self._state = "closing"
-            raise
-        outcome = self._open_outcome
-        if isinstance(outcome, BaseException):
-            self._state = "closed"
-            raise outcome
-        self._state = "open"
-        self._open_outcome = []
-        return outcome
+        return await self._open_thread(f"trioschedule-sqlite:{self.path}")
 
     async def add(self, tasks: list[StoredTask]) -> None:
         """Journal new tasks; return once they are committed (the same transaction as whatever else is buffered).
@@ -278,51 +251,6 @@ class SQLiteStore(JournalWriter, Store):
             self._cond.notify()
         await self._wait_committed(ticket)
 
-    def _wake_writer(self) -> None:
-        """The first operation of a batch was buffered: the writer commits within ``commit_interval``."""
-        with self._mutex:
-            self._pending_since = time.monotonic()
-            self._cond.notify()
-
-    def mark(self) -> int:
-        """The batch that holds everything buffered so far (see :meth:`flush`)."""
-        with self._mutex:
-            return self._batch if self._ops else self._batch - 1  # the one the writer holds, if any
-
-    async def flush(self, mark: int | None = None) -> None:
-        """Return once everything buffered before this call is committed; with a :meth:`mark`, what was before it.
-
-        A mark lets a caller wait for its own operations and not for those
-        buffered since, which go into the next group commit (one fsync later).
-        """
-        self._check_open("flush")
-        with self._mutex:
-            self._raise_if_failed()
-            ticket = self._batch if self._ops else self._batch - 1
-            if mark is not None and mark < ticket:
-                ticket = mark
-            elif ticket == self._batch:
-                self._urgent = True
-                self._cond.notify()
-        await self._wait_committed(ticket)
-
-    async def close(self) -> None:
-        """Commit what is buffered, close the database and release the lock.
-
-        Safe to call twice.  If cancelled, the writer thread still finishes
-        (and releases the lock) by itself.  Raises :class:`StoreError` if a
-        write failed while the store was open.
-        """
-        if self._state in ("new", "closed"):
-            await trio.lowlevel.checkpoint()
-            return
-        self._begin_close()
-        self._state = "closing"
-        await self._exited.wait()
-        self._state = "closed"
-        if self._failure is not None:
-            raise self._failed_error()
-
     def statistics(self) -> StoreStatistics:
         """Counters since the last open(): commits, rows written/deleted/skipped, pending ops."""
         with self._cond:
@@ -336,19 +264,6 @@ class SQLiteStore(JournalWriter, Store):
                 checkpoints=self._checkpoints.count,
             )
 
-    def _check_open(self, what: str) -> None:
-        if self._state != "open":
-            raise RuntimeError(f"{what}() on a {self._state} SQLiteStore: call open() first, and not after close()")
-
-    def _begin_close(self) -> None:
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-
-    def _raise_if_failed(self) -> None:
-        if self._failure is not None:
-            raise self._failed_error()
-
     def _failed_error(self) -> StoreError:
         error = StoreError(
             f"writing the journal {self.path} failed ({self._failure!r}), so this dispatcher stopped journaling; "
@@ -359,68 +274,16 @@ class SQLiteStore(JournalWriter, Store):
         error.__cause__ = self._failure
         return error
 
-    async def _wait_committed(self, ticket: int) -> None:
-        if self._committed >= ticket:
-            await trio.lowlevel.checkpoint()
-            return
-        while self._committed < ticket:
-            if self._failure is not None:
-                raise self._failed_error()
-            if self._exited.is_set():
-                raise StoreError(f"the journal {self.path} was closed before the write was committed")
-            lot = self._lots.get(ticket)
-            if lot is None:
-                lot = self._lots[ticket] = trio.lowlevel.ParkingLot()
-            await lot.park()
+    @property
+    def _journal_name(self) -> str:
+        return self.path
 
-    def _wake(self) -> None:
-        """In the Trio thread, after a commit (or a failure): wake whoever waits for what is committed now."""
-        lots = self._lots
-        if self._failure is not None:
-            ready = list(lots)
-        else:
-            committed = self._committed
-            ready = [ticket for ticket in lots if ticket <= committed]
-        for ticket in ready:
-            lots.pop(ticket).unpark_all()
-
-    def _thread_exited(self) -> None:
-        self._opened.set()
-        self._exited.set()
-        for lot in self._lots.values():
-            lot.unpark_all()
-        self._lots.clear()
-
-    def _call_soon(self, fn: Callable[[], None]) -> None:
-        """From the writer thread: run ``fn`` in the Trio thread."""
-        try:
-            self._token.run_sync_soon(fn)
-        except trio.RunFinishedError:
-            pass  # nobody left to tell
-
-    # ================================================= the writer thread's entry
-    def _run(self) -> None:
-        """The writer thread: open, then commit until closed; hands each outcome to the Trio side."""
-        try:
+    def _close_connection(self) -> None:
+        """In the writer thread, as it exits: close the database and release the journal's lock file."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
             try:
-                self._open_outcome = self._open_database()
-            except BaseException as exc:  # noqa: BLE001 - every failure becomes the open() outcome
-                self._open_outcome = exc if isinstance(exc, StoreError) else self._open_error(exc)
-                return
-            self._call_soon(self._opened.set)
-            self._write_loop(lambda: self._call_soon(self._wake))
-        except BaseException:  # noqa: BLE001  # pragma: no cover - a bug here; never let the thread die silently
-            log.exception("the journal writer for %s crashed", self.path)
-            with self._cond:
-                if self._failure is None:
-                    self._failure = RuntimeError("the journal writer thread crashed")
-        finally:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                try:
-                    conn.close()
-                except sqlite3.Error:  # pragma: no cover
-                    log.exception("closing %s failed", self.path)
-            self._lock.release()
-            self._call_soon(self._thread_exited)
-
+                conn.close()
+            except sqlite3.Error:  # pragma: no cover
+                log.exception("closing %s failed", self.path)
+        self._lock.release()
