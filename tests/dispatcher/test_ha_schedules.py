@@ -1,0 +1,96 @@
+"""Schedules on several dispatchers sharing one PostgreSQL database (issue 17, docs/HA.md, docs/SCHEDULES.md).
+
+Real parts: a real PostgreSQL server, real sockets, real time (the lease lives on
+the database's clock).  A worker and a client know both dispatchers; an
+``every=1`` schedule is added on the leader, the leader goes (a clean hand-over,
+or a lease it can no longer renew), and the standby takes the schedule over from
+the database.  Every run is counted in the worker and every fire time's task id
+``sched:<name>:<fire time>`` must have run at most once across both dispatchers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+import trio
+
+from tests.dispatcher.test_leadership import dispatcher, serve
+from tests.processes import wait_for
+from trioschedule import Worker, open_client, task
+
+pytestmark = pytest.mark.postgresql
+
+
+class Beat(Worker):
+    runs: list[str] = []
+
+    @task
+    async def beat(self, label: str) -> str:
+        Beat.runs.append(label)
+        return label
+
+
+def sched_rows(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT id FROM trioschedule_tasks WHERE id LIKE 'sched:%' ORDER BY id").fetchall()
+    return [row[0] for row in rows]
+
+
+async def _failover(url: str, *, clean: bool) -> None:
+    Beat.runs = []
+    a, b = dispatcher(url, lease_ttl=2.0), dispatcher(url, lease_ttl=2.0)
+    ended_a: list[Any] = []
+    ended_b: list[Any] = []
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            port_a = await nursery.start(serve, a, ended_a)
+            await wait_for(lambda: a.leading, timeout=10)
+            port_b = await nursery.start(serve, b, ended_b)
+            addresses = [f"127.0.0.1:{port_b}", f"127.0.0.1:{port_a}"]  # the standby first: it redirects
+            worker = Beat(addresses=addresses, heartbeat_interval=0.5, heartbeat_timeout=4.0, reconnect_max=0.2,
+                          blocked_warning=None)
+            nursery.start_soon(worker.run)
+            async with open_client(addresses=addresses, role="admin") as client:
+                await client.add_schedule("pulse", "beat", ["x"], every=1)
+            await trio.sleep(4)
+            assert b.status()["ha"]["role"] == "standby"
+            assert b.schedules() == []  # a standby holds no schedules and fires nothing
+            before = next(s for s in a.schedules() if s["name"] == "pulse")
+            assert before["runs"] >= 2, before
+            blocker = None
+            if clean:
+                a.stop(grace=0.5)
+            else:  # the lease row locked: a's renewals fail and it steps down by itself, no clean stop
+                blocker = psycopg.connect(url)
+                blocker.execute("SELECT * FROM trioschedule_lease FOR UPDATE")
+                await wait_for(lambda: not a.leading, timeout=10)
+                await wait_for(lambda: ended_a, timeout=20)
+                blocker.rollback()
+                blocker.close()
+            await wait_for(lambda: ended_a, timeout=20)
+            runs_at_handover = len(Beat.runs)
+            await wait_for(lambda: b.leading, timeout=20)
+            await trio.sleep(4)
+            after = next(s for s in b.schedules() if s["name"] == "pulse")  # restored from the database
+            assert after["runs"] > before["runs"], (before, after)  # counters continue, not restarted
+            assert len(Beat.runs) > runs_at_handover  # the new leader fires it
+            assert not after["paused"]
+            ids = sched_rows(url)
+            assert all(i.startswith("sched:pulse:") for i in ids), ids
+            # At most once per fire time: every run the worker did has its own task id, never twice.
+            await trio.sleep(0.5)
+            assert len(Beat.runs) <= len(ids), (len(Beat.runs), ids)
+            assert len(ids) == len(set(ids))
+            last = [r["task_id"] for r in after["last_runs"]]
+            assert len(last) == len(set(last)), last
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_schedule_continues_on_the_standby_after_a_clean_hand_over(postgres_url):
+    await _failover(postgres_url, clean=True)
+
+
+async def test_a_schedule_continues_once_per_fire_time_after_the_leader_loses_its_lease(postgres_url):
+    await _failover(postgres_url, clean=False)
