@@ -189,3 +189,24 @@ async def test_leader_paused_then_woken_steps_down_and_writes_nothing(tmp_path, 
         finally:
             if a.poll() is None:
                 a.send_signal(signal.SIGCONT)
+
+
+async def test_a_schedule_survives_a_killed_leader_with_no_fire_time_run_twice(tmp_path, postgres_url):
+    """``schedule add A,B ... --every 1``; the leader SIGKILLed; the standby continues it from the database."""
+    with processes(tmp_path, E2E_DIR=str(tmp_path)) as procs:
+        a, b, a_addr, b_addr = await start_pair(procs, postgres_url)
+        both = f"{b_addr},{a_addr}"  # the standby first: its redirect leads to the leader
+        start_worker(procs, both, "w1")
+        added = await procs.run("schedule", "add", both, "pulse", "tick", "p", "--every", "1")
+        assert added.returncode == 0, added
+        await wait_for(lambda: len([r for rs in records(str(tmp_path), "done").values() for r in rs]) >= 3,
+                       timeout=30, interval=0.2)
+        a.send_signal(signal.SIGKILL)
+        a.wait()
+        await wait_for(lambda: leader_is(postgres_url, b_addr), timeout=30, interval=0.2)
+        await wait_for(lambda: len(records(str(tmp_path), "done").get(b.pid, [])) >= 3, timeout=30, interval=0.2)
+        done = records(str(tmp_path), "done")
+        ids = [r["id"] for rs in done.values() for r in rs if r["id"].startswith("sched:pulse:")]
+        assert len(ids) == len(set(ids)), sorted(ids)  # no fire time's outcome twice across the failover
+        assert done.get(a.pid) and done.get(b.pid)  # both fired it: a before it died, b after
+        assert max(r["id"] for r in done[a.pid]) < min(r["id"] for r in done[b.pid])  # b continued, not restarted
