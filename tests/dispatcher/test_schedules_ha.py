@@ -7,6 +7,7 @@ the database's clock).  Runs are told apart by their task ids, ``sched:<name>:<f
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime
 
 import psycopg
@@ -57,7 +58,7 @@ def check_runs(runs: list[tuple[str, str]]) -> list[float]:
     ids = [task_id for _, task_id in runs]
     assert len(ids) == len(set(ids)), sorted(ids)
     times = sorted(fire_time(task_id) for task_id in ids)
-    assert all(b - a >= 1 and b - a == int(b - a) for a, b in zip(times, times[1:])), times
+    assert all(b - a >= 1 and b - a == int(b - a) for a, b in itertools.pairwise(times)), times
     return times
 
 
