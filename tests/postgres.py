@@ -14,6 +14,7 @@ with its log: the tests that need it fail, loudly; they are never skipped.
 
 Used by ``tests/conftest.py`` (the ``postgres_server`` and ``postgres_url``
 fixtures) and by ``benchmarks/run.py`` (its PostgreSQL column).
+:func:`journal_rows` reads what a journal holds while a dispatcher writes it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
-__all__ = ["PostgresServer", "PostgresUnavailable", "find_bindir", "running_server"]
+__all__ = ["PostgresServer", "PostgresUnavailable", "find_bindir", "journal_rows", "running_server"]
 
 
 class PostgresUnavailable(RuntimeError):
@@ -193,6 +194,41 @@ class PostgresServer:
         with psycopg.connect(self.url(), autocommit=True, connect_timeout=30) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+
+def journal_rows(url: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """``sql``'s rows over ``trioschedule_tasks`` as a recovery would see them, changing nothing.
+
+    While a dispatcher runs, the tasks table is as of its last checkpoint and
+    ``trioschedule_changes`` holds the commits since.  This applies them the
+    way recovery does (the store's own code), runs ``sql``, and rolls back.
+    """
+    import psycopg
+
+    from trioschedule._json import json_encoder
+    from trioschedule._store.changelog import recovered
+    from trioschedule._store.generation import Generation
+    from trioschedule._store.postgresql.checkpoint import net_statements
+
+    encode = json_encoder()
+    with psycopg.connect(url) as conn:
+        # One snapshot for the change log and the table (a checkpoint may commit meanwhile);
+        # a row such a checkpoint changed since cannot be updated in it: take a new snapshot.
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        for attempt in range(50):
+            try:
+                generation = Generation()
+                for (text,) in conn.execute("SELECT ops FROM trioschedule_changes ORDER BY seq"):
+                    generation.fold(recovered(text), encode)
+                for statement, values in net_statements(generation.net(generation.latest, encode)):
+                    conn.execute(statement, values)
+                return conn.execute(sql, params).fetchall()
+            except psycopg.errors.SerializationFailure:
+                if attempt == 49:
+                    raise
+            finally:
+                conn.rollback()
+    raise AssertionError("unreachable")
 
 
 def _current_user() -> str:

@@ -250,7 +250,7 @@ async def test_when_the_journal_fails_clients_are_told_their_submissions_are_ref
             async with cluster.client() as client:
                 assert await client.call("add", 1, 2) == 3
 
-                def broken(self, batch):
+                def broken(self, batch, schedule_ops):
                     raise sqlite3.OperationalError("disk I/O error")
 
                 monkeypatch.setattr(SQLiteStore, "_write", broken)

@@ -15,10 +15,10 @@ import os
 import signal
 import time
 
-import psycopg
 import pytest
 import trio
 
+from tests.postgres import journal_rows
 from tests.processes import free_port, processes, wait_for
 from trioschedule import open_client
 from trioschedule._store.registry import open_store
@@ -68,8 +68,10 @@ def records(directory: str, kind: str) -> dict[int, list[dict]]:
 
 
 def task_rows(url: str) -> list[tuple]:
-    with psycopg.connect(url) as conn:
-        return conn.execute("SELECT * FROM trioschedule_tasks ORDER BY id").fetchall()
+    """The tasks the journal holds (its change log applied, as a recovery would), without ``seq``."""
+    return journal_rows(url, "SELECT id, name, args, kwargs, priority, retries, deadline, not_before, submitted_at, "
+                             "state, attempt, failures, losses, session, outcome, finished_at "
+                             "FROM trioschedule_tasks ORDER BY id")  # fmt: skip
 
 
 async def start_pair(procs, url: str):

@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from tests.dispatcher.test_leadership import dispatcher, serve
+from tests.postgres import journal_rows
 from tests.processes import wait_for
 from trioschedule import Worker, open_client, task
 from trioschedule._worker import runner as runner_module
@@ -50,9 +51,9 @@ def _record_task_ids(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def sched_rows(url: str) -> list[str]:
-    with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT id FROM trioschedule_tasks WHERE id LIKE 'sched:%' ORDER BY id").fetchall()
-    return [row[0] for row in rows]
+    """The schedule runs the journal holds (its change log applied, as a recovery would)."""
+    rows = journal_rows(url, "SELECT id FROM trioschedule_tasks WHERE id LIKE 'sched:%%' ORDER BY id")
+    return [str(row[0]) for row in rows]
 
 
 async def _failover(url: str, *, clean: bool) -> None:

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 import trio
 
+from tests.postgres import journal_rows
 from tests.processes import wait_for
 from trioschedule import Dispatcher, open_client
 from trioschedule._errors import ConnectionClosed, Rejected, StoreFenced
@@ -54,8 +55,8 @@ async def current_lease(url: str):
 
 
 def task_rows(url: str) -> list[tuple]:
-    with psycopg.connect(url) as conn:
-        return conn.execute("SELECT id, state FROM trioschedule_tasks ORDER BY id").fetchall()
+    """The tasks the journal holds (its change log applied, as a recovery would)."""
+    return journal_rows(url, "SELECT id, state FROM trioschedule_tasks ORDER BY id")
 
 
 async def test_one_leads_the_other_redirects_and_status_shows_both(postgres_url):

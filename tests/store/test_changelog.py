@@ -9,9 +9,10 @@ import pytest
 
 from trioschedule import StoreError
 from trioschedule._json import json_encoder
-from trioschedule._store.sqlite import SQLiteStore, changelog
-from trioschedule._store.sqlite import checkpoint as _checkpoint
-from trioschedule._store.sqlite.changelog import FINISH, FORGET, RUN, RUNS, SEGMENT_GROUPS, VALUES
+from trioschedule._store import changelog
+from trioschedule._store import generation as _checkpoint
+from trioschedule._store.changelog import FINISH, FORGET, RUN, RUNS, SEGMENT_GROUPS, VALUES
+from trioschedule._store.sqlite import SQLiteStore
 
 from .helpers import journal_with_changes, new_task, reopen, snapshot
 

@@ -7,9 +7,9 @@ import sqlite3
 import attrs
 import pytest
 
+from trioschedule._store import generation as _checkpoint
 from trioschedule._store.base import StoredTask
 from trioschedule._store.sqlite import SQLiteStore
-from trioschedule._store.sqlite import checkpoint as _checkpoint
 
 from .helpers import new_task, reopen, snapshot, state_of
 

@@ -1,5 +1,6 @@
 """The PostgreSQL store beyond the common contract (test_contract.py): schema versions, batching,
-idempotent retries, reconnecting, schedules, the lease and fencing.  On a real server (tests/postgres.py)."""
+the change log and its recovery, idempotent retries, reconnecting, schedules, the lease and fencing.
+On a real server (tests/postgres.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,14 @@ import trio
 
 from trioschedule import StoreError, StoreFenced
 from trioschedule._json import json_encoder
-from trioschedule._store.postgresql import PostgreSQLLeadership, PostgreSQLStore, batch, schema
+from trioschedule._store import changelog
+from trioschedule._store import generation as _generation
+from trioschedule._store.changelog import FINISH, FORGET, RUN, RUNS, VALUES
+from trioschedule._store.generation import Generation
+from trioschedule._store.postgresql import PostgreSQLLeadership, PostgreSQLStore, schema
+from trioschedule._store.postgresql.checkpoint import net_statements
 
+from ..postgres import journal_rows
 from .helpers import done, new_task
 
 pytestmark = pytest.mark.postgresql
@@ -28,6 +35,16 @@ def table(url: str) -> list[tuple]:
     return query(url, "SELECT * FROM trioschedule_tasks ORDER BY id")
 
 
+def journal(url: str) -> list[tuple]:
+    """The tasks table with the change log applied (rolled back): what a recovery would load.
+
+    Without ``seq``: an identity's numbers are taken even by a transaction that rolls back.
+    """
+    return journal_rows(url, "SELECT id, name, args, kwargs, priority, retries, deadline, not_before, submitted_at, "
+                             "state, attempt, failures, losses, session, outcome, finished_at "
+                             "FROM trioschedule_tasks ORDER BY id")  # fmt: skip
+
+
 async def reopen(url: str, **kwargs):
     store = PostgreSQLStore(url, **kwargs)
     rows = await store.open()
@@ -39,7 +56,7 @@ async def reopen(url: str, **kwargs):
 async def test_an_empty_database_gets_every_migration_in_order(postgres_url):
     assert await reopen(postgres_url) == []
     versions = query(postgres_url, "SELECT version, description FROM trioschedule_schema_version ORDER BY version")
-    assert [v for v, _ in versions] == [m.version for m in schema.MIGRATIONS] == [1, 2, 3]
+    assert [v for v, _ in versions] == [m.version for m in schema.MIGRATIONS] == [1, 2, 3, 4]
     assert query(postgres_url, "SELECT term, holder FROM trioschedule_lease") == [(0, "")]
 
 
@@ -54,7 +71,7 @@ async def test_a_version_1_database_migrates_and_keeps_its_tasks(postgres_url):
     assert query(postgres_url, "SELECT to_regclass('trioschedule_lease') IS NULL") == [(True,)]
     rows = await reopen(postgres_url)
     assert [(r.id, r.args, r.kwargs, r.priority, r.submitted_at) for r in rows] == [("old", [1, 2], {"k": 1}, 3, 12.5)]
-    assert query(postgres_url, "SELECT max(version) FROM trioschedule_schema_version") == [(3,)]
+    assert query(postgres_url, "SELECT max(version) FROM trioschedule_schema_version") == [(4,)]
     leadership = PostgreSQLLeadership(postgres_url)
     assert await leadership.campaign("a", "h:1", 5) == 1  # what version 2 added works
     await leadership.aclose()
@@ -116,31 +133,33 @@ async def test_a_thousand_tasks_take_a_few_transactions_not_thousands(postgres_u
     assert table(postgres_url) == []
 
 
-async def test_replaying_a_batch_whose_commit_was_unknown_changes_nothing(postgres_url):
-    """What a retry after a lost connection does: the same statements again on top of their own result."""
+async def test_replaying_a_checkpoint_on_its_own_result_changes_nothing(postgres_url):
+    """What a retry after a lost connection does, and a recovery that replays rows a checkpoint had applied:
+    the same statements again on top of their own result."""
     await reopen(postgres_url)
     encode = json_encoder()
-    existing = [new_task("e1"), new_task("e2"), new_task("gone")]
     ops = [
-        (batch.ADD_ROWS, ["e1", "e2", "gone"], encode([[t.id, t.name, t.args, t.kwargs, t.priority, t.retries,
-            t.deadline, t.not_before, t.submitted_at, t.state, t.attempt, t.failures, t.losses, t.session,
-            t.outcome, t.finished_at] for t in existing])),
-        (batch.ADD_NEW, ["n1"], encode([["n1", "add", [1], {}, 0, None, None, None, 2.0]])),
-        (batch.ADD_MANY, ["m1", "m2"], encode([[1], [2]]), ("mul", "{}", 1, None, None, None, 3.0)),
-        (batch.RUNS, ["m1", "m2"], "s", 1, 0, 0),
-        (batch.RUN, "e1", "s", 1, 0, 0),
-        (batch.FINISH, "m1", 1, {"id": "m1", "status": "ok", "attempt": 1, "value": 1}, 9.0, 0, 0),
-        (batch.FORGET, "m1"),
-        (batch.UPSERT, "e2", done(new_task("e2"), 7, finished_at=8.0)),
-        (batch.FORGET, "gone"),
-        (batch.ADD_NEW, ["gone"], encode([["gone", "add", ["again"], {}, 0, None, None, None, 4.0]])),
-        (batch.RUN, "gone", "s2", 1, 0, 0),
-    ]
-    statements, written, deleted, skipped = batch.statements(ops, encode)
-    assert (written, deleted, skipped) == (13, 2, [])
-    assert len(statements) <= 12  # a few per segment, whatever the number of tasks
+        *changelog.new_rows([("n1", "add", [1], {}, 0, None, None, None, 2.0),
+                             ("gone", "add", ["x"], {}, 0, None, None, None, 2.0)], encode),
+        (changelog.ACCEPTED, ["m1", "m2"], encode(("mul", {}, 1, None, None, None, 3.0, ["m1", [1], "m2", [2]])), {}),
+        (VALUES, "e2", changelog.values(done(new_task("e2"), 7, finished_at=8.0))[2]),
+        (RUNS, ["m1", "m2"], "s", 1, 0, 0),
+        (RUN, "e1", "s", 1, 0, 0),
+        (FINISH, "m1", 1, {"id": "m1", "status": "ok", "attempt": 1, "value": 1}, 9.0, 0, 0),
+        (FINISH, "n1", 1, {"id": "n1", "status": "error", "attempt": 1, "error": "E"}, 9.5, 1, 0),
+        (FORGET, "m1"),
+        (FORGET, "gone"),
+    ]  # fmt: skip
+    generation = Generation()
+    generation.fold(ops, encode)
+    statements = net_statements(generation.net(generation.latest, encode))
+    assert len(statements) <= 5  # one per kind of change, whatever the number of tasks
     states = []
     with psycopg.connect(postgres_url) as conn:
+        with conn.transaction():
+            conn.execute("INSERT INTO trioschedule_tasks (id, name, args, kwargs, priority, submitted_at, state, "
+                         "attempt, failures, losses) VALUES ('e1', 'add', '[1,2]', '{}', 0, 1.0, 'queued', 0, 0, 0), "
+                         "('e2', 'add', '[1,2]', '{}', 0, 1.0, 'queued', 0, 0, 0)")  # fmt: skip
         for _ in range(3):
             with conn.transaction():
                 for sql, params in statements:
@@ -148,10 +167,78 @@ async def test_replaying_a_batch_whose_commit_was_unknown_changes_nothing(postgr
             states.append(query(postgres_url, "SELECT id, name, args, state, attempt, session, outcome, "
                                               "finished_at FROM trioschedule_tasks ORDER BY id"))  # fmt: skip
     assert states[0] == states[1] == states[2]
-    assert [row[:4] for row in states[0]] == [
-        ("e1", "add", "[1,2]", "running"), ("e2", "add", "[]", "done"), ("gone", "add", '["again"]', "running"),
-        ("m2", "mul", "[2]", "running"), ("n1", "add", "[1]", "queued"),
-    ]  # fmt: skip
+    assert states[0] == [
+        ("e1", "add", "[1,2]", "running", 1, "s", None, None),
+        ("e2", "add", "[]", "done", 0, None, '{"id":"e2","status":"ok","attempt":0,"value":7}', 8.0),
+        ("m2", "mul", "[2]", "running", 1, "s", None, None),
+        ("n1", "add", "[]", "done", 1, None, '{"id":"n1","status":"error","attempt":1,"error":"E"}', 9.5),
+    ]
+
+
+# ================================================================ the change log
+async def test_a_commit_is_one_change_log_row_and_a_map_task_never_reaches_the_table(postgres_url, monkeypatch):
+    monkeypatch.setattr(_generation, "GENERATION_SECONDS", 3600.0)  # no checkpoint until close()
+    store = PostgreSQLStore(postgres_url)
+    await store.open()
+    ids = [f"t{i}" for i in range(500)]
+    await store.add_new_many(ids, [[i] for i in range(500)], "add", {}, 0, None, None, None, 1.0)
+    store.update_running_many(ids, 1, 0, 0, "s")
+    await store.flush()
+    for task_id in ids[:400]:
+        store.update_done(task_id, 1, 0, 0, {"id": task_id, "status": "ok", "attempt": 1, "value": 1}, 5.0)
+    store.forget(ids[:300])
+    await store.flush()
+    commits = store.statistics().commits
+    assert query(postgres_url, "SELECT count(*) FROM trioschedule_changes") == [(commits,)]
+    assert table(postgres_url) == []  # everything is still in the change log
+    states = journal_rows(postgres_url, "SELECT state, count(*) FROM trioschedule_tasks GROUP BY state ORDER BY state")
+    assert states == [("done", 100), ("running", 100)]
+    await store.close()  # the last checkpoint: everything in the table, the change log empty
+    assert query(postgres_url, "SELECT count(*) FROM trioschedule_changes") == [(0,)]
+    assert query(postgres_url, "SELECT state, count(*) FROM trioschedule_tasks GROUP BY state ORDER BY state") == states
+
+
+async def test_a_dispatcher_that_died_before_its_checkpoint_is_recovered_from_the_change_log(postgres_url, monkeypatch):
+    """The writer's connection dies after its commits and before any checkpoint (as when the dispatcher
+    is killed): the next open applies the change log, in order, on top of the table."""
+    monkeypatch.setattr(_generation, "GENERATION_SECONDS", 3600.0)
+    store = PostgreSQLStore(postgres_url)
+    await store.open()
+    await store.add([new_task("a"), new_task("b"), new_task("c")])
+    await store.close()  # a checkpoint: a, b and c are in the table
+    store = PostgreSQLStore(postgres_url, reconnect_timeout=0)
+    await store.open()
+    store.update_running("a", 1, 0, 0, "s1")
+    store.update_done("b", 1, 0, 0, {"id": "b", "status": "ok", "attempt": 1, "value": [0.1, None]}, 7.25)
+    await store.flush()
+    store.update_done("a", 1, 0, 0, {"id": "a", "status": "ok", "attempt": 1, "value": 2}, 8.5)
+    store.forget(["c"])
+    await store.add([new_task("d")])
+    store.update_running("d", 2, 1, 0, "s2")
+    await store.flush()
+    commits = store.statistics().commits
+    # Die: the server ends the writer's session, so close() cannot checkpoint (one attempt, no retry).
+    query(postgres_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name "
+                        "LIKE 'trioschedule pid%%' AND pid <> pg_backend_pid()", ())  # fmt: skip
+    await store.close()
+    assert query(postgres_url, "SELECT count(*) FROM trioschedule_changes") == [(commits,)]
+    assert [row[0] for row in table(postgres_url)] == ["a", "b", "c"]  # as of the checkpoint
+    rows = {t.id: t for t in await reopen(postgres_url)}
+    assert sorted(rows) == ["a", "b", "d"]
+    assert (rows["a"].state, rows["a"].outcome, rows["a"].finished_at) == ("done", {"id": "a", "status": "ok",
+                                                                                    "attempt": 1, "value": 2}, 8.5)  # fmt: skip
+    assert rows["b"].outcome["value"] == [0.1, None] and rows["b"].finished_at == 7.25
+    assert (rows["d"].state, rows["d"].attempt, rows["d"].failures, rows["d"].session) == ("running", 2, 1, "s2")
+    assert query(postgres_url, "SELECT count(*) FROM trioschedule_changes") == [(0,)]
+
+
+async def test_a_change_log_that_does_not_decode_is_refused_untouched(postgres_url):
+    await reopen(postgres_url)
+    query(postgres_url, "INSERT INTO trioschedule_changes (seq, ops) VALUES (1, '[[not json')")
+    with pytest.raises(StoreError, match="change log") as info:
+        await reopen(postgres_url)
+    assert info.value.code == "corrupt"
+    assert query(postgres_url, "SELECT seq FROM trioschedule_changes") == [(1,)]
 
 
 async def test_the_writer_reconnects_after_the_database_restarts(postgres_server, postgres_url):
@@ -325,7 +412,8 @@ async def test_a_fenced_store_writes_nothing_once_a_newer_term_leads(postgres_ur
         store.update_running("a", 1, 0, 0, "s")
         await store.flush()
         await store.save_schedules([{"name": "s", "every": 1}])
-        before = table(postgres_url)
+        before = journal(postgres_url)
+        changes = query(postgres_url, "SELECT seq, ops FROM trioschedule_changes ORDER BY seq")
         schedules = query(postgres_url, "SELECT name, record FROM trioschedule_schedules")
 
         await old.resign(term)  # as if the lease had expired while this dispatcher was paused
@@ -339,7 +427,8 @@ async def test_a_fenced_store_writes_nothing_once_a_newer_term_leads(postgres_ur
             await store.save_schedules([{"name": "s", "every": 2}])
         with pytest.raises(StoreFenced):
             await store.close()
-        assert table(postgres_url) == before  # not one row changed
+        assert journal(postgres_url) == before  # not one row changed
+        assert query(postgres_url, "SELECT seq, ops FROM trioschedule_changes ORDER BY seq") == changes
         assert query(postgres_url, "SELECT name, record FROM trioschedule_schedules") == schedules
 
         stale = PostgreSQLStore(postgres_url)

@@ -8,9 +8,9 @@ import sqlite3
 import pytest
 
 from trioschedule import StoreError
+from trioschedule._store import generation as _checkpoint
 from trioschedule._store.base import StoredTask
 from trioschedule._store.sqlite import Migration, SQLiteStore
-from trioschedule._store.sqlite import checkpoint as _checkpoint
 from trioschedule._store.sqlite import schema as _schema
 
 from .helpers import journal_with_changes, new_task, pragma, reopen

@@ -17,9 +17,9 @@ import pytest
 import trio
 
 from trioschedule import StoreError
+from trioschedule._store import generation as _checkpoint
 from trioschedule._store.base import StoredTask
 from trioschedule._store.sqlite import SQLiteStore, StoreStatistics
-from trioschedule._store.sqlite import checkpoint as _checkpoint
 
 from .helpers import done, new_task, reopen
 
@@ -150,9 +150,9 @@ async def test_group_commit_20000_tasks_in_batches_of_1000(tmp_path, monkeypatch
     # writer is busy does not depend on how fast this machine encodes and commits.
     original = SQLiteStore._write
 
-    def slow(self, batch):
+    def slow(self, batch, schedule_ops):
         time.sleep(0.05)
-        return original(self, batch)
+        return original(self, batch, schedule_ops)
 
     monkeypatch.setattr(SQLiteStore, "_write", slow)
     path = tmp_path / "j.sqlite"
@@ -196,9 +196,9 @@ async def test_writes_happen_on_one_dedicated_thread(tmp_path, monkeypatch):
     threads: set[int] = set()
     original = SQLiteStore._write
 
-    def spy(self, batch):
+    def spy(self, batch, schedule_ops):
         threads.add(threading.get_ident())
-        return original(self, batch)
+        return original(self, batch, schedule_ops)
 
     monkeypatch.setattr(SQLiteStore, "_write", spy)
     store = SQLiteStore(tmp_path / "j.sqlite", commit_interval=0)
@@ -215,9 +215,9 @@ async def test_writes_happen_on_one_dedicated_thread(tmp_path, monkeypatch):
 async def test_the_event_loop_keeps_running_during_a_slow_commit(tmp_path, monkeypatch):
     original = SQLiteStore._write
 
-    def slow(self, batch):
+    def slow(self, batch, schedule_ops):
         time.sleep(0.3)  # a disk that takes its time
-        return original(self, batch)
+        return original(self, batch, schedule_ops)
 
     monkeypatch.setattr(SQLiteStore, "_write", slow)
     store = SQLiteStore(tmp_path / "j.sqlite")
@@ -314,7 +314,7 @@ async def test_a_failed_write_stops_the_store_loudly(tmp_path, monkeypatch):
     await store.open()
     await store.add([new_task("kept")])
 
-    def broken(self, batch):
+    def broken(self, batch, schedule_ops):
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(SQLiteStore, "_write", broken)

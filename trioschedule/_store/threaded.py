@@ -1,12 +1,13 @@
-"""The Trio side of a store whose journal one writer thread commits (SQLite, PostgreSQL).
+"""The Trio side of a store whose journal one writer thread commits as a change log (SQLite, PostgreSQL).
 
-The dispatcher's thread only appends operations to a list the writer thread
-takes from (no lock on that path), and parks until the writer says the batch
-that holds them is committed.  This class is that side: opening the writer
-thread, group-commit tickets (``mark``/``flush``), waking the parked callers,
-closing, and turning a writer's failure into :class:`StoreError`.  What a
-batch is and how it is written is each store's writer (its other base class),
-which provides the shared state named below.  docs/STORE.md has the contract.
+The dispatcher's thread only appends operations (:mod:`.changelog`) to a list
+the writer thread takes from (no lock on that path), and parks until the
+writer says the batch that holds them is committed.  This class is that side:
+buffering the operations, opening the writer thread, group-commit tickets
+(``mark``/``flush``), waking the parked callers, closing, and turning a
+writer's failure into :class:`StoreError`.  How a batch is written is each
+store's writer (its other base class), which provides the shared state named
+below.  docs/STORE.md has the contract.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from typing import Any
 
 import trio
 
-from .._errors import StoreError
-from .base import StoredTask
+from .._errors import StoreError, StoreFenced
+from .base import NewTask, StoredTask
+from .changelog import ACCEPTED, ADDED, FINISH, FORGET, RUN, RUNS, VALUES, Op, new_rows, values
+from .generation import Checkpoints
 
-__all__ = ["ThreadedJournal"]
+__all__ = ["ThreadedJournal", "encodable"]
 
 log = logging.getLogger("trioschedule.store")
 
@@ -34,9 +37,12 @@ class ThreadedJournal:
     under ``_mutex`` (``_cond`` is a condition on it): ``_ops`` (the buffered
     operations), ``_batch`` (the number of the batch being gathered),
     ``_committed`` (the last batch committed), ``_pending_since``,
-    ``_urgent``, ``_closing`` and ``_failure``; and it provides
+    ``_urgent``, ``_closing``, ``_failure`` and ``_schedule_ops`` (schedule
+    records to write, ``(name, text or None)``, taken with the operations
+    buffered before them); and it provides
     ``_open_database()`` (in the thread: returns the tasks to recover),
-    ``_open_error(exc)``, ``_write_loop(committed)`` and ``_failed_error()``.
+    ``_open_error(exc)``, ``_write(batch, schedule_ops)``, ``_idle_checkpoint(closing)``
+    and ``_failed_error()``; the loop that calls them is here (:meth:`_write_loop`).
     A subclass names its journal (``_journal_name``, for messages) and
     releases what the thread held in ``_close_connection()``.
     """
@@ -51,6 +57,18 @@ class ThreadedJournal:
     _urgent: bool
     _closing: bool
     _failure: BaseException | None
+    _schedule_ops: list[tuple[str, str | None]]
+    commit_interval: float
+    # The writer thread's own (set by the writer's ``_reset_writer()``).
+    _taken_schedule_ops: list[tuple[str, str | None]]
+    _unfolded: tuple[list[Op], int] | None
+    _checkpoints: Checkpoints[Any]
+    _encode: Callable[[Any], str]
+    _commits: int
+    _rows_written: int
+    _rows_deleted: int
+    _rows_skipped: int
+    _trio_encode: Callable[[Any], str]  # the Trio side's JSON encoder (the writer has its own)
 
     def _reset_writer(self) -> None:  # pragma: no cover - the writer base class's
         raise NotImplementedError
@@ -61,7 +79,16 @@ class ThreadedJournal:
     def _open_error(self, exc: BaseException) -> StoreError:  # pragma: no cover - the writer base class's
         raise NotImplementedError
 
-    def _write_loop(self, committed: Callable[[], None]) -> None:  # pragma: no cover - the writer base class's
+    def _write(self, batch: list[Op], schedule_ops: list[tuple[str, str | None]]) -> tuple[int, int, int]:
+        """In the writer thread: commit ``batch`` as one change-log row, then ``schedule_ops``, in one transaction.
+
+        Returns how many task changes it wrote, deleted and skipped, and sets
+        ``_unfolded`` to ``(batch, seq)`` for the checkpoints.
+        """
+        raise NotImplementedError  # pragma: no cover - the writer base class's
+
+    def _idle_checkpoint(self, closing: bool) -> bool:  # pragma: no cover - the writer base class's
+        """In the writer thread, with nothing to commit: checkpoint work (all of it when closing).  True: stop."""
         raise NotImplementedError
 
     def _failed_error(self) -> StoreError:  # pragma: no cover - each store words its own
@@ -104,6 +131,127 @@ class ThreadedJournal:
         self._state = "open"
         self._open_outcome = []
         return outcome
+
+    # ------------------------------------------------------------ buffering (the Trio side)
+    async def add(self, tasks: list[StoredTask]) -> None:
+        """Journal new tasks; return once they are committed (the same transaction as whatever else is buffered).
+
+        Only for tasks the journal does not hold: new ones, or ones
+        :meth:`forget` dropped before.  Raises TypeError/ValueError (nothing
+        buffered) if a task cannot be encoded as JSON, :class:`StoreError`
+        if the journal is broken.  If cancelled while waiting, the tasks stay
+        buffered and are committed anyway.
+        """
+        self._check_open("add")
+        dumps = self._trio_encode
+        ops = []
+        for task in tasks:  # encoded here, so that a bad task fails its own caller
+            op = values(task)
+            ops.append((ADDED, op[1], dumps(op[2])))
+        await self._add(ops)
+
+    async def add_new(self, tasks: list[NewTask]) -> None:
+        """:meth:`add` for :data:`~trioschedule._store.base.NewTask` tuples, encoded as they are."""
+        self._check_open("add")
+        await self._add(new_rows(tasks, self._trio_encode))
+
+    async def add_new_many(
+        self, ids: list[str], args: list[Any], name: str, kwargs: dict[str, Any], priority: int, retries: int | None,
+        deadline: float | None, not_before: float | None, submitted_at: float,
+    ) -> None:  # fmt: skip
+        """:meth:`add_new` for tasks that differ only in id and ``args``: one group, its shared fields once.
+
+        Encoded here, in one call for the whole group (raises TypeError/ValueError,
+        nothing buffered, if any of it cannot be).
+        """
+        self._check_open("add")
+        if len(ids) != len(args):
+            raise ValueError(f"{len(ids)} ids for {len(args)} argument lists")
+        items: list[Any] = [None] * (2 * len(ids))
+        items[::2], items[1::2] = ids, args
+        text = self._trio_encode((name, kwargs, priority, retries, deadline, not_before, submitted_at, items))
+        await self._add([(ACCEPTED, ids, text, {})] if ids else [])
+
+    async def _add(self, ops: list[Op]) -> None:
+        if not ops:
+            await trio.lowlevel.checkpoint()
+            return
+        with self._mutex:
+            self._raise_if_failed()
+            if not self._ops:
+                self._pending_since = time.monotonic()
+            self._ops.extend(ops)
+            self._urgent = True
+            ticket = self._batch
+            self._cond.notify()
+        await self._wait_committed(ticket)
+
+    def update(self, task: StoredTask) -> None:
+        """Buffer ``task``'s new state (an upsert); the writer commits it within ``commit_interval``.
+
+        The store keeps a reference to ``task`` until then: do not mutate it.
+        """
+        if self._state != "open":
+            self._check_open("update")
+        op = values(task)  # raises ValueError for a bad state; the writer encodes it
+        ops = self._ops
+        ops.append(op)
+        if len(ops) == 1:
+            self._wake_writer()
+
+    def update_running(self, task_id: str, attempt: int, failures: int, losses: int, session: str) -> None:
+        """Buffer "``task_id`` runs on ``session``" (see :meth:`Store.update_running`)."""
+        if self._state != "open":
+            self._check_open("update")
+        ops = self._ops
+        ops.append((RUN, task_id, session, attempt, failures, losses))
+        if len(ops) == 1:
+            self._wake_writer()
+
+    def update_running_many(self, task_ids: list[str], attempt: int, failures: int, losses: int, session: str) -> None:
+        """Buffer "these tasks run on ``session``", as one operation (the store keeps ``task_ids``)."""
+        if self._state != "open":
+            self._check_open("update")
+        ops = self._ops
+        ops.append((RUNS, task_ids, session, attempt, failures, losses))
+        if len(ops) == 1:
+            self._wake_writer()
+
+    def update_done(
+        self, task_id: str, attempt: int, failures: int, losses: int, outcome: dict[str, Any], finished_at: float
+    ) -> None:
+        """Buffer "``task_id`` ended with ``outcome``" (see :meth:`Store.update_done`).
+
+        The store keeps a reference to ``outcome`` until it is committed: do not mutate it.
+        """
+        if self._state != "open":
+            self._check_open("update")
+        ops = self._ops
+        ops.append((FINISH, task_id, attempt, outcome, finished_at, failures, losses))
+        if len(ops) == 1:
+            self._wake_writer()
+
+    def forget(self, task_ids: list[str]) -> None:
+        """Buffer the deletion of these tasks' rows (unknown ids are ignored)."""
+        if self._state != "open":
+            self._check_open("forget")
+        ops = self._ops
+        was_empty = not ops
+        for task_id in task_ids:
+            ops.append((FORGET, task_id))
+        if was_empty and ops:
+            self._wake_writer()
+
+    async def _schedule_change(self, ops: list[tuple[str, str | None]]) -> None:
+        if not ops:
+            await trio.lowlevel.checkpoint()
+            return
+        with self._mutex:
+            self._raise_if_failed()
+            self._schedule_ops.extend(ops)
+            ticket = self._batch
+            self._cond.notify()
+        await self._wait_committed(ticket)
 
     def _wake_writer(self) -> None:
         """The first operation of a batch was buffered: the writer commits within ``commit_interval``."""
@@ -223,3 +371,93 @@ class ThreadedJournal:
         finally:
             self._close_connection()
             self._call_soon(self._thread_exited)
+
+    def _write_loop(self, committed: Callable[[], None]) -> None:
+        """Commit batches until closed; after each commit (or failure) call ``committed``, then fold it in."""
+        while True:
+            batch, number, closing = self._next_batch()
+            schedule_ops, self._taken_schedule_ops = self._taken_schedule_ops, []
+            if not batch and not schedule_ops:
+                if self._idle_checkpoint(closing) or closing:
+                    return
+                continue
+            try:
+                written, deleted, skipped = self._write(batch, schedule_ops)
+            except Exception as exc:  # noqa: BLE001 - any failure stops journaling, loudly
+                if isinstance(exc, StoreFenced):
+                    log.warning("%s", exc)
+                else:
+                    log.error("writing the journal %s failed; journaling stops: %r", self._journal_name, exc)
+                with self._cond:
+                    self._failure = exc
+            else:
+                with self._cond:
+                    self._committed = number
+                    self._commits += 1
+                    self._rows_written += written
+                    self._rows_deleted += deleted
+                    self._rows_skipped += skipped
+            committed()
+            unfolded, self._unfolded = self._unfolded, None
+            if unfolded is not None:  # after the wake-up: nobody waits for this
+                self._checkpoints.fold(*unfolded)
+
+    def _next_batch(self) -> tuple[list[Op], int, bool]:
+        """Wait until there is something to do: a batch to commit (and its number), or checkpoint work, or closing.
+
+        Schedule changes taken go to ``_taken_schedule_ops``, with the
+        operations buffered before them.
+        """
+        cond = self._cond
+        ops = self._ops
+        with cond:
+            while True:
+                if self._failure is not None:
+                    del ops[:]  # stopped: nothing more is written
+                    del self._schedule_ops[:]
+                    if self._closing:
+                        return [], 0, True
+                    cond.wait()
+                elif self._schedule_ops:
+                    break  # always urgent: someone waits for it
+                elif ops:
+                    if self._urgent or self._closing:
+                        break
+                    wait = self._pending_since + self.commit_interval - time.monotonic()
+                    if wait <= 0:
+                        break
+                    cond.wait(wait)
+                elif self._closing:
+                    break
+                else:
+                    idle = self._checkpoints.due()
+                    if idle is not None and idle <= 0:
+                        break
+                    cond.wait(idle)
+            # The Trio side only ever appends: take what is there now.
+            count = len(ops)
+            batch = ops[:count]
+            del ops[:count]
+            self._taken_schedule_ops, self._schedule_ops = self._schedule_ops, []
+            number = 0
+            if batch or self._taken_schedule_ops:
+                number = self._batch
+                self._batch += 1
+                self._urgent = False
+            return batch, number, self._closing
+
+
+def encodable(batch: list[Op], encode: Callable[[Any], str]) -> list[Op]:
+    """``batch`` without (and logging) the operations that cannot be encoded as JSON."""
+    good = []
+    for op in batch:
+        try:
+            if op[0] == VALUES:
+                encode(op[2])
+            elif op[0] in (RUN, RUNS, FINISH, FORGET):
+                encode(op)
+        except (TypeError, ValueError) as exc:
+            log.error("task %s: its state cannot be journaled and is skipped: %s", op[1], exc)
+        else:
+            good.append(op)
+    return good

@@ -136,6 +136,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        version=4,
+        description="the change log: one row per group commit, folded into the tasks table by checkpoints",
+        steps=(
+            # ops: the commit's operations in the change log's format (trioschedule/_store/changelog.py,
+            # the SQLite journal's since its format 4), text as encoded.  Written by the writer, which
+            # numbers its commits (seq), and emptied by checkpoints and recovery (docs/STORE.md).
+            """
+            CREATE TABLE trioschedule_changes (
+                seq bigint PRIMARY KEY,
+                ops text NOT NULL
+            )
+            """,
+            # A commit's row is kilobytes of JSON, read back only by a recovery: stored out of line
+            # without compression, which would cost the server more CPU per commit than the write.
+            "ALTER TABLE trioschedule_changes ALTER COLUMN ops SET STORAGE EXTERNAL",
+        ),
+    ),
 )
 
 

@@ -10,24 +10,19 @@ store's design; docs/HA.md how several dispatchers share one database.
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 import trio
 
 from ..._errors import StoreError, StoreFenced
 from ..._json import json_encoder
-from ..base import NewTask, Store, StoredTask
+from ..base import Store, StoredTask
 from ..sqlite.store import StoreStatistics
 from ..threaded import ThreadedJournal
-from .batch import ADD_MANY, ADD_NEW, ADD_ROWS, DELETE_SCHEDULE, FINISH, FORGET, RUN, RUNS, SAVE_SCHEDULES, UPSERT
 from .lease import PostgreSQLLeadership
 from .writer import JournalWriter
 
 __all__ = ["PostgreSQLStore"]
-
-_STATES = ("queued", "running", "done")
-
 
 def redact(conninfo: str) -> str:
     """The URL without its password, for logs and ``status``."""
@@ -116,108 +111,6 @@ class PostgreSQLStore(JournalWriter, ThreadedJournal, Store):
         self._schedules = {record["name"]: record for record in self._loaded_schedules}
         return outcome
 
-    async def add(self, tasks: list[StoredTask]) -> None:
-        """Journal new tasks; return once they are committed.  An id the database holds already is ignored."""
-        self._check_open("add")
-        if not tasks:
-            await trio.lowlevel.checkpoint()
-            return
-        for task in tasks:
-            if task.state not in _STATES:
-                raise ValueError(f"task {task.id}: unknown state {task.state!r}")
-        text = self._trio_encode([
-            [t.id, t.name, t.args, t.kwargs, t.priority, t.retries, t.deadline, t.not_before, t.submitted_at,
-             t.state, t.attempt, t.failures, t.losses, t.session, t.outcome, t.finished_at]
-            for t in tasks
-        ])  # fmt: skip
-        await self._add((ADD_ROWS, [task.id for task in tasks], text))
-
-    async def add_new(self, tasks: list[NewTask]) -> None:
-        """:meth:`add` for :data:`~trioschedule._store.base.NewTask` tuples, encoded as they are, in one call."""
-        self._check_open("add")
-        if not tasks:
-            await trio.lowlevel.checkpoint()
-            return
-        await self._add((ADD_NEW, [task[0] for task in tasks], self._trio_encode(tasks)))
-
-    async def add_new_many(
-        self, ids: list[str], args: list[Any], name: str, kwargs: dict[str, Any], priority: int, retries: int | None,
-        deadline: float | None, not_before: float | None, submitted_at: float,
-    ) -> None:  # fmt: skip
-        """:meth:`add_new` for tasks that differ only in id and ``args``: the shared fields once, the arguments
-        in one JSON document."""
-        self._check_open("add")
-        if len(ids) != len(args):
-            raise ValueError(f"{len(ids)} ids for {len(args)} argument lists")
-        if not ids:
-            await trio.lowlevel.checkpoint()
-            return
-        encode = self._trio_encode
-        shared = (name, encode(kwargs), priority, retries, deadline, not_before, submitted_at)
-        await self._add((ADD_MANY, list(ids), encode(args), shared))
-
-    async def _add(self, op: tuple[Any, ...]) -> None:
-        with self._mutex:
-            self._raise_if_failed()
-            if not self._ops:
-                self._pending_since = time.monotonic()
-            self._ops.append(op)
-            self._urgent = True
-            ticket = self._batch
-            self._cond.notify()
-        await self._wait_committed(ticket)
-
-    def update(self, task: StoredTask) -> None:
-        """Buffer ``task``'s new state (an upsert).  The store keeps a reference to ``task``: do not mutate it."""
-        if self._state != "open":
-            self._check_open("update")
-        if task.state not in _STATES:
-            raise ValueError(f"task {task.id}: unknown state {task.state!r}")
-        ops = self._ops
-        ops.append((UPSERT, task.id, task))
-        if len(ops) == 1:
-            self._wake_writer()
-
-    def update_running(self, task_id: str, attempt: int, failures: int, losses: int, session: str) -> None:
-        """Buffer "``task_id`` runs on ``session``" (see :meth:`Store.update_running`)."""
-        if self._state != "open":
-            self._check_open("update")
-        ops = self._ops
-        ops.append((RUN, task_id, session, attempt, failures, losses))
-        if len(ops) == 1:
-            self._wake_writer()
-
-    def update_running_many(self, task_ids: list[str], attempt: int, failures: int, losses: int, session: str) -> None:
-        """Buffer "these tasks run on ``session``" as one operation (the store keeps ``task_ids``)."""
-        if self._state != "open":
-            self._check_open("update")
-        ops = self._ops
-        ops.append((RUNS, task_ids, session, attempt, failures, losses))
-        if len(ops) == 1:
-            self._wake_writer()
-
-    def update_done(
-        self, task_id: str, attempt: int, failures: int, losses: int, outcome: dict[str, Any], finished_at: float
-    ) -> None:
-        """Buffer "``task_id`` ended with ``outcome``" (the store keeps ``outcome`` until committed)."""
-        if self._state != "open":
-            self._check_open("update")
-        ops = self._ops
-        ops.append((FINISH, task_id, attempt, outcome, finished_at, failures, losses))
-        if len(ops) == 1:
-            self._wake_writer()
-
-    def forget(self, task_ids: list[str]) -> None:
-        """Buffer the deletion of these tasks' rows (unknown ids are ignored)."""
-        if self._state != "open":
-            self._check_open("forget")
-        ops = self._ops
-        was_empty = not ops
-        for task_id in task_ids:
-            ops.append((FORGET, task_id))
-        if was_empty and ops:
-            self._wake_writer()
-
     # ------------------------------------------------------------ schedules
     async def load_schedules(self) -> list[dict[str, Any]]:
         """The schedule records (read at :meth:`open`, kept up to date by the calls below)."""
@@ -234,15 +127,15 @@ class PostgreSQLStore(JournalWriter, ThreadedJournal, Store):
         for record in records:
             if not isinstance(record.get("name"), str):
                 raise TypeError(f"a schedule record needs a str 'name', not {record.get('name')!r}")
-        text = self._trio_encode(records)
-        await self._add((SAVE_SCHEDULES, None, text))
+        dumps = self._trio_encode
+        await self._schedule_change([(record["name"], dumps(record)) for record in records])
         for record in records:
             self._schedules[record["name"]] = record
 
     async def delete_schedule(self, name: str) -> None:
         """Drop the record ``name`` (no error if there is none); return once committed."""
         self._check_open("delete_schedule")
-        await self._add((DELETE_SCHEDULE, None, name))
+        await self._schedule_change([(name, None)])
         self._schedules.pop(name, None)
 
     # ------------------------------------------------------------ statistics and failures

@@ -3,13 +3,17 @@
 Why a thread: psycopg 3 has no Trio support (psycopg#29: its async API is
 asyncio's), and every call blocks on the network and on the server's fsync;
 the event loop must never wait for either.  Like the SQLite writer, this
-thread takes everything buffered, commits it as *one* transaction
-(:mod:`.batch` makes the statements, sent pipelined: one round trip per
-commit, not per statement), and starts over; whatever arrives meanwhile goes
-into the next commit.
+thread takes everything buffered, commits it as *one* row of the change log
+``trioschedule_changes`` (:mod:`..changelog`'s format) in one transaction,
+sent pipelined (one round trip per commit, not per statement), and starts
+over; whatever arrives meanwhile goes into the next commit.  Checkpoints
+(:mod:`.checkpoint`) bring ``trioschedule_tasks`` up to date, a slice in the
+transaction of a commit, and recovery applies what the change log still
+holds before it loads the tasks.
 
 A lost connection is not a failed write: the writer reconnects with backoff
-and commits the same batch again (its statements are idempotent, so a
+and commits the same batch again (its change-log row has the same number,
+inserted unless there already, and checkpoint statements set values, so a
 commit whose outcome was unknown is harmless to repeat), for up to
 ``reconnect_timeout`` seconds; then it stops journaling.  Anything else that
 goes wrong stops it at once (fail-stop, as SQLite's).  A fenced store checks
@@ -29,16 +33,19 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
 from ..._errors import StoreError, StoreFenced
 from ..._json import json_encoder
+from .. import changelog
 from ..base import StoredTask
-from . import batch as _batch
+from ..changelog import Op
+from ..generation import Checkpoints, Generation
+from ..threaded import encodable
 from . import schema
+from .checkpoint import DELETE_CHANGES, PostgreSQLCheckpoints, Statement, net_statements
 
 __all__ = ["JournalWriter", "connect"]
 
@@ -49,6 +56,12 @@ _LOAD = (
     "failures, losses, session, outcome, finished_at FROM trioschedule_tasks ORDER BY state = 'done', finished_at, seq"
 )
 _PURGE = "DELETE FROM trioschedule_tasks WHERE state = 'done' AND finished_at < %s"
+_LOG = "INSERT INTO trioschedule_changes (seq, ops) VALUES (%s, %s) ON CONFLICT (seq) DO NOTHING"
+_SAVE_SCHEDULE = (
+    "INSERT INTO trioschedule_schedules (name, record, saved_at) VALUES (%s, %s::jsonb, now()) "
+    "ON CONFLICT (name) DO UPDATE SET record = excluded.record, saved_at = excluded.saved_at"
+)
+_DELETE_SCHEDULE = "DELETE FROM trioschedule_schedules WHERE name = %s"
 _LOCK_WAIT = 5.0  # seconds a new session waits for the journal's lock before refusing
 _PURGE_EVERY = 60.0  # seconds between the writer's retention sweeps
 _BACKOFF = (0.05, 2.0)  # first and longest wait between reconnection attempts
@@ -101,7 +114,8 @@ class JournalWriter:
         # ``_mutex``; everything else here only under ``_mutex``.
         self._mutex = threading.Lock()
         self._cond = threading.Condition(self._mutex)
-        self._ops: list[tuple[Any, ...]] = []
+        self._ops: list[Op] = []
+        self._schedule_ops: list[tuple[str, str | None]] = []  # (name, record text or None: delete), in order
         self._pending_since = 0.0
         self._urgent = False
         self._closing = False
@@ -114,6 +128,10 @@ class JournalWriter:
         self._next_purge = 0.0
         self._encode = json_encoder(check_circular=True)
         self._loaded_schedules: list[dict[str, Any]] = []
+        self._taken_schedule_ops: list[tuple[str, str | None]] = []  # taken with the batch being written
+        self._seq = 0  # the last change-log row written
+        self._unfolded: tuple[list[Op], int] | None = None  # a committed batch not folded yet
+        self._checkpoints: Checkpoints[Any] = PostgreSQLCheckpoints(self._encode)
 
     # ------------------------------------------------------------ opening
     def _connect(self) -> psycopg.Connection[Any]:
@@ -164,28 +182,56 @@ class JournalWriter:
         )
 
     def _open_database(self) -> list[StoredTask]:
-        """Connect, migrate, sweep and load: the tasks the journal holds."""
+        """Connect, migrate, recover and sweep: the tasks the journal holds.
+
+        Recovery applies what the change log holds (the commits since the
+        last finished checkpoint), in commit order, on top of
+        ``trioschedule_tasks``, then sweeps and loads, all in one fenced
+        transaction: a dispatcher whose term moved on recovers nothing, and
+        one that fails half-way leaves the database as it was.
+        """
         conn = self._conn = self._connect()
         schema.prepare(conn, self.url)
-        if self.retention is not None:
-            with conn.transaction():
-                self._fence_check(conn)
-                conn.execute(_PURGE, (time.time() - self.retention,))
-            self._next_purge = time.monotonic() + _PURGE_EVERY
         try:
             with conn.transaction():
-                conn.execute("SET LOCAL enable_seqscan = on")  # recovery reads the whole table
-                self._fence_check(conn)  # a term that moved on already: recover nothing, step down
+                conn.execute("SET LOCAL enable_seqscan = on")  # recovery reads whole tables
+                self._fence_check(conn)
+                rows = conn.execute("SELECT seq, ops FROM trioschedule_changes ORDER BY seq").fetchall()
+                if rows:
+                    self._replay(conn, rows)
+                if self.retention is not None:
+                    conn.execute(_PURGE, (time.time() - self.retention,))
                 self._loaded_schedules = [
                     row[0] for row in conn.execute("SELECT record FROM trioschedule_schedules ORDER BY name")
                 ]
-                return [_decode(row) for row in conn.execute(_LOAD)]
+                tasks = [_decode(row) for row in conn.execute(_LOAD)]
         except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
             raise StoreError(
                 f"a task in {self.url} does not decode ({exc}); the trioschedule_tasks table was changed by "
                 "something else.  Restore a backup, or delete the row to lose that task",
                 code="corrupt",
             ) from exc
+        if self.retention is not None:
+            self._next_purge = time.monotonic() + _PURGE_EVERY
+        return tasks
+
+    def _replay(self, conn: psycopg.Connection[Any], rows: list[tuple[int, str]]) -> None:
+        """In recovery's transaction: apply these change-log rows on top of the tasks table, then delete them."""
+        generation = Generation()
+        try:
+            for _, text in rows:
+                generation.fold(changelog.recovered(text), self._encode)
+        except (ValueError, TypeError, IndexError) as exc:  # JSONDecodeError is a ValueError
+            raise StoreError(
+                f"the change log in {self.url} does not decode ({exc}); trioschedule_changes was changed by "
+                "something else.  Restore a backup, or empty that table to lose the changes it holds",
+                code="corrupt",
+            ) from exc
+        for sql, params in net_statements(generation.net(generation.latest, self._encode)):
+            conn.execute(sql, params)
+        conn.execute(DELETE_CHANGES)
+        self._seq = rows[-1][0]  # numbers only grow, whoever wrote the rows before
+        log.info("%s: applied %d commit(s) from the change log", self.url, len(rows))
 
     def _fence_check(self, conn: psycopg.Connection[Any]) -> None:
         if self._term is not None:
@@ -214,75 +260,64 @@ class JournalWriter:
         )  # fmt: skip
 
     # ------------------------------------------------------------ committing
-    def _write_loop(self, committed: Callable[[], None]) -> None:
-        """Commit batches until closed; after each commit (or failure) call ``committed``."""
-        while True:
-            batch, number, closing = self._next_batch()
-            if not batch:
-                if closing:
-                    return
-                continue
+    def _write(self, batch: list[Op], schedule_ops: list[tuple[str, str | None]]) -> tuple[int, int, int]:
+        """Commit ``batch`` as one change-log row, with a checkpoint slice, the sweep and ``schedule_ops``.
+
+        Returns how many task changes were written, deleted and skipped (not encodable).
+        """
+        skipped = 0
+        statements: list[Statement] = []
+        forgets = changes = 0
+        seq = 0
+        if batch:
             try:
-                written, deleted, skipped = self._write(batch)
-            except Exception as exc:  # noqa: BLE001 - any failure stops journaling, loudly
-                if isinstance(exc, StoreFenced):
-                    log.warning("%s", exc)
-                else:
-                    log.error("writing the journal %s failed; journaling stops: %r", self.url, exc)
-                with self._cond:
-                    self._failure = exc
-            else:
-                with self._cond:
-                    self._committed = number
-                    self._commits += 1
-                    self._rows_written += written
-                    self._rows_deleted += deleted
-                    self._rows_skipped += skipped
-            committed()
-
-    def _next_batch(self) -> tuple[list[tuple[Any, ...]], int, bool]:
-        """Wait until there is a batch to commit (and take it, with its number), or the store closes."""
-        cond = self._cond
-        ops = self._ops
-        with cond:
-            while True:
-                if self._failure is not None:
-                    del ops[:]  # stopped: nothing more is written
-                    if self._closing:
-                        return [], 0, True
-                    cond.wait()
-                elif ops:
-                    if self._urgent or self._closing:
-                        break
-                    wait = self._pending_since + self.commit_interval - time.monotonic()
-                    if wait <= 0:
-                        break
-                    cond.wait(wait)
-                elif self._closing:
-                    break
-                else:
-                    cond.wait()
-            count = len(ops)
-            taken = ops[:count]
-            del ops[:count]
-            number = 0
-            if taken:
-                number = self._batch
-                self._batch += 1
-                self._urgent = False
-            return taken, number, self._closing
-
-    def _write(self, ops: list[tuple[Any, ...]]) -> tuple[int, int, int]:
-        """Commit ``ops`` in one transaction, reconnecting and retrying while the connection is what fails."""
-        statements, written, deleted, skipped = _batch.statements(ops, self._encode)
-        for item in skipped:
-            task_id = item.id if isinstance(item, StoredTask) else item[1]
-            log.error("task %s: its state cannot be journaled (not JSON) and is skipped", task_id)
+                text, forgets, changes = changelog.segments_text(batch, self._encode)
+            except (TypeError, ValueError):
+                count = len(batch)
+                batch = encodable(batch, self._encode)
+                skipped = count - len(batch)
+                text, forgets, changes = changelog.segments_text(batch, self._encode)
+            if batch:
+                seq = self._seq + 1
+                statements.append((_LOG, (seq, text)))
+        checkpoints = self._checkpoints
+        entries, last = checkpoints.slice_for_commit(len(batch))
+        checkpoints.apply_slice(statements, entries, last)
         purge = self.retention is not None and time.monotonic() >= self._next_purge
         if purge:
             statements.append((_PURGE, (time.time() - (self.retention or 0.0),)))
-        if not statements:
-            return written, deleted, len(skipped)
+        for name, record in schedule_ops:
+            statements.append((_DELETE_SCHEDULE, (name,)) if record is None else (_SAVE_SCHEDULE, (name, record)))
+        if statements:
+            self._commit(statements)
+        checkpoints.sliced(last)
+        if purge:
+            self._next_purge = time.monotonic() + _PURGE_EVERY
+        if seq:
+            self._seq = seq
+            self._unfolded = (batch, seq)  # folded once the waiters are woken (see _write_loop)
+        return changes - forgets, forgets, skipped
+
+    def _idle_checkpoint(self, closing: bool) -> bool:
+        """Nothing to commit: bring the tasks table up to date (all of it when closing).  True: stop the writer."""
+        if self._failure is not None:
+            return closing  # stopped: nothing more is written, not even a checkpoint
+        statements: list[Statement] = []
+        try:
+            self._checkpoints.run(statements, everything=closing)
+            if statements:
+                # Closing: one attempt (the change log keeps everything; the next leader applies it).
+                self._commit(statements, retry=not closing)
+        except Exception as exc:  # noqa: BLE001 - nothing is lost: the change log still holds it all
+            log.warning("checkpoint of the journal %s failed (its change log keeps everything): %r", self.url, exc)
+            if closing:
+                return True
+            with self._cond:
+                self._failure = exc  # fenced, or the database refuses: stop writing to it
+        return False
+
+    def _commit(self, statements: list[Statement], *, retry: bool = True) -> None:
+        """Run ``statements`` in one transaction, reconnecting and retrying while the connection is what fails."""
         lost_since: float | None = None
         delay = _BACKOFF[0]
         while True:
@@ -297,7 +332,7 @@ class JournalWriter:
                 fenced = self._fenced_error(exc)
                 if fenced is not None:
                     raise fenced from None
-                if not _transient(exc, conn):
+                if not retry or not _transient(exc, conn):
                     raise
                 if conn is not None and not conn.closed:
                     conn.close()
@@ -314,11 +349,9 @@ class JournalWriter:
                 time.sleep(delay)
                 delay = min(delay * 2, _BACKOFF[1])
             else:
-                if purge:
-                    self._next_purge = time.monotonic() + _PURGE_EVERY
-                return written, deleted, len(skipped)
+                return
 
-    def _transaction(self, conn: psycopg.Connection[Any], statements: list[_batch.Statement]) -> None:
+    def _transaction(self, conn: psycopg.Connection[Any], statements: list[Statement]) -> None:
         """Run ``statements`` in one transaction, pipelined with its BEGIN and COMMIT: one round trip.
 
         (``conn.transaction()`` in a pipeline syncs after BEGIN and again after

@@ -2,8 +2,8 @@
 
 * :mod:`.store`: :class:`SQLiteStore`, the Trio side (what the dispatcher calls);
 * :mod:`.writer`: the writer thread, which owns the connection (group commit);
-* :mod:`.changelog`: the journal's format (rows, operations, change-log segments);
-* :mod:`.checkpoint`: bringing the ``tasks`` table up to date from the change log;
+* :mod:`.checkpoint`: bringing the ``tasks`` table up to date from the change log
+  (the format is :mod:`..changelog`, the generations :mod:`..generation`: shared with PostgreSQL);
 * :mod:`.schema`: recognising a journal, :data:`MIGRATIONS`, migrating;
 * :mod:`.lockfile`: one dispatcher per journal.
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 from typing import Any
 
 import attrs
@@ -18,9 +17,8 @@ import trio
 
 from ..._errors import StoreError
 from ..._json import json_encoder
-from ..base import NewTask, Store, StoredTask
+from ..base import Store, StoredTask
 from ..threaded import ThreadedJournal
-from .changelog import ACCEPTED, ADDED, FINISH, FORGET, RUN, RUNS, Op, new_rows, values
 from .writer import JournalWriter, log
 
 __all__ = ["SQLiteStore", "StoreStatistics"]
@@ -108,115 +106,6 @@ class SQLiteStore(JournalWriter, ThreadedJournal, Store):
         """
         return await self._open_thread(f"trioschedule-sqlite:{self.path}")
 
-    async def add(self, tasks: list[StoredTask]) -> None:
-        """Journal new tasks; return once they are committed (the same transaction as whatever else is buffered).
-
-        Only for tasks the journal does not hold: new ones, or ones
-        :meth:`forget` dropped before.  Raises TypeError/ValueError (nothing
-        buffered) if a task cannot be encoded as JSON, :class:`StoreError`
-        if the journal is broken.  If cancelled while waiting, the tasks stay
-        buffered and are committed anyway.
-        """
-        self._check_open("add")
-        dumps = self._trio_encode
-        ops = []
-        for task in tasks:  # encoded here, so that a bad task fails its own caller
-            op = values(task)
-            ops.append((ADDED, op[1], dumps(op[2])))
-        await self._add(ops)
-
-    async def add_new(self, tasks: list[NewTask]) -> None:
-        """:meth:`add` for :data:`~trioschedule._store.base.NewTask` tuples, encoded as they are."""
-        self._check_open("add")
-        await self._add(new_rows(tasks, self._trio_encode))
-
-    async def add_new_many(
-        self, ids: list[str], args: list[Any], name: str, kwargs: dict[str, Any], priority: int, retries: int | None,
-        deadline: float | None, not_before: float | None, submitted_at: float,
-    ) -> None:  # fmt: skip
-        """:meth:`add_new` for tasks that differ only in id and ``args``: one group, its shared fields once.
-
-        Encoded here, in one call for the whole group (raises TypeError/ValueError,
-        nothing buffered, if any of it cannot be).
-        """
-        self._check_open("add")
-        if len(ids) != len(args):
-            raise ValueError(f"{len(ids)} ids for {len(args)} argument lists")
-        items: list[Any] = [None] * (2 * len(ids))
-        items[::2], items[1::2] = ids, args
-        text = self._trio_encode((name, kwargs, priority, retries, deadline, not_before, submitted_at, items))
-        await self._add([(ACCEPTED, ids, text, {})] if ids else [])
-
-    async def _add(self, ops: list[Op]) -> None:
-        if not ops:
-            await trio.lowlevel.checkpoint()
-            return
-        with self._mutex:
-            self._raise_if_failed()
-            if not self._ops:
-                self._pending_since = time.monotonic()
-            self._ops.extend(ops)
-            self._urgent = True
-            ticket = self._batch
-            self._cond.notify()
-        await self._wait_committed(ticket)
-
-    def update(self, task: StoredTask) -> None:
-        """Buffer ``task``'s new state (an upsert); the writer commits it within ``commit_interval``.
-
-        The store keeps a reference to ``task`` until then: do not mutate it.
-        """
-        if self._state != "open":
-            self._check_open("update")
-        op = values(task)  # raises ValueError for a bad state; the writer encodes it
-        ops = self._ops
-        ops.append(op)
-        if len(ops) == 1:
-            self._wake_writer()
-
-    def update_running(self, task_id: str, attempt: int, failures: int, losses: int, session: str) -> None:
-        """Buffer "``task_id`` runs on ``session``" (see :meth:`Store.update_running`)."""
-        if self._state != "open":
-            self._check_open("update")
-        ops = self._ops
-        ops.append((RUN, task_id, session, attempt, failures, losses))
-        if len(ops) == 1:
-            self._wake_writer()
-
-    def update_running_many(self, task_ids: list[str], attempt: int, failures: int, losses: int, session: str) -> None:
-        """Buffer "these tasks run on ``session``", as one operation (the store keeps ``task_ids``)."""
-        if self._state != "open":
-            self._check_open("update")
-        ops = self._ops
-        ops.append((RUNS, task_ids, session, attempt, failures, losses))
-        if len(ops) == 1:
-            self._wake_writer()
-
-    def update_done(
-        self, task_id: str, attempt: int, failures: int, losses: int, outcome: dict[str, Any], finished_at: float
-    ) -> None:
-        """Buffer "``task_id`` ended with ``outcome``" (see :meth:`Store.update_done`).
-
-        The store keeps a reference to ``outcome`` until it is committed: do not mutate it.
-        """
-        if self._state != "open":
-            self._check_open("update")
-        ops = self._ops
-        ops.append((FINISH, task_id, attempt, outcome, finished_at, failures, losses))
-        if len(ops) == 1:
-            self._wake_writer()
-
-    def forget(self, task_ids: list[str]) -> None:
-        """Buffer the deletion of these tasks' rows (unknown ids are ignored)."""
-        if self._state != "open":
-            self._check_open("forget")
-        ops = self._ops
-        was_empty = not ops
-        for task_id in task_ids:
-            ops.append((FORGET, task_id))
-        if was_empty and ops:
-            self._wake_writer()
-
     # ------------------------------------------------------------ schedules
     async def load_schedules(self) -> list[dict[str, Any]]:
         """The schedule records the journal held when it was opened."""
@@ -239,17 +128,6 @@ class SQLiteStore(JournalWriter, ThreadedJournal, Store):
         """Drop the record ``name`` (if any); return once committed."""
         self._check_open("delete_schedule")
         await self._schedule_change([(name, None)])
-
-    async def _schedule_change(self, ops: list[tuple[str, str | None]]) -> None:
-        if not ops:
-            await trio.lowlevel.checkpoint()
-            return
-        with self._mutex:
-            self._raise_if_failed()
-            self._schedule_ops.extend(ops)
-            ticket = self._batch
-            self._cond.notify()
-        await self._wait_committed(ticket)
 
     def statistics(self) -> StoreStatistics:
         """Counters since the last open(): commits, rows written/deleted/skipped, pending ops."""

@@ -17,15 +17,17 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from ..._errors import StoreError
 from ..._json import json_encoder
+from .. import changelog
 from ..base import StoredTask
-from . import changelog, schema
-from .changelog import FINISH, FORGET, RUN, RUNS, VALUES, Op
-from .checkpoint import Checkpoints, Generation
+from ..changelog import Op
+from ..generation import Checkpoints, Generation
+from ..threaded import encodable
+from . import schema
+from .checkpoint import SQLiteCheckpoints, apply_net
 from .lockfile import LockFile
 
 __all__ = ["JournalWriter"]
@@ -39,7 +41,9 @@ _PURGE = "DELETE FROM tasks WHERE state = 'done' AND finished_at < ?"
 _LOG = "INSERT INTO changes (ops) VALUES (?)"
 _PURGE_EVERY = 60.0  # seconds between the writer's retention sweeps
 _LOAD_SCHEDULES = "SELECT record FROM schedules ORDER BY name"
-_SAVE_SCHEDULE = "INSERT INTO schedules (name, record) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET record = excluded.record"
+_SAVE_SCHEDULE = (
+    "INSERT INTO schedules (name, record) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET record = excluded.record"
+)
 _DELETE_SCHEDULE = "DELETE FROM schedules WHERE name = ?"
 
 
@@ -78,7 +82,7 @@ class JournalWriter:
         self._taken_schedule_ops: list[tuple[str, str | None]] = []  # taken with the batch being written
         self._encode = json_encoder(check_circular=True)  # values from users: refuse circular ones
         self._unfolded: tuple[list[Op], int] | None = None  # a committed batch not folded yet
-        self._checkpoints = Checkpoints(self._encode)  # its ``count`` is read by statistics()
+        self._checkpoints: Checkpoints[Any] = SQLiteCheckpoints(self._encode)  # its ``count`` is read by statistics()
 
     # ------------------------------------------------------------ opening
     def _open_database(self) -> list[StoredTask]:
@@ -117,7 +121,7 @@ class JournalWriter:
                 generation.fold(changelog.recovered(text), self._encode)
         except (ValueError, TypeError, IndexError) as exc:  # JSONDecodeError is a ValueError
             raise schema.corrupt(self.path, f"its change log does not decode ({exc})") from exc
-        generation.apply(conn, generation.latest, self._encode)
+        apply_net(conn, generation.net(generation.latest, self._encode))
 
     def _open_error(self, exc: BaseException) -> StoreError:
         """What ``open()`` raises for ``exc``: always a StoreError that says what to do."""
@@ -131,90 +135,6 @@ class JournalWriter:
         return error
 
     # ------------------------------------------------------------ committing
-    def _write_loop(self, committed: Callable[[], None]) -> None:
-        """Commit batches until closed; after each commit (or failure) call ``committed``."""
-        while True:
-            batch, number, closing = self._next_batch()
-            schedule_ops = self._taken_schedule_ops
-            if schedule_ops:
-                self._taken_schedule_ops = []
-                try:
-                    counts = self._write_schedules(batch, schedule_ops)
-                except Exception as exc:  # noqa: BLE001 - any failure stops journaling, loudly
-                    log.error("writing the journal %s failed; journaling stops: %r", self.path, exc)
-                    with self._cond:
-                        self._failure = exc
-                else:
-                    with self._cond:
-                        self._committed = number
-                        self._commits += 1
-                        self._rows_written += counts[0]
-                        self._rows_deleted += counts[1]
-                        self._rows_skipped += counts[2]
-                committed()
-                continue
-            if not batch:
-                if self._idle_checkpoint(closing) or closing:
-                    return
-                continue
-            try:
-                counts = self._write(batch)
-            except Exception as exc:  # noqa: BLE001 - any failure stops journaling, loudly
-                log.error("writing the journal %s failed; journaling stops: %r", self.path, exc)
-                with self._cond:
-                    self._failure = exc
-            else:
-                with self._cond:
-                    self._committed = number
-                    self._commits += 1
-                    self._rows_written += counts[0]
-                    self._rows_deleted += counts[1]
-                    self._rows_skipped += counts[2]
-            committed()
-            unfolded, self._unfolded = self._unfolded, None
-            if unfolded is not None:  # after the wake-up: nobody waits for this
-                self._checkpoints.fold(*unfolded)
-
-    def _next_batch(self) -> tuple[list[Op], int, bool]:
-        """Wait until there is something to do: a batch to commit (and its number), or checkpoint work, or closing."""
-        cond = self._cond
-        ops = self._ops
-        with cond:
-            while True:
-                if self._failure is not None:
-                    del ops[:]  # stopped: nothing more is written
-                    del self._schedule_ops[:]
-                    if self._closing:
-                        return [], 0, True
-                    cond.wait()
-                elif self._schedule_ops:
-                    break  # always urgent: someone waits for it
-                elif ops:
-                    if self._urgent or self._closing:
-                        break
-                    wait = self._pending_since + self.commit_interval - time.monotonic()
-                    if wait <= 0:
-                        break
-                    cond.wait(wait)
-                elif self._closing:
-                    break
-                else:
-                    idle = self._checkpoints.due()
-                    if idle is not None and idle <= 0:
-                        break
-                    cond.wait(idle)
-            # The Trio side only ever appends: take what is there now.
-            count = len(ops)
-            batch = ops[:count]
-            del ops[:count]
-            self._taken_schedule_ops, self._schedule_ops = self._schedule_ops, []
-            number = 0
-            if batch or self._taken_schedule_ops:
-                number = self._batch
-                self._batch += 1
-                self._urgent = False
-            return batch, number, self._closing
-
     def _idle_checkpoint(self, closing: bool) -> bool:
         """Nothing to commit: bring ``tasks`` up to date (all of it when closing).  True: stop the writer."""
         if self._failure is not None:
@@ -234,19 +154,21 @@ class JournalWriter:
         assert conn is not None
         return conn
 
-    def _write(self, batch: list[Op]) -> tuple[int, int, int]:
+    def _write(self, batch: list[Op], schedule_ops: list[tuple[str, str | None]]) -> tuple[int, int, int]:
         """Commit ``batch`` as one row of the change log (with a slice of checkpoint, if one is under way).
 
         Returns how many task changes were written, deleted (forgets and the
         retention sweep) and skipped (not encodable).
         """
+        if schedule_ops:
+            return self._write_schedules(batch, schedule_ops)
         conn = self._connection()
         skipped = 0
         try:
             text, forgets, changes = changelog.segments_text(batch, self._encode)
         except (TypeError, ValueError):
             count = len(batch)
-            batch = self._encodable(batch)
+            batch = encodable(batch, self._encode)
             skipped = count - len(batch)
             text, forgets, changes = changelog.segments_text(batch, self._encode)
         checkpoints = self._checkpoints
@@ -279,7 +201,7 @@ class JournalWriter:
         forgets = changes = 0
         count = len(batch)
         with schema.transaction(conn):
-            batch = self._encodable(batch)
+            batch = encodable(batch, self._encode)
             if batch:
                 text, forgets, changes = changelog.segments_text(batch, self._encode)
                 seq = conn.execute(_LOG, (text,)).lastrowid or 0
@@ -289,22 +211,4 @@ class JournalWriter:
                     conn.execute(_DELETE_SCHEDULE, (name,))
                 else:
                     conn.execute(_SAVE_SCHEDULE, (name, record))
-        unfolded, self._unfolded = self._unfolded, None
-        if unfolded is not None:
-            self._checkpoints.fold(*unfolded)
         return changes - forgets, forgets, count - len(batch)
-
-    def _encodable(self, batch: list[Op]) -> list[Op]:
-        """``batch`` without (and logging) the operations that cannot be encoded as JSON."""
-        good = []
-        for op in batch:
-            try:
-                if op[0] == VALUES:
-                    self._encode(op[2])
-                elif op[0] in (RUN, RUNS, FINISH, FORGET):
-                    self._encode(op)
-            except (TypeError, ValueError) as exc:
-                log.error("task %s: its state cannot be journaled and is skipped: %s", op[1], exc)
-            else:
-                good.append(op)
-        return good

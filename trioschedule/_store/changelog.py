@@ -42,7 +42,7 @@ import json
 from collections.abc import Callable
 from typing import Any, Final
 
-from ..base import NewTask, StoredTask
+from .base import NewTask, StoredTask
 
 __all__ = [
     "ACCEPTED",
@@ -259,8 +259,12 @@ def _segment_text(ops: list[Op], encode: Encode) -> tuple[str, int]:
                 continue
             if type(outcome) is dict and len(outcome) == 4 and tuple(outcome) == _OUTCOME_KEYS:
                 outcome_id, status, outcome_attempt, value = outcome.values()
-                if (type(outcome_id) is str and outcome_id == task_id
-                        and type(outcome_attempt) is type(attempt) and outcome_attempt == attempt):
+                if (
+                    type(outcome_id) is str
+                    and outcome_id == task_id
+                    and type(outcome_attempt) is type(attempt)
+                    and outcome_attempt == attempt
+                ):
                     group[4] += (task_id, attempt, status, value)  # rebuilt exactly by recovered()
                     continue
             group[3] += (task_id, attempt, outcome)
