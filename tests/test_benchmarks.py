@@ -186,18 +186,24 @@ def test_the_harness_arithmetic(harness):
 
 @pytest.mark.postgresql  # starts a server as the tests do
 def test_pg_commit_shapes_runs_both_ways_to_the_same_tasks():
-    """benchmarks/pg_commit_shapes.py: both ways measured, and the change log, folded, leaves what the table's
-    statements leave (its last chunk queued, the one before running, every earlier one forgotten)."""
+    """benchmarks/pg_commit_shapes.py: both ways measured, the change log checkpointed during the run (a
+    generation per commit), and it leaves exactly what the direct statements leave (its last chunk queued, the
+    one before running, every earlier one forgotten); the script exits 1 if the two differ in any column."""
     script = REPO / "benchmarks" / "pg_commit_shapes.py"
-    proc = subprocess.run([sys.executable, str(script), "--tasks", "10", "--commits", "7", "--fold", "3"],
+    proc = subprocess.run([sys.executable, str(script), "--tasks", "10", "--commits", "7", "--generation-seconds", "0"],
                           cwd=str(REPO), capture_output=True, text=True, timeout=180, check=False)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     for way in ("tasks", "log"):
         (line,) = [line for line in lines if line.strip().startswith(f"{way}:")]
-        figures = dict(item.rsplit(" ", 1) for item in line.split(":", 1)[1].strip().split(", "))
-        assert set(figures) == {"commit_ms_p50", "fold_ms_p50", "server_cpu_us_per_task",
-                                "client_cpu_us_per_task", "wall_us_per_task"}  # fmt: skip
-        assert float(figures["commit_ms_p50"]) > 0 and float(figures["wall_us_per_task"]) > 0
-        assert (float(figures["fold_ms_p50"]) > 0) is (way == "log")
+        figures = {key: float(value) for key, value in
+                   (item.rsplit(" ", 1) for item in line.split(":", 1)[1].strip().split(", "))}  # fmt: skip
+        assert set(figures) == {"commit_ms_p50", "slice_commit_ms_p50", "checkpoints", "final_checkpoint_ms",
+                                "server_cpu_us_per_task", "client_cpu_us_per_task", "wall_us_per_task"}  # fmt: skip
+        assert figures["commit_ms_p50"] > 0 and figures["wall_us_per_task"] > 0
+        # Checkpoint work only in the change log, during the run (a slice with each commit) and at its end.
+        assert (figures["checkpoints"] > 0) is (way == "log")
+        assert (figures["slice_commit_ms_p50"] > 0) is (way == "log")
+        assert (figures["final_checkpoint_ms"] > 0) is (way == "log")
     assert "left in the tasks table: [('queued', 10), ('running', 10)]" in lines
+    assert "both ways left the same 20 tasks, every column alike" in lines
