@@ -318,6 +318,18 @@ class Scheduler(Lifecycle):
                 if not task.started or task.assumed:
                     self._started(task, now, wall)
                 task.started, task.assumed = True, False
+        self.forgetting_many()  # the map() tasks this frame ends, journaled as forgotten in one call
+        try:
+            self._outcomes(session, results, now, wall)
+        finally:
+            self.forgotten_many()
+        self.dispatch()
+        if len(session.assigned) < session.peer.concurrency:
+            self.steal_for(session)
+
+    def _outcomes(self, session: WorkerSession, results: m.Results, now: float, wall: float) -> None:
+        """The outcomes of a results frame: each attempt the worker still holds ends, or fails and may retry."""
+        assigned = session.assigned
         peer = session.peer
         # Metrics (metrics.py), counted per run of tasks of one name in this frame and added once per run:
         # for small tasks this loop is the hot path, and a map()'s tasks come in long runs.
@@ -358,9 +370,6 @@ class Scheduler(Lifecycle):
                 self._attempt_failed(session, task, outcome)
         if run is not None:
             add_run(run, ok, quick, waits, wall - submitted)
-        self.dispatch()
-        if len(assigned) < peer.concurrency:
-            self.steal_for(session)
 
     @staticmethod
     def _started(task: Task, now: float, wall: float) -> None:

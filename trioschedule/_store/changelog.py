@@ -51,6 +51,7 @@ __all__ = [
     "FINISH",
     "FINISH_FIELDS",
     "FORGET",
+    "FORGETS",
     "MANY",
     "NEW",
     "NEW_FIELDS",
@@ -104,6 +105,7 @@ _quote: Encode = json.encoder.encode_basestring  # type: ignore[attr-defined]  #
 #   (RUNS, [id, ...], session, attempt, failures, losses)   tasks handed to one worker together
 #   FINISH_FIELDS          update_done()
 #   (FORGET, id)
+#   (FORGETS, [id, ...])   forget() of several tasks at once (a map() chunk's results)
 #   (CHAIN, id, finish operation, run operation after it)   only in a generation (see .checkpoint)
 NEW: Final = 0
 RUN: Final = 1
@@ -115,7 +117,8 @@ VALUES: Final = 6
 CHAIN: Final = 7
 RUNS: Final = 8
 ACCEPTED: Final = 9
-MANY: Final = (RUNS, ACCEPTED)  # the kinds whose second element is a list of task ids
+FORGETS: Final = 10
+MANY: Final = (RUNS, ACCEPTED, FORGETS)  # the kinds whose second element is a list of task ids
 #: A RUN operation's fields, in order (the checkpoint's SQL reads them by these positions).
 RUN_FIELDS: Final = ("kind", "id", "session", "attempt", "failures", "losses")
 #: A FINISH operation's fields, in order (likewise).
@@ -270,6 +273,8 @@ def _segment_text(ops: list[Op], encode: Encode) -> tuple[str, int]:
             group[3] += (task_id, attempt, outcome)
         elif kind == FORGET:
             forgotten.append(op[1])
+        elif kind == FORGETS:
+            forgotten += op[1]
         elif kind == ACCEPTED:
             accepted.append(op[2])
         else:

@@ -152,6 +152,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             # A commit's row is kilobytes of JSON, read back only by a recovery: stored out of line
             # without compression, which would cost the server more CPU per commit than the write.
             "ALTER TABLE trioschedule_changes ALTER COLUMN ops SET STORAGE EXTERNAL",
+            # A commit that is only its change-log row (the usual one) is this one call: the fencing
+            # check and the insert in one statement, its own transaction, one round trip.
+            """
+            CREATE FUNCTION trioschedule_log(expected bigint, commit_seq bigint, commit_ops text)
+            RETURNS void LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM trioschedule_fence(expected);
+                INSERT INTO trioschedule_changes (seq, ops) VALUES (commit_seq, commit_ops) ON CONFLICT (seq) DO NOTHING;
+            END
+            $$
+            """,
         ),
     ),
 )
