@@ -25,6 +25,7 @@ __all__ = [
     "HEARTBEAT_TIMEOUT",
     "HISTORY",
     "HOST",
+    "LEADER_POLL",
     "LEADER_WAIT",
     "LEASE_TTL",
     "MAX_CLIENT_QUEUED",
@@ -68,6 +69,9 @@ RECONNECT_INITIAL = 0.1
 RECONNECT_MAX = 5.0
 #: Redirects from standbys (``not-leader``) a peer follows in one round through its addresses.
 MAX_REDIRECTS = 4
+#: The longest pause between rounds while a standby says none leads (a failover is under way):
+#: the new leader is reached within this of taking over (docs/HA.md, "Timing").
+LEADER_POLL = 1.0
 #: Seconds a client keeps trying while the dispatchers it reaches say none of them leads (a failover
 #: in progress: docs/HA.md bounds it at 10 s) before it gives up like on an unreachable dispatcher.
 LEADER_WAIT = 15.0

@@ -113,6 +113,30 @@ async def test_pause_is_the_callers_wait(autojump_clock):
     assert peer.attempts[0] == peer.attempts[2]  # nothing waited but the pause
 
 
+async def test_while_a_standby_says_none_leads_rounds_are_never_far_apart(autojump_clock):
+    """A failover is under way: the pause between rounds is capped at LEADER_POLL, however long the
+    standby says so, so the new leader is reached within a second of taking over; a dead address
+    still backs off as far as the backoff goes."""
+    paused: list[float] = []
+
+    async def pause(delay: float) -> None:
+        paused.append(delay)
+
+    standby = NotLeader("standby", leader=None)
+    peer = Peer(*[standby] * 8, "conn")
+    await stay_connected(
+        peer.connect, peer.serve, retry=peer.retry, backoff=FixedBackoff(), done=peer.done, log=log, rotation=one(), pause=pause
+    )
+    assert paused == [1.0] * 8 and peer.served == ["conn"]
+
+    paused.clear()
+    dead = Peer(*[OSError("refused")] * 3, "conn")
+    await stay_connected(
+        dead.connect, dead.serve, retry=dead.retry, backoff=FixedBackoff(), done=dead.done, log=log, rotation=one(), pause=pause
+    )
+    assert paused == [1.0, 2.0, 3.0]
+
+
 def test_backoff_is_exponential_with_full_jitter_and_resets():
     backoff = Backoff(0.1, 1.0)
     for ceiling in (0.1, 0.2, 0.4, 0.8, 1.0, 1.0):
@@ -184,9 +208,10 @@ async def test_two_standbys_naming_each_other_are_a_bounded_round_each_time(auto
     with pytest.raises(NotLeader, match="no dispatcher at 10.0.0.1:7311, 10.0.0.2:7311 leads"):
         await stay_connected(peers.connect, peers.serve, retry=peers.retry, backoff=FixedBackoff(), done=peers.done,
                              log=log, rotation=Rotation([A, B]))  # fmt: skip
-    # Two attempts a round, the backoff (1, 2, 3 s) between rounds: no loop, no hammering.
+    # Two attempts a round and a pause between rounds (the backoff's 1, 2, 3 s, capped at LEADER_POLL
+    # while a standby answers): no loop, no hammering.
     assert [(t - start, address) for t, address in peers.attempts] == [
-        (0, A), (0, B), (1, A), (1, B), (3, A), (3, B), (6, A), (6, B),
+        (0, A), (0, B), (1, A), (1, B), (2, A), (2, B), (3, A), (3, B),
     ]
 
 
@@ -276,7 +301,7 @@ async def test_over_memory_streams_a_standby_answer_becomes_a_redirect_to_a_real
                              rotation=Rotation([A, B]))  # fmt: skip
     assert served == ["leader"]
     assert [(t - start, name) for t, name in hellos] == [
-        (0, "10.0.0.1"), (0, "10.0.0.2"), (1, "10.0.0.1"), (1, "10.0.0.2"), (3, "10.0.0.1"), (3, "10.0.0.2"),
-        (6, "10.0.0.1"),  # names the leader now: followed at once, not after the next backoff
+        (0, "10.0.0.1"), (0, "10.0.0.2"), (1, "10.0.0.1"), (1, "10.0.0.2"), (2, "10.0.0.1"), (2, "10.0.0.2"),
+        (3, "10.0.0.1"),  # names the leader now: followed at once, not after the next pause
     ]
     assert [str(e) for e in errors] == ["no dispatcher at 10.0.0.1:7311, 10.0.0.2:7311 leads (not-leader: no leader yet)"] * 3

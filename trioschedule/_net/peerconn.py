@@ -249,6 +249,11 @@ async def stay_connected(
             if why is None:
                 return
             delay = backoff.next_delay()
+            if isinstance(error, NotLeader):
+                # A standby answered: a failover is under way and ends when a lease expires, not
+                # later.  Backing off like from a dead address (up to RECONNECT_MAX) would reach the
+                # new leader seconds after it serves; polling keeps the failover within its bound.
+                delay = min(delay, defaults.LEADER_POLL)
             if why:
                 log.info("%s; retrying in %.2f s", why, delay)
             else:
