@@ -1,12 +1,14 @@
-"""The journal's format: a task's row, operations in memory, and the change log's segments.
+"""The journal's format, which both durable stores write: a task's row, operations in memory, a commit's segments.
 
-Nothing here touches SQLite or a thread: operations are encoded into the text
-of one ``changes`` row (:func:`segments_text`) and decoded back
-(:func:`recovered`, :func:`decode`), so the format can be read and tested on
-its own.  The format is versioned by the migrations in :mod:`.schema`; it
-must never change without a new one.
+Nothing here touches a database or a thread: a commit's operations are
+encoded into the text of one change-log row (:func:`segments_text`; a row of
+SQLite's ``changes``, of PostgreSQL's ``trioschedule_changes``) and decoded
+back (:func:`recovered`, :func:`decode`), so the format can be read and
+tested on its own.  It is versioned by each store's migrations
+(``sqlite/schema.py``, ``postgresql/schema.py``) and must never change
+without a new one in both.
 
-A task in ``tasks`` is one JSON array, its *row*: the fields :data:`ROW_FIELDS`
+A task is one JSON array, its *row* (SQLite keeps it as it is in ``tasks``): the fields :data:`ROW_FIELDS`
 names, in that order (args, kwargs and outcome as JSON values).  A task as
 accepted is the first :data:`NEW_FIELDS` of them (a
 :data:`~trioschedule._store.base.NewTask`), the rest at their defaults.

@@ -1,6 +1,6 @@
 """The SQLite store's Trio side: what the dispatcher calls, from its own thread, without waiting for a disk.
 
-It only appends operations (:mod:`.changelog`) to a list that the writer
+It only appends operations (:mod:`..changelog`) to a list that the writer
 thread (:mod:`.writer`, this class's base) takes from, and parks until the
 writer says "committed".  Why a change log, group commit and checkpoints:
 docs/STORE.md, which is also the contract every store keeps.

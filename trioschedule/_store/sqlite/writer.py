@@ -3,7 +3,7 @@
 Why a thread of its own: SQLite calls block on the disk, and the event loop
 must never wait for a disk.  Why group commit: a commit costs an fsync, so
 everything that arrives while the writer is busy goes into the *next*
-transaction, as one row of the change log (:mod:`.changelog`).
+transaction, as one row of the change log (:mod:`..changelog`).
 
 :class:`JournalWriter` is the base class of :class:`~.store.SQLiteStore`;
 the two halves share only the fields :meth:`JournalWriter._reset_writer`
