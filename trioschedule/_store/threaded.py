@@ -21,11 +21,12 @@ from typing import Any
 import trio
 
 from .._errors import StoreError, StoreFenced
+from . import changelog
 from .base import NewTask, StoredTask
 from .changelog import ACCEPTED, ADDED, FINISH, FORGET, FORGETS, RUN, RUNS, VALUES, Op, new_rows, values
 from .generation import Checkpoints
 
-__all__ = ["ThreadedJournal", "encodable"]
+__all__ = ["ThreadedJournal", "encodable", "encoded_batch"]
 
 log = logging.getLogger("trioschedule.store")
 
@@ -462,3 +463,18 @@ def encodable(batch: list[Op], encode: Callable[[Any], str]) -> list[Op]:
         else:
             good.append(op)
     return good
+
+
+def encoded_batch(batch: list[Op], encode: Callable[[Any], str]) -> tuple[list[Op], str, int, int, int]:
+    """``batch`` as the text of one change-log row: ``(operations kept, text, forgets, changes, skipped)``.
+
+    An operation whose values cannot be encoded as JSON (an update's state
+    from a user) is logged and left out, instead of failing the commit.
+    """
+    try:
+        text, forgets, changes = changelog.segments_text(batch, encode)
+    except (TypeError, ValueError):
+        kept = encodable(batch, encode)
+        text, forgets, changes = changelog.segments_text(kept, encode)
+        return kept, text, forgets, changes, len(batch) - len(kept)
+    return batch, text, forgets, changes, 0

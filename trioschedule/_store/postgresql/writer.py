@@ -44,7 +44,7 @@ from .. import changelog
 from ..base import StoredTask
 from ..changelog import Op
 from ..generation import Checkpoints, Generation
-from ..threaded import encodable
+from ..threaded import encoded_batch
 from . import schema
 from .checkpoint import DELETE_CHANGES, PostgreSQLCheckpoints, Statement, net_statements
 
@@ -272,18 +272,11 @@ class JournalWriter:
 
         Returns how many task changes were written, deleted and skipped (not encodable).
         """
-        skipped = 0
         statements: list[Statement] = []
-        forgets = changes = 0
+        forgets = changes = skipped = 0
         seq = 0
         if batch:
-            try:
-                text, forgets, changes = changelog.segments_text(batch, self._encode)
-            except (TypeError, ValueError):
-                count = len(batch)
-                batch = encodable(batch, self._encode)
-                skipped = count - len(batch)
-                text, forgets, changes = changelog.segments_text(batch, self._encode)
+            batch, text, forgets, changes, skipped = encoded_batch(batch, self._encode)
             if batch:
                 seq = self._seq + 1
                 statements.append((_LOG, (seq, text)))

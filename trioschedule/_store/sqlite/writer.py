@@ -25,7 +25,7 @@ from .. import changelog
 from ..base import StoredTask
 from ..changelog import Op
 from ..generation import Checkpoints, Generation
-from ..threaded import encodable
+from ..threaded import encodable, encoded_batch
 from . import schema
 from .checkpoint import SQLiteCheckpoints, apply_net
 from .lockfile import LockFile
@@ -163,14 +163,7 @@ class JournalWriter:
         if schedule_ops:
             return self._write_schedules(batch, schedule_ops)
         conn = self._connection()
-        skipped = 0
-        try:
-            text, forgets, changes = changelog.segments_text(batch, self._encode)
-        except (TypeError, ValueError):
-            count = len(batch)
-            batch = encodable(batch, self._encode)
-            skipped = count - len(batch)
-            text, forgets, changes = changelog.segments_text(batch, self._encode)
+        batch, text, forgets, changes, skipped = encoded_batch(batch, self._encode)
         checkpoints = self._checkpoints
         entries, last = checkpoints.slice_for_commit(len(batch))
         retention = self.retention
