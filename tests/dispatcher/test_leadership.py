@@ -11,6 +11,7 @@ import psycopg
 import pytest
 import trio
 
+from tests.operations.helpers import api_status, get
 from tests.postgres import journal_rows
 from tests.processes import wait_for
 from trioschedule import Dispatcher, open_client
@@ -102,6 +103,49 @@ async def test_one_leads_the_other_redirects_and_status_shows_both(postgres_url)
                 assert handle.id in {row[0] for row in task_rows(postgres_url)}
             nursery.cancel_scope.cancel()
     assert (await current_lease(postgres_url)).term == term  # nobody took over meanwhile
+
+
+def gauge(body: bytes, name: str) -> float:
+    """The value of an unlabelled gauge in a /metrics page."""
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+async def test_the_operations_endpoint_serves_on_a_standby_too_and_says_who_leads(postgres_url):
+    """A monitoring system sees every dispatcher up: a standby serves /api/status and /metrics, which
+    name the leader; the one that takes over keeps serving on the same port."""
+    a = dispatcher(postgres_url, http="127.0.0.1:0")
+    b = dispatcher(postgres_url, http="127.0.0.1:0")
+    ended_a: list = []
+    ended_b: list = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            port_a = await nursery.start(serve, a, ended_a)
+            await wait_for(lambda: a.leading, timeout=10)
+            await nursery.start(serve, b, ended_b)
+            assert b.http_port and not b.leading
+            http_b = b.http_port
+            await wait_for(lambda: b.status()["ha"]["address"], timeout=10)  # it read the lease once
+
+            status = await api_status(http_b)
+            assert status["ha"]["role"] == "standby" and status["ha"]["address"] == f"127.0.0.1:{port_a}"
+            _, _, standby_metrics = await get(f"http://127.0.0.1:{http_b}/metrics")
+            _, _, leader_metrics = await get(f"http://127.0.0.1:{a.http_port}/metrics")
+            assert gauge(standby_metrics, "trioschedule_leading") == 0
+            assert gauge(leader_metrics, "trioschedule_leading") == 1
+            term = gauge(leader_metrics, "trioschedule_lease_term")
+            assert term >= 1
+
+            a.stop()  # a clean hand-over: b leads, on the same http port
+            await wait_for(lambda: b.leading, timeout=10)
+            assert b.http_port == http_b
+            _, _, metrics = await get(f"http://127.0.0.1:{http_b}/metrics")
+            assert gauge(metrics, "trioschedule_leading") == 1 and gauge(metrics, "trioschedule_lease_term") == term + 1
+            assert (await api_status(http_b))["ha"]["role"] == "leader"
+            nursery.cancel_scope.cancel()
+    assert ended_a == [None]
 
 
 async def test_clean_stop_resigns_and_the_standby_takes_over_at_once(postgres_url):

@@ -323,30 +323,17 @@ class Dispatcher:
             log.info("%s listening on %s:%s as a standby (store %s, node %s, lease %g s, advertising %s)",
                      self.name, self.host, self.port, self.store.url, election.holder, election.ttl,
                      election.address)  # fmt: skip
-            # The standby's refusals in flight when it wins finish beside the leader (naming it now):
-            # cut off, their peers would see a reset instead of a redirect.
-            async with one_error() as refusals:
+            # The operations endpoint serves while standing by too (its status and /metrics say who
+            # leads), so that a monitoring system sees every dispatcher up, not only the leader.
+            async with trio.open_nursery() as operations:
                 try:
-                    term = await self._stand_by(election, listeners, task_status, refusals)
-                    if term is None:  # stopped while standing by
-                        return
-                    self._journal.on_fenced = lambda exc: election.step_down(f"a journal write was fenced: {exc}")
-                    try:
-                        self.store.fence(term)
-                        stored = await self._journal.open()
-                        self._core.journal_opened(True)
-                        self._core.recover(stored, self.store.url)
-                        log.info("%s leads (term %d, node %s): recovered %d task(s) from %s", self.name, term,
-                                 election.holder, len(stored), self.store.url)  # fmt: skip
-                        await self._schedules.restore()  # they fire from the leader only
-                        self._schedules_open = True
-                        await self._run(listeners, trio.TASK_STATUS_IGNORED, election)
-                    finally:
-                        await self._close_journal()
-                        with trio.CancelScope(shield=True):
-                            await election.resign()  # after the journal's last write: nothing of ours is fenced
+                    if self.http is not None:
+                        from .._http import serve_operations  # (prometheus-client is loaded only for this)
+
+                        self.http_port = await operations.start(serve_operations, self, self.http)
+                    await self._stand_by_then_lead(election, listeners, task_status)
                 finally:
-                    refusals.cancel_scope.cancel()
+                    operations.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await election.leadership.aclose()
@@ -359,6 +346,34 @@ class Dispatcher:
             log.error("%s stepped down: %s; it dropped its state and serves no more", self.name,
                       election.lost_reason)  # fmt: skip
             raise StoreFenced(f"this dispatcher stepped down: {election.lost_reason}", term=election.term)
+
+    async def _stand_by_then_lead(self, election: Election, listeners: list[trio.abc.Listener[Any]],
+                                  task_status: trio.TaskStatus[int]) -> None:  # fmt: skip
+        """Stand by until this dispatcher wins the lease, then recover the journal and lead until it stops."""
+        # The standby's refusals in flight when it wins finish beside the leader (naming it now):
+        # cut off, their peers would see a reset instead of a redirect.
+        async with one_error() as refusals:
+            try:
+                term = await self._stand_by(election, listeners, task_status, refusals)
+                if term is None:  # stopped while standing by
+                    return
+                self._journal.on_fenced = lambda exc: election.step_down(f"a journal write was fenced: {exc}")
+                try:
+                    self.store.fence(term)
+                    stored = await self._journal.open()
+                    self._core.journal_opened(True)
+                    self._core.recover(stored, self.store.url)
+                    log.info("%s leads (term %d, node %s): recovered %d task(s) from %s", self.name, term,
+                             election.holder, len(stored), self.store.url)  # fmt: skip
+                    await self._schedules.restore()  # they fire from the leader only
+                    self._schedules_open = True
+                    await self._run(listeners, trio.TASK_STATUS_IGNORED, election)
+                finally:
+                    await self._close_journal()
+                    with trio.CancelScope(shield=True):
+                        await election.resign()  # after the journal's last write: nothing of ours is fenced
+            finally:
+                refusals.cancel_scope.cancel()
 
     async def _stand_by(self, election: Election, listeners: list[trio.abc.Listener[Any]],
                         task_status: trio.TaskStatus[int], refusals: trio.Nursery) -> int | None:  # fmt: skip
@@ -411,7 +426,7 @@ class Dispatcher:
                 nursery.start_soon(self._warn_unoffered)
                 if election is not None:
                     nursery.start_soon(self._keep_leading, election, leading)
-                if self.http is not None:
+                if self.http is not None and election is None:  # (a shared store's serves from standing by on)
                     from .._http import serve_operations  # (prometheus-client is loaded only for this)
 
                     self.http_port = await nursery.start(serve_operations, self, self.http)

@@ -172,6 +172,20 @@ class DispatcherCollector(Collector):
 
 
     # ------------------------------------------------------------- schedules
+    def family_leadership(self) -> Iterator[Metric]:
+        """Whether this dispatcher serves; on a shared store its lease's term and the standbys it sees (docs/HA.md)."""
+        d = self.d
+        yield GaugeMetricFamily("trioschedule_leading",
+                                "1 while this dispatcher serves (with a shared store: while it holds the lease).",
+                                value=1 if d.leading else 0)  # fmt: skip
+        election = d._election
+        if election is not None:
+            ha = election.describe()
+            yield GaugeMetricFamily("trioschedule_lease_term", "The term of the lease as this dispatcher last saw it.",
+                                    value=ha["term"])  # fmt: skip
+            yield GaugeMetricFamily("trioschedule_standbys", "Standbys alive, as the members table shows them.",
+                                    value=len(ha["standbys"]))  # fmt: skip
+
     def family_schedules(self) -> Iterator[Metric]:
         """Per schedule: runs submitted, fire times misfired and skipped, paused, the next fire time."""
         entries = self.d.schedules()
