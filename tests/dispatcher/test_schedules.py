@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from trioschedule import Dispatcher, LocalProtocolError, Store, StoreError, UnknownSchedule, Worker, task
-from trioschedule._dispatcher import dispatcher as dispatcher_module
+from trioschedule._dispatcher import serving as serving_module
 from trioschedule.testing import open_cluster
 
 BASE = datetime(2026, 12, 5, 11, 0, tzinfo=timezone.utc).timestamp()  # a Saturday, 12:00 in Berlin
@@ -28,7 +28,7 @@ def wall() -> float:
 @pytest.fixture(autouse=True)
 def _quiet_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     # The every-2-seconds check for unoffered task names would wake 300,000 times in a week.
-    monkeypatch.setattr(dispatcher_module, "UNOFFERED_CHECK", 3600.0)
+    monkeypatch.setattr(serving_module, "UNOFFERED_CHECK", 3600.0)
 
 
 class Clockwork(Worker):
