@@ -157,9 +157,10 @@ class DispatcherCollector(Collector):
         d = self.d
         yield InfoMetricFamily("trioschedule_dispatcher", "The dispatcher's version, name and store.",
                                value={"version": __version__, "name": d.name, "store": d.store.url})  # fmt: skip
-        yield GaugeMetricFamily("trioschedule_dispatcher_start_time_seconds",
-                                "When the dispatcher started serving, in seconds since the Unix epoch.",
-                                value=d._started_at)  # fmt: skip
+        if d._started_at:  # (a standby has not started serving)
+            yield GaugeMetricFamily("trioschedule_dispatcher_start_time_seconds",
+                                    "When the dispatcher started serving, in seconds since the Unix epoch.",
+                                    value=d._started_at)  # fmt: skip
         yield GaugeMetricFamily("trioschedule_dispatcher_draining", "1 while the dispatcher drains to stop.",
                                 value=1 if d.draining else 0)  # fmt: skip
         yield CounterMetricFamily("trioschedule_hook_errors", "Hook calls that raised (logged with a traceback).",
@@ -170,8 +171,6 @@ class DispatcherCollector(Collector):
         _add_histogram(journal, [], d._journal.commit_time)
         yield journal
 
-
-    # ------------------------------------------------------------- schedules
     def family_leadership(self) -> Iterator[Metric]:
         """Whether this dispatcher serves; on a shared store its lease's term and the standbys it sees (docs/HA.md)."""
         d = self.d
@@ -186,6 +185,7 @@ class DispatcherCollector(Collector):
             yield GaugeMetricFamily("trioschedule_standbys", "Standbys alive, as the members table shows them.",
                                     value=len(ha["standbys"]))  # fmt: skip
 
+    # ------------------------------------------------------------- schedules
     def family_schedules(self) -> Iterator[Metric]:
         """Per schedule: runs submitted, fire times misfired and skipped, paused, the next fire time."""
         entries = self.d.schedules()
