@@ -193,7 +193,9 @@ async def test_a_commit_is_one_change_log_row_and_a_map_task_never_reaches_the_t
     assert table(postgres_url) == []  # everything is still in the change log
     states = journal_rows(postgres_url, "SELECT state, count(*) FROM trioschedule_tasks GROUP BY state ORDER BY state")
     assert states == [("done", 100), ("running", 100)]
+    assert store.statistics().checkpoints == 0
     await store.close()  # the last checkpoint: everything in the table, the change log empty
+    assert store.statistics().checkpoints == 1
     assert query(postgres_url, "SELECT count(*) FROM trioschedule_changes") == [(0,)]
     assert query(postgres_url, "SELECT state, count(*) FROM trioschedule_tasks GROUP BY state ORDER BY state") == states
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import trio
 
 from .._errors import StoreError, StoreFenced
@@ -26,9 +27,36 @@ from .base import NewTask, StoredTask
 from .changelog import ACCEPTED, ADDED, FINISH, FORGET, FORGETS, RUN, RUNS, VALUES, Op, new_rows, values
 from .generation import Checkpoints
 
-__all__ = ["ThreadedJournal", "encodable", "encoded_batch"]
+__all__ = ["StoreStatistics", "ThreadedJournal", "encodable", "encoded_batch"]
 
 log = logging.getLogger("trioschedule.store")
+
+
+@attrs.frozen(kw_only=True)
+class StoreStatistics:
+    """What a durable store's ``statistics()`` reports (counted since the last ``open()``).
+
+    ``commits`` counts the writer's transactions that journaled changes (the
+    schema set-up at open and checkpoints are not counted);
+    ``rows_written``/``rows_deleted`` the task operations they journaled
+    (added, updated) and the tasks they forgot; ``rows_skipped`` buffered
+    updates that could not be encoded as JSON (each one is logged);
+    ``pending`` the operations buffered and not yet handed to the writer;
+    ``failed`` whether a write failed, which stops the store (see
+    :class:`StoreError`); ``checkpoints`` how many checkpoints brought the
+    ``tasks`` table up to date (see docs/STORE.md); ``reconnects`` how many
+    times the PostgreSQL store's writer reconnected to its database (0 for
+    SQLite).
+    """
+
+    commits: int
+    rows_written: int
+    rows_deleted: int
+    rows_skipped: int
+    pending: int
+    failed: bool
+    checkpoints: int = 0
+    reconnects: int = 0  # the PostgreSQL store's: times the writer reconnected to a database it lost
 
 
 class ThreadedJournal:
@@ -69,6 +97,7 @@ class ThreadedJournal:
     _rows_written: int
     _rows_deleted: int
     _rows_skipped: int
+    _reconnects: int
     _trio_encode: Callable[[Any], str]  # the Trio side's JSON encoder (the writer has its own)
 
     def _reset_writer(self) -> None:  # pragma: no cover - the writer base class's
@@ -254,6 +283,20 @@ class ThreadedJournal:
             ticket = self._batch
             self._cond.notify()
         await self._wait_committed(ticket)
+
+    def statistics(self) -> StoreStatistics:
+        """Counters since the last open(): commits, rows written/deleted/skipped, pending, checkpoints, reconnects."""
+        with self._cond:
+            return StoreStatistics(
+                commits=self._commits,
+                rows_written=self._rows_written,
+                rows_deleted=self._rows_deleted,
+                rows_skipped=self._rows_skipped,
+                pending=len(self._ops),
+                failed=self._failure is not None,
+                checkpoints=self._checkpoints.count,
+                reconnects=self._reconnects,
+            )
 
     def _wake_writer(self) -> None:
         """The first operation of a batch was buffered: the writer commits within ``commit_interval``."""

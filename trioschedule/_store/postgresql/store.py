@@ -17,7 +17,6 @@ import trio
 from ..._errors import StoreError, StoreFenced
 from ..._json import json_encoder
 from ..base import Store, StoredTask
-from ..sqlite.store import StoreStatistics
 from ..threaded import ThreadedJournal
 from .lease import PostgreSQLLeadership
 from .writer import JournalWriter
@@ -139,19 +138,6 @@ class PostgreSQLStore(JournalWriter, ThreadedJournal, Store):
         self._schedules.pop(name, None)
 
     # ------------------------------------------------------------ statistics and failures
-    def statistics(self) -> StoreStatistics:
-        """Counters since the last open(): commits, rows written/deleted/skipped, pending, reconnects."""
-        with self._cond:
-            return StoreStatistics(
-                commits=self._commits,
-                rows_written=self._rows_written,
-                rows_deleted=self._rows_deleted,
-                rows_skipped=self._rows_skipped,
-                pending=len(self._ops),
-                failed=self._failure is not None,
-                reconnects=self._reconnects,
-            )
-
     def _failed_error(self) -> StoreError:
         failure = self._failure
         if isinstance(failure, StoreFenced):

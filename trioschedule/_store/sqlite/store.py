@@ -12,43 +12,16 @@ import os
 import sqlite3
 from typing import Any
 
-import attrs
 import trio
 
 from ..._errors import StoreError
 from ..._json import json_encoder
 from ..base import Store, StoredTask
-from ..threaded import ThreadedJournal
+from ..threaded import StoreStatistics, ThreadedJournal
 from .writer import JournalWriter, log
 
 __all__ = ["SQLiteStore", "StoreStatistics"]
 
-
-@attrs.frozen(kw_only=True)
-class StoreStatistics:
-    """What :meth:`SQLiteStore.statistics` reports (counted since the last ``open()``).
-
-    ``commits`` counts the writer's transactions that journaled changes (the
-    schema set-up at open and checkpoints are not counted);
-    ``rows_written``/``rows_deleted`` the task operations they journaled
-    (added, updated) and the tasks they forgot; ``rows_skipped`` buffered
-    updates that could not be encoded as JSON (each one is logged);
-    ``pending`` the operations buffered and not yet handed to the writer;
-    ``failed`` whether a write failed, which stops the store (see
-    :class:`StoreError`); ``checkpoints`` how many checkpoints brought the
-    ``tasks`` table up to date (see docs/STORE.md); ``reconnects`` how many
-    times the PostgreSQL store's writer reconnected to its database (0 for
-    SQLite).
-    """
-
-    commits: int
-    rows_written: int
-    rows_deleted: int
-    rows_skipped: int
-    pending: int
-    failed: bool
-    checkpoints: int = 0
-    reconnects: int = 0  # the PostgreSQL store's: times the writer reconnected to a database it lost
 
 
 class SQLiteStore(JournalWriter, ThreadedJournal, Store):
@@ -128,19 +101,6 @@ class SQLiteStore(JournalWriter, ThreadedJournal, Store):
         """Drop the record ``name`` (if any); return once committed."""
         self._check_open("delete_schedule")
         await self._schedule_change([(name, None)])
-
-    def statistics(self) -> StoreStatistics:
-        """Counters since the last open(): commits, rows written/deleted/skipped, pending ops."""
-        with self._cond:
-            return StoreStatistics(
-                commits=self._commits,
-                rows_written=self._rows_written,
-                rows_deleted=self._rows_deleted,
-                rows_skipped=self._rows_skipped,
-                pending=len(self._ops),
-                failed=self._failure is not None,
-                checkpoints=self._checkpoints.count,
-            )
 
     def _failed_error(self) -> StoreError:
         error = StoreError(

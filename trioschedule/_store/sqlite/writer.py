@@ -75,6 +75,7 @@ class JournalWriter:
         self._committed = 0  # the last batch number committed (read without the lock: one int)
         self._failure: BaseException | None = None
         self._commits = self._rows_written = self._rows_deleted = self._rows_skipped = 0
+        self._reconnects = 0  # (a file is never reconnected to; counted for StoreStatistics alike)
         # The writer thread's own.
         self._conn: sqlite3.Connection | None = None
         self._lock = LockFile(self.path + ".lock", self.path)
