@@ -87,6 +87,7 @@ class ThreadedJournal:
     _closing: bool
     _failure: BaseException | None
     _schedule_ops: list[tuple[str, str | None]]
+    _schedules: dict[str, dict[str, Any]]  # the records by name (the writer reads them at open)
     commit_interval: float
     # The writer thread's own (set by the writer's ``_reset_writer()``).
     _taken_schedule_ops: list[tuple[str, str | None]]
@@ -272,6 +273,35 @@ class ThreadedJournal:
         ops.append((FORGET, task_ids[0]) if len(task_ids) == 1 else (FORGETS, list(task_ids)))
         if len(ops) == 1:
             self._wake_writer()
+
+    # ------------------------------------------------------------ schedules (the Trio side)
+    async def load_schedules(self) -> list[dict[str, Any]]:
+        """The schedule records: those the journal held at open, with every change saved since."""
+        self._check_open("load_schedules")
+        await trio.lowlevel.checkpoint()
+        return [dict(record) for _, record in sorted(self._schedules.items())]
+
+    async def save_schedules(self, records: list[dict[str, Any]]) -> None:
+        """Upsert the records by name; return once committed (with every task change buffered before).
+
+        Raises TypeError/ValueError (nothing buffered) if a record has no str
+        ``name`` or cannot be encoded as JSON, :class:`StoreError` if the
+        journal is broken.
+        """
+        self._check_open("save_schedules")
+        for record in records:
+            if not isinstance(record.get("name"), str):
+                raise TypeError(f"a schedule record needs a str 'name', not {record.get('name')!r}")
+        dumps = self._trio_encode
+        await self._schedule_change([(record["name"], dumps(record)) for record in records])
+        for record in records:
+            self._schedules[record["name"]] = record
+
+    async def delete_schedule(self, name: str) -> None:
+        """Drop the record ``name`` (no error if there is none); return once committed."""
+        self._check_open("delete_schedule")
+        await self._schedule_change([(name, None)])
+        self._schedules.pop(name, None)
 
     async def _schedule_change(self, ops: list[tuple[str, str | None]]) -> None:
         if not ops:

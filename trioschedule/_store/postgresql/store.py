@@ -10,9 +10,6 @@ store's design; docs/HA.md how several dispatchers share one database.
 from __future__ import annotations
 
 import re
-from typing import Any
-
-import trio
 
 from ..._errors import StoreError, StoreFenced
 from ..._json import json_encoder
@@ -74,7 +71,6 @@ class PostgreSQLStore(JournalWriter, ThreadedJournal, Store):
         self._term = None
         self._state = "new"  # new -> opening -> open -> closing -> closed (-> opening again)
         self._trio_encode = json_encoder(check_circular=True)  # the Trio side's (the writer has its own)
-        self._schedules: dict[str, dict[str, Any]] = {}
         self._reset()
 
     def __repr__(self) -> str:
@@ -106,38 +102,9 @@ class PostgreSQLStore(JournalWriter, ThreadedJournal, Store):
         written by a newer trioschedule, is used by another dispatcher without
         a lease (``locked``), or (:class:`StoreFenced`) the lease moved on.
         """
-        outcome = await self._open_thread(f"trioschedule-postgresql:{self.url}")
-        self._schedules = {record["name"]: record for record in self._loaded_schedules}
-        return outcome
+        return await self._open_thread(f"trioschedule-postgresql:{self.url}")
 
-    # ------------------------------------------------------------ schedules
-    async def load_schedules(self) -> list[dict[str, Any]]:
-        """The schedule records (read at :meth:`open`, kept up to date by the calls below)."""
-        self._check_open("load_schedules")
-        await trio.lowlevel.checkpoint()
-        return [dict(record) for _, record in sorted(self._schedules.items())]
-
-    async def save_schedules(self, records: list[dict[str, Any]]) -> None:
-        """Insert or replace the records by ``record["name"]`` (jsonb); return once committed."""
-        self._check_open("save_schedules")
-        if not records:
-            await trio.lowlevel.checkpoint()
-            return
-        for record in records:
-            if not isinstance(record.get("name"), str):
-                raise TypeError(f"a schedule record needs a str 'name', not {record.get('name')!r}")
-        dumps = self._trio_encode
-        await self._schedule_change([(record["name"], dumps(record)) for record in records])
-        for record in records:
-            self._schedules[record["name"]] = record
-
-    async def delete_schedule(self, name: str) -> None:
-        """Drop the record ``name`` (no error if there is none); return once committed."""
-        self._check_open("delete_schedule")
-        await self._schedule_change([(name, None)])
-        self._schedules.pop(name, None)
-
-    # ------------------------------------------------------------ statistics and failures
+    # ------------------------------------------------------------ failures
     def _failed_error(self) -> StoreError:
         failure = self._failure
         if isinstance(failure, StoreFenced):

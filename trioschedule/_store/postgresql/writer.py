@@ -130,7 +130,7 @@ class JournalWriter:
         self._conn: psycopg.Connection[Any] | None = None
         self._next_purge = 0.0
         self._encode = json_encoder(check_circular=True)
-        self._loaded_schedules: list[dict[str, Any]] = []
+        self._schedules: dict[str, dict[str, Any]] = {}  # by name: read at open, then the Trio side's
         self._taken_schedule_ops: list[tuple[str, str | None]] = []  # taken with the batch being written
         self._seq = 0  # the last change-log row written
         self._unfolded: tuple[list[Op], int] | None = None  # a committed batch not folded yet
@@ -208,9 +208,9 @@ class JournalWriter:
                     self._replay(conn, rows)
                 if self.retention is not None:
                     conn.execute(_PURGE, (time.time() - self.retention,))
-                self._loaded_schedules = [
-                    row[0] for row in conn.execute("SELECT record FROM trioschedule_schedules ORDER BY name")
-                ]
+                self._schedules = {
+                    name: record for name, record in conn.execute("SELECT name, record FROM trioschedule_schedules")
+                }
                 tasks = [_decode(row) for row in conn.execute(_LOAD)]
         except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
             raise StoreError(

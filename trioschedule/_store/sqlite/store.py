@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from typing import Any
-
-import trio
 
 from ..._errors import StoreError
 from ..._json import json_encoder
@@ -78,29 +75,6 @@ class SQLiteStore(JournalWriter, ThreadedJournal, Store):
         a trioschedule journal; nothing is changed in those cases.
         """
         return await self._open_thread(f"trioschedule-sqlite:{self.path}")
-
-    # ------------------------------------------------------------ schedules
-    async def load_schedules(self) -> list[dict[str, Any]]:
-        """The schedule records the journal held when it was opened."""
-        self._check_open("load_schedules")
-        await trio.lowlevel.checkpoint()
-        return [dict(record) for record in self._schedules]
-
-    async def save_schedules(self, records: list[dict[str, Any]]) -> None:
-        """Upsert the records by name; return once committed (with every task change buffered before).
-
-        Raises TypeError/ValueError (nothing buffered) if a record cannot be
-        encoded as JSON, :class:`StoreError` if the journal is broken.
-        """
-        self._check_open("save_schedules")
-        dumps = self._trio_encode
-        ops: list[tuple[str, str | None]] = [(str(record["name"]), dumps(record)) for record in records]
-        await self._schedule_change(ops)
-
-    async def delete_schedule(self, name: str) -> None:
-        """Drop the record ``name`` (if any); return once committed."""
-        self._check_open("delete_schedule")
-        await self._schedule_change([(name, None)])
 
     def _failed_error(self) -> StoreError:
         error = StoreError(

@@ -40,7 +40,7 @@ _LOAD = "SELECT task FROM tasks ORDER BY state = 'done', finished_at, seq"
 _PURGE = "DELETE FROM tasks WHERE state = 'done' AND finished_at < ?"
 _LOG = "INSERT INTO changes (ops) VALUES (?)"
 _PURGE_EVERY = 60.0  # seconds between the writer's retention sweeps
-_LOAD_SCHEDULES = "SELECT record FROM schedules ORDER BY name"
+_LOAD_SCHEDULES = "SELECT name, record FROM schedules"
 _SAVE_SCHEDULE = (
     "INSERT INTO schedules (name, record) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET record = excluded.record"
 )
@@ -67,7 +67,7 @@ class JournalWriter:
         # under ``_mutex`` after the task operations they follow, and taken with them, so a
         # commit never holds a schedule change without the task changes made before it.
         self._schedule_ops: list[tuple[str, str | None]] = []
-        self._schedules: list[dict[str, Any]] = []  # the records read at open (the writer's, then the Trio side's)
+        self._schedules: dict[str, dict[str, Any]] = {}  # by name: read at open, then the Trio side's
         self._pending_since = 0.0  # time.monotonic() of the first operation buffered
         self._urgent = False  # someone awaits the next commit: do not wait for company
         self._closing = False
@@ -106,7 +106,7 @@ class JournalWriter:
         if self.retention is not None:
             self._next_purge = time.monotonic() + _PURGE_EVERY
         try:
-            self._schedules = [json.loads(row[0]) for row in conn.execute(_LOAD_SCHEDULES)]
+            self._schedules = {row[0]: json.loads(row[1]) for row in conn.execute(_LOAD_SCHEDULES)}
         except ValueError as exc:
             raise schema.corrupt(self.path, f"a schedule record does not decode ({exc})") from exc
         try:
