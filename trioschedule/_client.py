@@ -37,7 +37,7 @@ from ._errors import (
 )  # fmt: skip
 from ._handles import OutcomeSlot, TaskHandle, values_of
 from ._json import json_encoder
-from ._net.addresses import Address, Rotation, format_address, format_addresses, peer_addresses
+from ._net.addresses import Address, Rotation, dispatchers_at, format_address, peer_addresses
 from ._net.connection import Connection
 from ._net.peerconn import Backoff, open_connection, stay_connected
 from ._net.splitting import send_split
@@ -374,12 +374,6 @@ class Client(AdminRequests):
         self.address = address
         return conn, welcome
 
-    def _where(self) -> str:
-        """``the dispatcher at HOST:PORT``, or every address when there are several."""
-        if len(self.addresses) == 1:
-            return f"the dispatcher at {format_address(self.addresses[0])}"
-        return f"the dispatchers at {format_addresses(self.addresses)}"
-
     def _retry(self, exc: Exception, attempts: int, connected_once: bool) -> str | None:
         """The first connection must succeed (open_client raises); later, keep trying up to ``reconnect_attempts``.
 
@@ -400,11 +394,11 @@ class Client(AdminRequests):
         elif not connected_once:
             if len(self.addresses) > 1:  # the round's error names every address already
                 raise exc
-            raise ConnectionClosed(f"cannot reach {self._where()}: {exc}") from None
+            raise ConnectionClosed(f"cannot reach {dispatchers_at(self.addresses)}: {exc}") from None
         if self.reconnect_attempts is not None and attempts > self.reconnect_attempts:
-            self._fail(ConnectionClosed(f"gave up reconnecting to {self._where()} after {attempts} attempts: {exc}"))
+            self._fail(ConnectionClosed(f"gave up reconnecting to {dispatchers_at(self.addresses)} after {attempts} attempts: {exc}"))
             return None
-        return f"cannot reach {self._where()} ({exc})"
+        return f"cannot reach {dispatchers_at(self.addresses)} ({exc})"
 
     async def _serve(self, conn: Connection, welcome: m.Welcome, ready: Callable[[], None]) -> None:
         self.dispatcher_name = welcome.name

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 
 from .. import _defaults as defaults
 
-__all__ = ["Address", "Rotation", "format_address", "format_addresses", "parse_address", "peer_addresses"]
+__all__ = ["Address", "Rotation", "dispatchers_at", "format_address", "format_addresses", "parse_address", "peer_addresses"]
 
 #: ``(host, port)``.
 Address = tuple[str, int]
@@ -52,6 +52,13 @@ def format_address(address: Address) -> str:
 def format_addresses(addresses: Iterable[Address]) -> str:
     """``HOST:PORT, HOST:PORT``: how errors and logs name a list."""
     return ", ".join(format_address(address) for address in addresses)
+
+
+def dispatchers_at(addresses: list[Address]) -> str:
+    """``the dispatcher at HOST:PORT``, or every address when there are several: how a peer's errors name them."""
+    if len(addresses) == 1:
+        return f"the dispatcher at {format_address(addresses[0])}"
+    return f"the dispatchers at {format_addresses(addresses)}"
 
 
 def peer_addresses(host: str, port: int, addresses: Iterable[str | Address] | None) -> list[Address]:

@@ -21,7 +21,7 @@ from .. import _defaults as defaults
 from .._errors import AuthenticationError, ConnectionClosed, NotLeader, ProtocolError
 from .._hooks import HookRunner
 from .._logging import context
-from .._net.addresses import Address, Rotation, format_address, format_addresses, peer_addresses
+from .._net.addresses import Address, Rotation, dispatchers_at, format_address, format_addresses, peer_addresses
 from .._net.connection import Connection
 from .._net.peerconn import Backoff, open_connection, stay_connected
 from .._protocol import messages as m
@@ -225,12 +225,6 @@ class Worker(TaskRunner):
         self.address = address
         return conn, welcome
 
-    def _where(self) -> str:
-        """``the dispatcher at HOST:PORT``, or every address when there are several."""
-        if len(self.addresses) == 1:
-            return f"the dispatcher at {format_address(self.addresses[0])}"
-        return f"the dispatchers at {format_addresses(self.addresses)}"
-
     def _retry(self, exc: Exception, attempts: int, connected_once: bool) -> str:
         """A worker keeps trying (up to ``reconnect_attempts`` rounds through its addresses) unless retrying cannot help.
 
@@ -244,7 +238,7 @@ class Worker(TaskRunner):
                 raise exc
             return f"protocol error while connecting: {exc}"
         if self.reconnect_attempts is not None and attempts > self.reconnect_attempts:
-            raise ConnectionClosed(f"gave up after {attempts} attempts to reach {self._where()}: {exc}") from None
+            raise ConnectionClosed(f"gave up after {attempts} attempts to reach {dispatchers_at(self.addresses)}: {exc}") from None
         if self._dispatcher_left:  # it said it was stopping: say so once, then wait quietly
             if attempts == 1:
                 then = "for it to come back" if len(self.addresses) == 1 else f"for one of {format_addresses(self.addresses)}"
@@ -253,7 +247,7 @@ class Worker(TaskRunner):
             return ""
         if isinstance(exc, NotLeader) or len(self.addresses) > 1:  # the error names the addresses
             return str(exc)
-        return f"cannot reach {self._where()}: {exc}"
+        return f"cannot reach {dispatchers_at(self.addresses)}: {exc}"
 
     async def _pause(self, delay: float) -> None:
         """Wait ``delay`` before the next attempt, or until told to stop."""
